@@ -1,0 +1,463 @@
+"""`feature-store` command line: human output by default, `--json` for machines."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from feature_store import demo as demo_module
+from feature_store.errors import FeatureStoreError
+from feature_store.models import JobStatus, JobType, OnlineFeatureRow, PipelineConfig, PipelineResult
+from feature_store.store import FeatureStore
+
+# Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
+
+
+def _handle_errors(func: F) -> F:
+    """Print feature-store errors as one clear message and exit 1, instead of a stack trace."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FeatureStoreError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _emit_json(payload: Any) -> None:
+    def default(value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            return value.model_dump(mode="json")
+        if isinstance(value, datetime):
+            return value.isoformat()
+        raise TypeError(f"cannot serialise {type(value).__name__}")
+
+    click.echo(json.dumps(payload, default=default, indent=2))
+
+
+def _parse_time(value: str, option: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 timestamp", param_hint=option) from None
+    if parsed.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no time zone; add Z or +00:00", param_hint=option)
+    return parsed
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """featurepipe feature store: batch SQL features into PostgreSQL (offline) and Redis (online).
+
+    Connections come from FEATURE_STORE_DATABASE_URL and FEATURE_STORE_REDIS_URL.
+    """
+
+
+@main.command()
+@json_option
+@_handle_errors
+def init(as_json: bool) -> None:
+    """Create or migrate the feature_store schema (safe to run again)."""
+    with FeatureStore.from_env() as store:
+        applied = store.init()
+    if as_json:
+        _emit_json({"applied": applied})
+    else:
+        console.print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=False))
+@json_option
+@_handle_errors
+def apply(path: str, as_json: bool) -> None:
+    """Register tenants, feature groups and features from a YAML feature repo, all or nothing."""
+    with FeatureStore.from_env() as store:
+        report = store.apply(path)
+    if as_json:
+        _emit_json(report.__dict__)
+        return
+    for verb, items, style in (
+        ("created", report.created, "green"),
+        ("updated", report.updated, "yellow"),
+        ("deactivated", report.deactivated, "red"),
+    ):
+        for item in items:
+            console.print(f"[{style}]{verb}[/] {item}")
+    if not report.changed:
+        console.print(f"no changes ({len(report.unchanged)} objects up to date)")
+
+
+@main.command()
+@click.option("--tenant", "tenant_id", required=True, help="Tenant id.")
+@click.option("--group", "group_id", required=True, help="Feature group id.")
+@click.option("--start", required=True, help="Window start, ISO 8601 with time zone (exclusive).")
+@click.option("--end", required=True, help="Window end, ISO 8601 with time zone (inclusive).")
+@click.option(
+    "--mode",
+    type=click.Choice([m.value for m in JobType]),
+    default=JobType.INCREMENTAL.value,
+    show_default=True,
+    help="full recomputes all history up to --end and replaces it offline.",
+)
+@click.option("--feature", "features", multiple=True, help="Only these features (repeatable).")
+@click.option("--no-online", is_flag=True, help="Do not write the online store.")
+@click.option("--no-offline", is_flag=True, help="Do not write the offline store.")
+@json_option
+@_handle_errors
+def materialize(
+    tenant_id: str,
+    group_id: str,
+    start: str,
+    end: str,
+    mode: str,
+    features: tuple[str, ...],
+    no_online: bool,
+    no_offline: bool,
+    as_json: bool,
+) -> None:
+    """Run one materialization job without Airflow; exits 1 when the job failed."""
+    try:
+        config = PipelineConfig(
+            tenant_id=tenant_id,
+            feature_group_id=group_id,
+            start_time=_parse_time(start, "--start"),
+            end_time=_parse_time(end, "--end"),
+            mode=JobType(mode),
+            write_online=not no_online,
+            write_offline=not no_offline,
+            features=features or None,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with FeatureStore.from_env() as store:
+        result = store.materialize(config)
+    if as_json:
+        _emit_json(result)
+    else:
+        _print_results([result])
+        for error in result.errors:
+            err_console.print(f"[red]failed:[/] {error}", highlight=False)
+    if not result.succeeded:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--tenant", "tenant_id", help="Only this tenant.")
+@click.option("--group", "group_id", help="Only this feature group.")
+@click.option("--status", type=click.Choice([s.value for s in JobStatus]), help="Only jobs in this state.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@json_option
+@_handle_errors
+def jobs(tenant_id: str | None, group_id: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """List recent materialization jobs."""
+    with FeatureStore.from_env() as store:
+        rows = store.list_jobs(
+            tenant_id=tenant_id, group_id=group_id, status=JobStatus(status) if status else None, limit=limit
+        )
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("id", "tenant", "group", "type", "window", "status", "progress", "rows", "failed", "ms", "run")
+    for job in rows:
+        table.add_row(
+            str(job.id),
+            job.tenant_id,
+            job.feature_group_id,
+            job.job_type.value,
+            f"{job.start_time:%Y-%m-%d %H:%M} → {job.end_time:%H:%M}",
+            _status(job.status),
+            f"{job.progress:.0%}",
+            str(job.rows_processed),
+            str(job.rows_failed),
+            str(job.duration_ms if job.duration_ms is not None else ""),
+            job.run_id or "",
+        )
+    console.print(table)
+
+
+@main.command()
+@click.option("--tenant", "tenant_id", help="Only this tenant.")
+@click.option("--job", "job_id", type=int, help="Only this job.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@json_option
+@_handle_errors
+def quarantine(tenant_id: str | None, job_id: int | None, limit: int, as_json: bool) -> None:
+    """List rows rejected by validation rules, with the rule and the reason."""
+    with FeatureStore.from_env() as store:
+        rows = store.quarantined_rows(tenant_id=tenant_id, job_id=job_id, limit=limit)
+    if as_json:
+        _emit_json(rows)
+        return
+    _print_quarantine(rows)
+
+
+@main.group()
+def online() -> None:
+    """Read the online store."""
+
+
+@online.command("get")
+@click.option("--tenant", "tenant_id", required=True)
+@click.option("--entity-type", required=True, help="e.g. user, conversation, message.")
+@click.option("--entity", "entity_ids", multiple=True, required=True, help="Entity id (repeatable).")
+@click.option("--feature", "features", multiple=True, required=True, help="group:feature (repeatable).")
+@json_option
+@_handle_errors
+def online_get(
+    tenant_id: str, entity_type: str, entity_ids: tuple[str, ...], features: tuple[str, ...], as_json: bool
+) -> None:
+    """Latest feature values of entities, as served online (one Redis round trip)."""
+    with FeatureStore.from_env() as store:
+        rows = store.get_online_features(tenant_id, entity_type, list(entity_ids), list(features))
+    if as_json:
+        _emit_json(rows)
+    else:
+        _print_online(rows, list(features))
+
+
+@main.command()
+@click.option("--tenant", "tenant_id", required=True)
+@click.option("--feature", "features", multiple=True, required=True, help="group:feature (repeatable).")
+@click.option(
+    "--entities",
+    "entities_file",
+    type=click.File("r"),
+    required=True,
+    help="CSV file (or - for stdin) with columns entity_id,timestamp.",
+)
+@json_option
+@_handle_errors
+def historical(tenant_id: str, features: tuple[str, ...], entities_file: Any, as_json: bool) -> None:
+    """Point-in-time-correct feature values for (entity, timestamp) rows: never a value from the future."""
+    entity_rows = []
+    for line_no, record in enumerate(csv.DictReader(entities_file), start=2):
+        if "entity_id" not in record or "timestamp" not in record:
+            raise click.UsageError("the entities CSV needs a header with entity_id,timestamp")
+        entity_rows.append((record["entity_id"], _parse_time(record["timestamp"], f"--entities line {line_no}")))
+    with FeatureStore.from_env() as store:
+        rows = store.get_historical_features(tenant_id, entity_rows, list(features))
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("entity_id", "timestamp", *features)
+    for row in rows:
+        table.add_row(row.entity_id, row.timestamp.isoformat(), *(_show(row.values[f]) for f in features))
+    console.print(table)
+
+
+@main.command()
+@click.option("--hours", type=click.IntRange(1, 72), default=6, show_default=True, help="Hours of demo data.")
+@click.option("--users", type=click.IntRange(1, 10_000), default=40, show_default=True, help="Users per tenant.")
+@click.option(
+    "--materialize/--no-materialize",
+    default=True,
+    show_default=True,
+    help="Materialize through the library; --no-materialize only prepares data (e.g. for the Airflow DAG).",
+)
+@click.option("--summary-only", is_flag=True, help="Only print the summary of what is materialized.")
+@json_option
+@_handle_errors
+def demo(hours: int, users: int, materialize: bool, summary_only: bool, as_json: bool) -> None:
+    """Create demo data for 3 tenants, apply the demo feature repo, materialize it and summarise."""
+    with FeatureStore.from_env() as store:
+        payload: dict[str, Any] = {}
+        if not summary_only:
+            setup = demo_module.prepare(store, hours=hours, users_per_tenant=users)
+            payload["source_rows"] = setup.source_rows
+            payload["windows"] = [[w.start, w.end] for w in setup.windows]
+            if not as_json:
+                console.print(
+                    f"demo sources: {', '.join(f'{n} {t}' for t, n in setup.source_rows.items())}"
+                    f" over {hours} hours ({setup.windows[0].start:%Y-%m-%d %H:%M} → {setup.windows[-1].end:%H:%M} UTC)"
+                )
+                for change in setup.changes:
+                    console.print(f"  {change}")
+            if materialize:
+                payload["results"] = _demo_materialize(store, setup.windows, quiet=as_json)
+        summary = _demo_summary(store)
+        payload.update(summary)
+    if as_json:
+        _emit_json(payload)
+        return
+    _print_summary(summary)
+
+
+def _demo_materialize(store: FeatureStore, windows: list[Any], *, quiet: bool) -> list[PipelineResult]:
+    total = (
+        len(windows)
+        * len(store.registry.list_tenants(active_only=True))
+        * len(store.registry.list_groups(active_only=True))
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=quiet,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("materializing", total=total)
+        return demo_module.materialize(
+            store,
+            windows,
+            on_job=lambda _result: progress.advance(task),
+            progress=lambda message: progress.update(task, description=message.ljust(48)[:48]),
+        )
+
+
+def _demo_summary(store: FeatureStore) -> dict[str, Any]:
+    jobs = store.list_jobs(limit=200)
+    quarantined = store.quarantined_rows(limit=8)
+    lookups: dict[str, Any] = {}
+    for tenant in demo_module.DEMO_TENANTS[:1]:
+        entities = demo_module.sample_entities(store.conn, tenant)
+        lookups = {
+            "tenant": tenant,
+            "user": store.get_online_features(
+                tenant,
+                "user",
+                entities["user"],
+                [
+                    f"user_engagement:{f}"
+                    for f in ("message_count", "avg_message_length", "conversation_count", "avg_rating")
+                ],
+            ),
+            "message": store.get_online_features(
+                tenant,
+                "message",
+                entities["message"],
+                [f"message_features:{f}" for f in ("length", "token_count", "intent", "is_question")],
+            ),
+        }
+    return {"jobs": jobs, "quarantined": quarantined, "online": lookups}
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    jobs = summary["jobs"]
+    by_status: dict[str, int] = {}
+    for job in jobs:
+        by_status[job.status.value] = by_status.get(job.status.value, 0) + 1
+    console.rule("jobs")
+    console.print(
+        f"{len(jobs)} jobs: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
+        + f"; {sum(j.rows_processed for j in jobs)} rows processed, {sum(j.rows_failed for j in jobs)} quarantined"
+    )
+    table = Table("tenant", "group", "jobs", "completed", "failed", "rows", "quarantined", "last window end")
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for job in jobs:
+        groups.setdefault((job.tenant_id, job.feature_group_id), []).append(job)
+    for (tenant, group), items in sorted(groups.items()):
+        table.add_row(
+            tenant,
+            group,
+            str(len(items)),
+            str(sum(j.status is JobStatus.COMPLETED for j in items)),
+            str(sum(j.status is JobStatus.FAILED for j in items)),
+            str(sum(j.rows_processed for j in items)),
+            str(sum(j.rows_failed for j in items)),
+            f"{max(j.end_time for j in items):%Y-%m-%d %H:%M}",
+        )
+    console.print(table)
+    failed = [j for j in jobs if j.status is JobStatus.FAILED]
+    for job in failed[:5]:
+        console.print(f"[red]job {job.id} failed:[/] {job.error_message}", highlight=False)
+    console.rule("quarantined rows (latest)")
+    _print_quarantine(summary["quarantined"])
+    online_lookups = summary["online"]
+    if online_lookups:
+        console.rule(f"online lookups (tenant {online_lookups['tenant']})")
+        for kind in ("user", "message"):
+            rows: list[OnlineFeatureRow] = online_lookups[kind]
+            if rows:
+                _print_online(rows, list(rows[0].features))
+
+
+def _print_results(results: Sequence[PipelineResult]) -> None:
+    table = Table("job", "tenant", "group", "status", "rows", "failed", "online", "ms")
+    for r in results:
+        table.add_row(
+            str(r.job_id),
+            r.tenant_id,
+            r.feature_group_id,
+            _status(r.status),
+            str(r.rows_processed),
+            str(r.rows_failed),
+            str(r.rows_online),
+            str(r.duration_ms),
+        )
+    console.print(table)
+    features = Table("feature", "status", "rows", "failed", "error")
+    for r in results:
+        for f in r.features:
+            features.add_row(
+                f.feature, f.status.value, str(f.rows_processed), str(f.rows_failed), f.error_message or ""
+            )
+    console.print(features)
+
+
+def _print_quarantine(rows: Sequence[Any]) -> None:
+    if not rows:
+        console.print("no quarantined rows")
+        return
+    table = Table("job", "tenant", "feature", "entity", "rule", "reason")
+    for q in rows:
+        table.add_row(
+            str(q.job_id),
+            q.tenant_id,
+            f"{q.feature_group_id}:{q.feature_name}",
+            q.entity_id or "",
+            q.rule,
+            q.reason,
+        )
+    console.print(table)
+
+
+def _print_online(rows: Sequence[OnlineFeatureRow], features: list[str]) -> None:
+    table = Table("entity_id", *features)
+    for row in rows:
+        cells = []
+        for ref in features:
+            value = row.features[ref]
+            cells.append(_show(value.value) if value.status.value == "present" else f"[dim]{value.status.value}[/]")
+        table.add_row(row.entity_id, *cells)
+    console.print(table)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "—" if value is None else str(value)
+
+
+def _status(status: JobStatus) -> str:
+    color = {"completed": "green", "failed": "red", "running": "yellow"}.get(status.value, "white")
+    return f"[{color}]{status.value}[/]"
+
+
+if __name__ == "__main__":
+    main()

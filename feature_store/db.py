@@ -1,0 +1,56 @@
+"""Opening connections to PostgreSQL and Redis with errors that say what to do."""
+
+from __future__ import annotations
+
+import psycopg
+import redis
+from psycopg import sql
+
+from feature_store.errors import ConnectionFailedError
+
+CONNECT_TIMEOUT_S = 5
+
+
+def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection:
+    """Open a psycopg 3 connection; statements run in autocommit unless inside `conn.transaction()`."""
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.OperationalError as exc:
+        raise ConnectionFailedError("PostgreSQL", url, _first_line(exc)) from exc
+
+
+def connect_redis(url: str) -> redis.Redis:
+    """Open a Redis client and check it answers, so a dead server fails here and not mid-pipeline."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise ConnectionFailedError("Redis", url, _first_line(exc)) from exc
+    return client
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database named in `url` if it does not exist yet; returns True when it was created."""
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    name = str(params.get("dbname") or "")
+    try:
+        psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
+        return False
+    except psycopg.OperationalError as exc:
+        if not name or "does not exist" not in str(exc):
+            raise ConnectionFailedError("PostgreSQL", url, _first_line(exc)) from exc
+    maintenance = psycopg.conninfo.make_conninfo(url, dbname="postgres")
+    try:
+        with psycopg.connect(maintenance, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.errors.DuplicateDatabase:
+        return False
+    except psycopg.OperationalError as exc:
+        raise ConnectionFailedError("PostgreSQL", maintenance, _first_line(exc)) from exc
+    return True

@@ -1,0 +1,245 @@
+"""Materialization jobs: one row per (tenant, group, window, run) that mirrors its progress and outcome.
+
+States: pending -> running -> completed | failed. Each feature's stages record their progress in
+`materialization_job_features`; the job row's counts and progress are recomputed from those rows
+under a row lock, so parallel feature tasks never lose each other's updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import dict_row
+
+from feature_store.errors import JobNotFoundError
+from feature_store.models import (
+    FeatureGroup,
+    FeatureResult,
+    FeatureStatus,
+    JobStatus,
+    JobType,
+    MaterializationJob,
+    TimeWindow,
+)
+from feature_store.staging import create_staging
+
+JOB_COLUMNS = (
+    "id, tenant_id, feature_group_id, job_type, start_time, end_time, status, progress, error_message,"
+    " rows_processed, rows_failed, duration_ms, created_at, started_at, completed_at, dag_id, run_id,"
+    " try_number, write_online, write_offline, features_total"
+)
+
+# Share of a feature's work done once it reaches each status (three stages: transform, validate, write).
+_PROGRESS_SQL = (
+    "CASE status WHEN 'transformed' THEN 1.0/3 WHEN 'validated' THEN 2.0/3"
+    " WHEN 'written' THEN 1 WHEN 'failed' THEN 1 ELSE 0 END"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunInfo:
+    """Which orchestrator run owns a job (Airflow's dag id, run id and try number)."""
+
+    dag_id: str
+    run_id: str
+    try_number: int | None = None
+
+
+def create_job(
+    conn: psycopg.Connection,
+    *,
+    tenant_id: str,
+    group: FeatureGroup,
+    features: Sequence[str],
+    window: TimeWindow,
+    mode: JobType,
+    write_online: bool,
+    write_offline: bool,
+    run: RunInfo | None = None,
+) -> int:
+    """Create a pending job for `features` of the group and its staging table.
+
+    For an orchestrator run that already has this job (a cleared or retried planning task), the
+    job is reset and reused instead of duplicated.
+    """
+    params = {
+        "tenant_id": tenant_id,
+        "group_id": group.id,
+        "job_type": mode.value,
+        "start": window.start,
+        "end": window.end,
+        "write_online": write_online,
+        "write_offline": write_offline,
+        "total": len(features),
+        "dag_id": run.dag_id if run else None,
+        "run_id": run.run_id if run else None,
+        "try_number": run.try_number if run else None,
+    }
+    insert = (
+        "INSERT INTO feature_store.materialization_jobs (tenant_id, feature_group_id, job_type, start_time,"
+        " end_time, write_online, write_offline, features_total, dag_id, run_id, try_number)"
+        " VALUES (%(tenant_id)s, %(group_id)s, %(job_type)s, %(start)s, %(end)s, %(write_online)s,"
+        " %(write_offline)s, %(total)s, %(dag_id)s, %(run_id)s, %(try_number)s)"
+    )
+    if run is not None:
+        # A cleared or retried planning task starts the same job over instead of adding a second one.
+        insert += (
+            " ON CONFLICT (dag_id, run_id, tenant_id, feature_group_id) WHERE run_id IS NOT NULL DO UPDATE SET"
+            " job_type = excluded.job_type, start_time = excluded.start_time, end_time = excluded.end_time,"
+            " write_online = excluded.write_online, write_offline = excluded.write_offline,"
+            " features_total = excluded.features_total, try_number = excluded.try_number,"
+            " status = 'pending', progress = 0, error_message = NULL, rows_processed = 0, rows_failed = 0,"
+            " duration_ms = NULL, started_at = NULL, completed_at = NULL"
+        )
+    with conn.transaction():
+        row = conn.execute(insert + " RETURNING id", params).fetchone()
+        assert row is not None
+        job_id = int(row[0])
+        conn.execute("DELETE FROM feature_store.materialization_job_features WHERE job_id = %s", (job_id,))
+        conn.execute(
+            "INSERT INTO feature_store.materialization_job_features (job_id, feature_name)"
+            " SELECT %s, unnest(%s::text[])",
+            (job_id, list(features)),
+        )
+        create_staging(conn, job_id)
+    return job_id
+
+
+def get_job(conn: psycopg.Connection, job_id: int) -> MaterializationJob:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {JOB_COLUMNS} FROM feature_store.materialization_jobs WHERE id = %s", (job_id,))
+        row = cur.fetchone()
+    if row is None:
+        raise JobNotFoundError(job_id)
+    return MaterializationJob.model_validate(row)
+
+
+def list_jobs(
+    conn: psycopg.Connection,
+    *,
+    limit: int = 50,
+    tenant_id: str | None = None,
+    group_id: str | None = None,
+    status: JobStatus | None = None,
+    run_id: str | None = None,
+) -> list[MaterializationJob]:
+    """Most recent jobs first, optionally filtered."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"SELECT {JOB_COLUMNS} FROM feature_store.materialization_jobs"
+            " WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
+            " AND (%(group)s::text IS NULL OR feature_group_id = %(group)s)"
+            " AND (%(status)s::text IS NULL OR status = %(status)s)"
+            " AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s)"
+            " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
+            {
+                "tenant": tenant_id,
+                "group": group_id,
+                "status": status.value if status else None,
+                "run_id": run_id,
+                "limit": limit,
+            },
+        )
+        return [MaterializationJob.model_validate(r) for r in cur.fetchall()]
+
+
+def feature_results(conn: psycopg.Connection, job_id: int) -> list[FeatureResult]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT feature_name AS feature, status, rows_processed, rows_failed, error_message"
+            " FROM feature_store.materialization_job_features WHERE job_id = %s ORDER BY feature_name",
+            (job_id,),
+        )
+        return [FeatureResult.model_validate(r) for r in cur.fetchall()]
+
+
+def record_feature(
+    conn: psycopg.Connection,
+    job_id: int,
+    feature: str,
+    status: FeatureStatus,
+    *,
+    rows_processed: int | None = None,
+    rows_failed: int | None = None,
+    error_message: str | None = None,
+    try_number: int | None = None,
+) -> None:
+    """Record one feature's progress and refresh the job's counts and progress; the job is running now."""
+    with conn.transaction():
+        locked = conn.execute(
+            "SELECT 1 FROM feature_store.materialization_jobs WHERE id = %s FOR UPDATE", (job_id,)
+        ).fetchone()
+        if locked is None:
+            raise JobNotFoundError(job_id)
+        conn.execute(
+            "INSERT INTO feature_store.materialization_job_features"
+            " (job_id, feature_name, status, rows_processed, rows_failed, error_message)"
+            " VALUES (%(job)s, %(feature)s, %(status)s, coalesce(%(processed)s, 0), coalesce(%(failed)s, 0),"
+            " %(error)s)"
+            " ON CONFLICT (job_id, feature_name) DO UPDATE SET status = excluded.status,"
+            " rows_processed = coalesce(%(processed)s, materialization_job_features.rows_processed),"
+            " rows_failed = coalesce(%(failed)s, materialization_job_features.rows_failed),"
+            " error_message = excluded.error_message, updated_at = now()",
+            {
+                "job": job_id,
+                "feature": feature,
+                "status": status.value,
+                "processed": rows_processed,
+                "failed": rows_failed,
+                "error": error_message,
+            },
+        )
+        conn.execute(
+            "UPDATE feature_store.materialization_jobs j SET"
+            " status = 'running', started_at = coalesce(j.started_at, now()), completed_at = NULL,"
+            " duration_ms = NULL, try_number = coalesce(%(try)s, j.try_number),"
+            " rows_processed = agg.processed, rows_failed = agg.failed,"
+            " progress = CASE WHEN j.features_total > 0 THEN least(1, agg.done / j.features_total) ELSE 0 END"
+            f" FROM (SELECT coalesce(sum(rows_processed), 0) AS processed, coalesce(sum(rows_failed), 0) AS failed,"
+            f"   coalesce(sum({_PROGRESS_SQL}), 0) AS done"
+            "   FROM feature_store.materialization_job_features WHERE job_id = %(job)s) agg"
+            " WHERE j.id = %(job)s",
+            {"job": job_id, "try": try_number},
+        )
+
+
+def finish_job(conn: psycopg.Connection, job_id: int, *, extra_errors: Sequence[str] = ()) -> MaterializationJob:
+    """End a job: completed if every feature was written and nothing else failed, else failed.
+
+    The error message lists one reason per line, each naming its feature.
+    """
+    with conn.transaction():
+        conn.execute("SELECT 1 FROM feature_store.materialization_jobs WHERE id = %s FOR UPDATE", (job_id,))
+        results = feature_results(conn, job_id)
+        errors = [
+            f"{r.feature}: {r.error_message or r.status.value}"
+            for r in results
+            if r.status is not FeatureStatus.WRITTEN
+        ]
+        errors.extend(extra_errors)
+        conn.execute(
+            "UPDATE feature_store.materialization_jobs SET status = %(status)s, error_message = %(error)s,"
+            " progress = 1, started_at = coalesce(started_at, now()), completed_at = now(),"
+            " duration_ms = (extract(epoch FROM now() - coalesce(started_at, now())) * 1000)::bigint"
+            " WHERE id = %(job)s",
+            {
+                "job": job_id,
+                "status": (JobStatus.FAILED if errors else JobStatus.COMPLETED).value,
+                "error": "\n".join(errors) or None,
+            },
+        )
+    return get_job(conn, job_id)
+
+
+def fail_jobs_of_run(conn: psycopg.Connection, *, dag_id: str, run_id: str, reason: str) -> int:
+    """Fail every unfinished job of an orchestrator run (killed, timed out or failed from outside)."""
+    cur = conn.execute(
+        "UPDATE feature_store.materialization_jobs SET status = 'failed',"
+        " error_message = concat_ws(E'\\n', error_message, %(reason)s::text), completed_at = now(),"
+        " duration_ms = (extract(epoch FROM now() - coalesce(started_at, created_at)) * 1000)::bigint"
+        " WHERE dag_id = %(dag_id)s AND run_id = %(run_id)s AND status IN ('pending', 'running')",
+        {"dag_id": dag_id, "run_id": run_id, "reason": reason},
+    )
+    return cur.rowcount

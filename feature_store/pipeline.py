@@ -1,0 +1,407 @@
+"""The batch data path, Sources -> Transform -> Validate -> Write, as stages callable one by one.
+
+Airflow runs each stage as its own task; `FeaturePipeline.run` chains them for use without Airflow.
+Every stage is idempotent, so any of them can be retried, and a failing feature fails alone: its
+error is recorded on the job and its siblings carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from feature_store import jobs, offline_store, transform, validate
+from feature_store.config import Settings
+from feature_store.errors import (
+    FeatureNotFoundError,
+    FeatureStoreError,
+    JobStateError,
+    PipelineError,
+    TransformError,
+    ValidationError,
+    WriteError,
+)
+from feature_store.jobs import RunInfo
+from feature_store.models import (
+    HISTORY_START,
+    FeatureDefinition,
+    FeatureGroup,
+    FeatureStatus,
+    JobType,
+    MaterializationJob,
+    PipelineConfig,
+    PipelineResult,
+    TimeWindow,
+)
+from feature_store.online_store import OnlineStore
+from feature_store.registry import Registry
+from feature_store.staging import create_staging, drop_staging, staging_exists, staging_table
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """A job created by `plan`, with the batch features its tasks will run."""
+
+    job_id: int
+    tenant_id: str
+    feature_group_id: str
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _JobContext:
+    job: MaterializationJob
+    group: FeatureGroup
+
+    @property
+    def window(self) -> TimeWindow:
+        """The window the job reads and replaces: all history up to the end in full mode."""
+        start = HISTORY_START if self.job.job_type is JobType.FULL else self.job.start_time
+        return TimeWindow(start=start, end=self.job.end_time)
+
+    def feature(self, name: str) -> FeatureDefinition:
+        feature = self.group.feature(name)
+        if feature is None or feature.transformation_sql is None:
+            raise FeatureNotFoundError(self.group.id, name)
+        return feature
+
+
+class FeaturePipeline:
+    """Runs materialization jobs against one PostgreSQL connection and an online store."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        *,
+        online: OnlineStore | None,
+        settings: Settings,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self._conn = conn
+        self._online = online
+        self._settings = settings
+        self._registry = Registry(conn)
+        self._progress = progress or (lambda _message: None)
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def plan(
+        self,
+        *,
+        window: TimeWindow,
+        mode: JobType = JobType.INCREMENTAL,
+        write_online: bool = True,
+        write_offline: bool = True,
+        tenant_ids: Sequence[str] | None = None,
+        group_ids: Sequence[str] | None = None,
+        run: RunInfo | None = None,
+    ) -> list[PlannedJob]:
+        """Create one pending job per active tenant x active feature group (optionally filtered)."""
+        tenants = self._registry.list_tenants(active_only=True)
+        groups = [g for g in self._registry.list_groups(active_only=True) if g.online_enabled or g.offline_enabled]
+        if tenant_ids:
+            for tenant_id in tenant_ids:
+                self._registry.get_tenant(tenant_id)  # an unknown id is an error, not an empty plan
+            tenants = [t for t in tenants if t.id in set(tenant_ids)]
+        if group_ids:
+            for group_id in group_ids:
+                self._registry.get_group(group_id)
+            groups = [g for g in groups if g.id in set(group_ids)]
+        planned = []
+        for tenant in tenants:
+            for group in groups:
+                features = tuple(f.name for f in group.batch_features)
+                job_id = jobs.create_job(
+                    self._conn,
+                    tenant_id=tenant.id,
+                    group=group,
+                    features=features,
+                    window=window,
+                    mode=mode,
+                    write_online=write_online,
+                    write_offline=write_offline,
+                    run=run,
+                )
+                planned.append(PlannedJob(job_id, tenant.id, group.id, features))
+        return planned
+
+    def start(self, config: PipelineConfig, *, run: RunInfo | None = None) -> PlannedJob:
+        """Create the job for one (tenant, group, window)."""
+        self._registry.get_tenant(config.tenant_id)
+        group = self._registry.get_group(config.feature_group_id)
+        names = tuple(f.name for f in group.batch_features)
+        if config.features is not None:
+            for name in config.features:
+                if name not in names:
+                    raise FeatureNotFoundError(group.id, name)
+            names = tuple(config.features)
+        job_id = jobs.create_job(
+            self._conn,
+            tenant_id=config.tenant_id,
+            group=group,
+            features=names,
+            window=TimeWindow(start=config.start_time, end=config.end_time),
+            mode=config.mode,
+            write_online=config.write_online,
+            write_offline=config.write_offline,
+            run=run,
+        )
+        return PlannedJob(job_id, config.tenant_id, group.id, names)
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def transform(self, job_id: int, feature_name: str, *, try_number: int | None = None) -> int:
+        """Run the feature's SQL into staging; returns the rows staged."""
+        ctx = self._context(job_id)
+        feature = ctx.feature(feature_name)
+        self._progress(f"transform {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}")
+        with self._stage(ctx, feature_name, TransformError, try_number):
+            # Recreated if the job was finished and is being rerun; a sibling may create it at the same moment.
+            with suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+                create_staging(self._conn, job_id)
+            rows = transform.run(
+                self._conn,
+                job_id=job_id,
+                tenant_id=ctx.job.tenant_id,
+                feature=feature,
+                window=ctx.window,
+                timeout_s=self._settings.statement_timeout_s,
+            )
+        jobs.record_feature(
+            self._conn,
+            job_id,
+            feature_name,
+            FeatureStatus.TRANSFORMED,
+            rows_processed=rows,
+            rows_failed=0,
+            try_number=try_number,
+        )
+        return rows
+
+    def validate(self, job_id: int, feature_name: str, *, try_number: int | None = None) -> validate.ValidationOutcome:
+        """Quarantine rows that break the feature's rules; fails the feature above the group's failure rate."""
+        ctx = self._context(job_id)
+        feature = ctx.feature(feature_name)
+        self._progress(f"validate {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}")
+        with self._stage(ctx, feature_name, ValidationError, try_number):
+            self._require_staging(ctx, feature_name)
+            outcome = validate.run(
+                self._conn,
+                job_id=job_id,
+                tenant_id=ctx.job.tenant_id,
+                group_id=ctx.group.id,
+                feature=feature,
+                window=ctx.window,
+            )
+            if outcome.failure_rate > ctx.group.max_failure_rate:
+                by_rule = ", ".join(f"{rule}: {n}" for rule, n in sorted(outcome.failures_by_rule.items()))
+                raise ValidationError(
+                    tenant_id=ctx.job.tenant_id,
+                    group_id=ctx.group.id,
+                    feature=feature_name,
+                    message=(
+                        f"{outcome.rows_failed} of {outcome.rows_total} rows ({outcome.failure_rate:.1%}) broke"
+                        f" validation rules ({by_rule}), above the group's max_failure_rate of"
+                        f" {ctx.group.max_failure_rate:.1%}; e.g. {outcome.example}."
+                        " The rows are in feature_store.quarantined_rows"
+                    ),
+                )
+        jobs.record_feature(
+            self._conn,
+            job_id,
+            feature_name,
+            FeatureStatus.VALIDATED,
+            rows_processed=outcome.rows_total,
+            rows_failed=outcome.rows_failed,
+            try_number=try_number,
+        )
+        return outcome
+
+    def write(self, job_id: int, feature_name: str, *, try_number: int | None = None) -> int:
+        """Replace the window's offline rows with the valid staged rows; returns the rows written.
+
+        Online values are published per group by `finish`, one pass per entity for all features.
+        """
+        ctx = self._context(job_id)
+        ctx.feature(feature_name)
+        self._progress(f"write {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}")
+        status = self._feature_status(job_id, feature_name)
+        if status not in (FeatureStatus.VALIDATED, FeatureStatus.WRITTEN):
+            raise JobStateError(
+                f"feature {feature_name!r} of job {job_id} is {status.value}, not validated; run validate first"
+            )
+        with self._stage(ctx, feature_name, WriteError, try_number):
+            self._require_staging(ctx, feature_name)
+            if ctx.job.write_offline and ctx.group.offline_enabled:
+                rows = offline_store.write_window(
+                    self._conn,
+                    job_id=job_id,
+                    tenant_id=ctx.job.tenant_id,
+                    group_id=ctx.group.id,
+                    feature_name=feature_name,
+                    window=ctx.window,
+                )
+            else:
+                rows = self._count_valid(job_id, feature_name)
+        jobs.record_feature(self._conn, job_id, feature_name, FeatureStatus.WRITTEN, try_number=try_number)
+        return rows
+
+    def finish(self, job_id: int) -> PipelineResult:
+        """Publish the written features online (one pass per entity), end the job and drop its staging.
+
+        Raises on an online-store failure and leaves the job running, so an orchestrator can retry.
+        """
+        ctx = self._context(job_id)
+        results = jobs.feature_results(self._conn, job_id)
+        written = [r.feature for r in results if r.status is FeatureStatus.WRITTEN]
+        rows_online = 0
+        if ctx.job.write_online and ctx.group.online_enabled and written:
+            if self._online is None:
+                raise JobStateError(f"job {job_id} writes online but the pipeline has no online store")
+            self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")
+            rows_online = self._publish_online(ctx, written)
+        job = jobs.finish_job(self._conn, job_id)
+        drop_staging(self._conn, job_id)
+        return self._result(job, rows_online)
+
+    def fail(self, job_id: int, reason: str) -> PipelineResult:
+        """End a job as failed (e.g. its online publish could not be done) and drop its staging."""
+        job = jobs.finish_job(self._conn, job_id, extra_errors=[reason])
+        drop_staging(self._conn, job_id)
+        return self._result(job, 0)
+
+    # -- without an orchestrator ---------------------------------------------------------------
+
+    def run(self, config: PipelineConfig, *, run: RunInfo | None = None) -> PipelineResult:
+        """Run one job end to end; a failing feature is recorded and its siblings still run."""
+        planned = self.start(config, run=run)
+        for name in planned.features:
+            try:
+                self.transform(planned.job_id, name)
+                self.validate(planned.job_id, name)
+                self.write(planned.job_id, name)
+            except PipelineError as exc:
+                log.warning("%s", exc)
+        try:
+            return self.finish(planned.job_id)
+        except Exception as exc:
+            log.exception("finishing job %s failed", planned.job_id)
+            return self.fail(planned.job_id, f"finish failed: {exc}")
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _context(self, job_id: int) -> _JobContext:
+        job = jobs.get_job(self._conn, job_id)
+        return _JobContext(job=job, group=self._registry.get_group(job.feature_group_id))
+
+    @contextmanager
+    def _stage(
+        self, ctx: _JobContext, feature_name: str, error: type[PipelineError], try_number: int | None
+    ) -> Iterator[None]:
+        """Turn any failure inside a stage into a recorded feature failure naming tenant/group/feature."""
+        names = {"tenant_id": ctx.job.tenant_id, "group_id": ctx.group.id, "feature": feature_name}
+        try:
+            yield
+        except PipelineError as exc:
+            self._record_failure(ctx.job.id, feature_name, exc, try_number)
+            raise
+        except (transform.SqlShapeError, psycopg.Error, FeatureStoreError) as exc:
+            message = _describe(exc, self._settings.statement_timeout_s)
+            failure = error(message=message, **names)
+            self._record_failure(ctx.job.id, feature_name, failure, try_number)
+            raise failure from exc
+
+    def _record_failure(self, job_id: int, feature_name: str, exc: PipelineError, try_number: int | None) -> None:
+        if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._conn.rollback()
+        jobs.record_feature(
+            self._conn,
+            job_id,
+            feature_name,
+            FeatureStatus.FAILED,
+            error_message=str(exc),
+            try_number=try_number,
+        )
+
+    def _require_staging(self, ctx: _JobContext, feature_name: str) -> None:
+        if not staging_exists(self._conn, ctx.job.id):
+            raise JobStateError(
+                f"the staged rows of job {ctx.job.id} are gone (the job was finished); rerun transform for"
+                f" {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}"
+            )
+
+    def _feature_status(self, job_id: int, feature_name: str) -> FeatureStatus:
+        row = self._conn.execute(
+            "SELECT status FROM feature_store.materialization_job_features WHERE job_id = %s AND feature_name = %s",
+            (job_id, feature_name),
+        ).fetchone()
+        return FeatureStatus(row[0]) if row else FeatureStatus.PENDING
+
+    def _count_valid(self, job_id: int, feature_name: str) -> int:
+        row = self._conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE feature_name = %s AND rejected_rule IS NULL").format(
+                staging_table(job_id)
+            ),
+            (feature_name,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _publish_online(self, ctx: _JobContext, features: Sequence[str]) -> int:
+        """Stream the latest valid value per (entity, feature) from staging to the online store."""
+        assert self._online is not None
+        write_time_us = time.time_ns() // 1000
+        batch_size = self._settings.online_batch_size
+        written = 0
+        query = sql.SQL(
+            "SELECT entity_id, json_agg(json_build_array(feature_name,"
+            "   (extract(epoch FROM event_time) * 1000000)::bigint::text, coalesce(value::text, 'null')))::text"
+            " FROM (SELECT DISTINCT ON (entity_id, feature_name) entity_id, feature_name, event_time, value"
+            "       FROM {} WHERE feature_name = ANY(%s) AND rejected_rule IS NULL"
+            "       ORDER BY entity_id, feature_name, event_time DESC) latest"
+            " GROUP BY entity_id"
+        ).format(staging_table(ctx.job.id))
+        with self._conn.transaction(), self._conn.cursor(name=f"publish_job_{ctx.job.id}") as cur:
+            cur.execute(query, (list(features),))
+            while batch := cur.fetchmany(batch_size):
+                written += self._online.write_batch(
+                    tenant_id=ctx.job.tenant_id,
+                    group_id=ctx.group.id,
+                    rows=batch,
+                    ttl_seconds=ctx.group.ttl_seconds,
+                    write_time_us=write_time_us,
+                )
+        return written
+
+    def _result(self, job: MaterializationJob, rows_online: int) -> PipelineResult:
+        results = jobs.feature_results(self._conn, job.id)
+        return PipelineResult(
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            feature_group_id=job.feature_group_id,
+            status=job.status,
+            rows_processed=job.rows_processed,
+            rows_failed=job.rows_failed,
+            rows_online=rows_online,
+            duration_ms=job.duration_ms or 0,
+            errors=[e for e in (job.error_message or "").splitlines() if e],
+            features=results,
+        )
+
+
+def _describe(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return f"exceeded the statement timeout of {timeout_s:g}s (FEATURE_STORE_STATEMENT_TIMEOUT)"
+    if isinstance(exc, psycopg.Error):
+        diag = exc.diag
+        return diag.message_primary or str(exc).splitlines()[0]
+    return str(exc)

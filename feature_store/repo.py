@@ -1,0 +1,287 @@
+"""Feature repo as code: YAML files declaring tenants, feature groups and features, applied in one go.
+
+`apply` validates everything first (schema, types, rules, and each batch feature's SQL against the
+live database), then writes all of it in one transaction: a repo is applied whole or not at all.
+Every problem is reported with file:line, the object and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from feature_store import transform
+from feature_store.errors import DefinitionError
+from feature_store.models import FeatureGroup, Identifier, SourceType, Status, Tenant
+from feature_store.registry import Registry
+
+Path_ = tuple[str | int, ...]
+
+
+class RepoFile(BaseModel):
+    """Top level of one YAML file of a feature repo."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_schemas: list[Identifier] = Field(default_factory=list)
+    """Schemas that transformation SQL may read; `apply` grants the transform role SELECT on them."""
+
+    tenants: list[dict[str, Any]] = Field(default_factory=list)
+    feature_groups: list[dict[str, Any]] = Field(default_factory=list)
+
+
+@dataclass
+class FeatureRepo:
+    """A parsed, validated repo, with where each object was declared."""
+
+    source_schemas: list[str] = field(default_factory=list)
+    tenants: list[Tenant] = field(default_factory=list)
+    groups: list[FeatureGroup] = field(default_factory=list)
+    locations: dict[tuple[str, ...], str] = field(default_factory=dict)
+    """('group', id) / ('feature', group, name, key) -> "file:line" for messages."""
+
+    def where(self, *key: str) -> str:
+        for n in range(len(key), 0, -1):
+            if key[:n] in self.locations:
+                return self.locations[key[:n]]
+        return "<repo>"
+
+
+@dataclass
+class ApplyReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    deactivated: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.deactivated)
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_repo(path: str | Path) -> FeatureRepo:
+    """Parse and validate every `*.yaml`/`*.yml` file under `path` (or the single file `path`)."""
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not files:
+            raise DefinitionError([f"{root}: no *.yaml files found in the feature repo"])
+    elif root.is_file():
+        files = [root]
+    else:
+        raise DefinitionError([f"{root}: no such file or directory"])
+
+    repo = FeatureRepo()
+    problems: list[str] = []
+    seen: dict[tuple[str, str], str] = {}
+    for file in files:
+        display = str(file)
+        try:
+            data, lines = _compose(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            problems.append(f"{display}{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}")
+            continue
+        if data is None:
+            continue
+
+        def at(path: Path_, _lines: dict[Path_, int] = lines, _file: str = display) -> str:
+            return f"{_file}:{_nearest_line(_lines, path)}"
+
+        try:
+            top = RepoFile.model_validate(data)
+        except PydanticValidationError as exc:
+            problems.extend(_format_errors(exc, (), at, "repo"))
+            continue
+        for schema in top.source_schemas:
+            if schema not in repo.source_schemas:
+                repo.source_schemas.append(schema)
+        for i, raw in enumerate(top.tenants):
+            label = f"tenant {raw.get('id', f'#{i + 1}')!r}"
+            try:
+                tenant = Tenant.model_validate(raw)
+            except PydanticValidationError as exc:
+                problems.extend(_format_errors(exc, ("tenants", i), at, label))
+                continue
+            if _duplicate(seen, ("tenant", tenant.id), at(("tenants", i)), label, problems):
+                continue
+            repo.tenants.append(tenant)
+        for i, raw in enumerate(top.feature_groups):
+            label = f"feature group {raw.get('id', f'#{i + 1}')!r}"
+            try:
+                group = FeatureGroup.model_validate(raw)
+            except PydanticValidationError as exc:
+                problems.extend(_format_errors(exc, ("feature_groups", i), at, label, raw))
+                continue
+            if _duplicate(seen, ("group", group.id), at(("feature_groups", i)), label, problems):
+                continue
+            repo.groups.append(group)
+            repo.locations[("group", group.id)] = at(("feature_groups", i))
+            for j, feature in enumerate(group.features):
+                base: Path_ = ("feature_groups", i, "features", j)
+                repo.locations[("feature", group.id, feature.name)] = at(base)
+                repo.locations[("feature", group.id, feature.name, "transformation_sql")] = at(
+                    (*base, "transformation_sql")
+                )
+    if problems:
+        raise DefinitionError(problems)
+    return repo
+
+
+def _duplicate(
+    seen: dict[tuple[str, str], str], key: tuple[str, str], where: str, label: str, problems: list[str]
+) -> bool:
+    if key in seen:
+        problems.append(f"{where}: {label}: already declared at {seen[key]}")
+        return True
+    seen[key] = where
+    return False
+
+
+def _compose(text: str) -> tuple[Any, dict[Path_, int]]:
+    """Load YAML keeping the line of every mapping key and sequence item, for error messages."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[Path_, int] = {}
+    if node is None:
+        return None, lines
+    constructor = yaml.SafeLoader("")
+
+    def walk(n: yaml.Node, path: Path_) -> Any:
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in n.value:
+                key = constructor.construct_object(key_node, deep=True)
+                lines[(*path, key)] = key_node.start_mark.line + 1
+                out[key] = walk(value_node, (*path, key))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [walk(item, (*path, i)) for i, item in enumerate(n.value)]
+        return constructor.construct_object(n, deep=True)
+
+    return walk(node, ()), lines
+
+
+def _nearest_line(lines: dict[Path_, int], path: Path_) -> int:
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return lines[path[:n]]
+    return 1
+
+
+def _format_errors(
+    exc: PydanticValidationError, prefix: Path_, at: Any, label: str, raw: dict[str, Any] | None = None
+) -> list[str]:
+    messages = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        where = at((*prefix, *loc))
+        field_path = _field_path(loc, raw)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "string_pattern_mismatch":
+            message = "must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        messages.append(f"{where}: {label}{': ' + field_path if field_path else ''}: {message}")
+    return messages
+
+
+def _field_path(loc: tuple[Any, ...], raw: dict[str, Any] | None) -> str:
+    """Readable field path; features are named by their `name` rather than their index."""
+    parts: list[str] = []
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        if part == "features" and raw is not None and i + 1 < len(loc) and isinstance(loc[i + 1], int):
+            features = raw.get("features") or []
+            index = loc[i + 1]
+            name = features[index].get("name") if index < len(features) and isinstance(features[index], dict) else None
+            parts.append(f"feature {name!r}" if name else f"features[{index}]")
+            i += 2
+            continue
+        parts.append(f"[{part}]" if isinstance(part, int) else str(part))
+        i += 1
+    return ".".join(parts).replace(".[", "[")
+
+
+# -- applying ----------------------------------------------------------------------------------
+
+
+def apply_repo(conn: psycopg.Connection, repo: FeatureRepo) -> ApplyReport:
+    """Register the repo in one transaction; on any problem nothing is changed and DefinitionError is raised."""
+    registry = Registry(conn)
+    report = ApplyReport()
+    with conn.transaction():
+        existing_tenants = {t.id: t for t in registry.list_tenants()}
+        existing_groups = {g.id: g for g in registry.list_groups()}
+        registry.grant_source_schemas(_existing_schemas(conn, repo.source_schemas, repo))
+        problems = list(_check_sql(conn, repo))
+        if problems:
+            raise DefinitionError(problems)
+        for tenant in repo.tenants:
+            _classify(report, f"tenant {tenant.id}", existing_tenants.get(tenant.id), tenant)
+            registry.upsert_tenant(tenant)
+        for group in repo.groups:
+            old = existing_groups.get(group.id)
+            _classify(report, f"feature group {group.id}", old, group)
+            if old is not None:
+                declared = {f.name for f in group.features}
+                report.deactivated.extend(
+                    f"feature {group.id}:{f.name}"
+                    for f in old.features
+                    if f.name not in declared and f.status is Status.ACTIVE
+                )
+            registry.upsert_group(group)
+        gone = [
+            g for g in existing_groups.values() if g.id not in {x.id for x in repo.groups} and g.status is Status.ACTIVE
+        ]
+        registry.deactivate_groups(g.id for g in gone)
+        report.deactivated.extend(f"feature group {g.id}" for g in gone)
+    return report
+
+
+def _classify(report: ApplyReport, label: str, old: BaseModel | None, new: BaseModel) -> None:
+    if old is None:
+        report.created.append(label)
+    elif old.model_dump(mode="json") != new.model_dump(mode="json"):
+        report.updated.append(label)
+    else:
+        report.unchanged.append(label)
+
+
+def _existing_schemas(conn: psycopg.Connection, schemas: Iterable[str], repo: FeatureRepo) -> list[str]:
+    found = []
+    problems = []
+    for schema in schemas:
+        row = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+        if row is None:
+            problems.append(f"source_schemas: schema {schema!r} does not exist in the database")
+        else:
+            found.append(schema)
+    if problems:
+        raise DefinitionError(problems)
+    return found
+
+
+def _check_sql(conn: psycopg.Connection, repo: FeatureRepo) -> Iterable[str]:
+    """Plan every batch feature's SQL against the live database, as the transform will run it."""
+    for group in repo.groups:
+        for feature in group.features:
+            if feature.source_type is not SourceType.BATCH:
+                continue
+            try:
+                transform.describe(conn, feature)
+            except transform.SqlShapeError as exc:
+                where = repo.where("feature", group.id, feature.name, "transformation_sql")
+                yield f"{where}: feature group {group.id!r}: feature {feature.name!r}: transformation_sql {exc}"

@@ -1,0 +1,45 @@
+"""Staging: one unlogged table per in-flight job holding transform results until they are written.
+
+A table per job (instead of one shared table) keeps every stage's scan to its own rows without an
+index to maintain, and finishing a job is a cheap `DROP TABLE`.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from feature_store.registry import TRANSFORM_ROLE
+
+STAGING_SCHEMA = "feature_store_staging"
+
+
+def staging_table(job_id: int) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}"))
+
+
+def create_staging(conn: psycopg.Connection, job_id: int) -> None:
+    table = staging_table(job_id)
+    with conn.transaction():
+        _create(conn, table)
+
+
+def _create(conn: psycopg.Connection, table: sql.Composed) -> None:
+    conn.execute(
+        sql.SQL(
+            "CREATE UNLOGGED TABLE IF NOT EXISTS {} ("
+            " feature_name text NOT NULL, entity_id text, event_time timestamptz, value jsonb,"
+            " rejected_rule text, rejected_reason text)"
+        ).format(table)
+    )
+    # Transformation SQL runs as the restricted role: it may add rows here and nothing else.
+    conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(table, sql.Identifier(TRANSFORM_ROLE)))
+
+
+def drop_staging(conn: psycopg.Connection, job_id: int) -> None:
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging_table(job_id)))
+
+
+def staging_exists(conn: psycopg.Connection, job_id: int) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{STAGING_SCHEMA}.job_{int(job_id)}",)).fetchone()
+    return bool(row and row[0])

@@ -1,0 +1,231 @@
+"""`FeatureStore`: the facade applications use; thin delegations to the registry, pipeline and stores."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+import psycopg
+import redis
+from psycopg.rows import dict_row
+
+from feature_store import jobs, offline_store, schema
+from feature_store.config import Settings
+from feature_store.db import connect, connect_redis, ensure_database
+from feature_store.errors import FeatureNotFoundError, FeatureStoreError, SchemaNotInitializedError
+from feature_store.models import (
+    FeatureGroup,
+    HistoricalRow,
+    MaterializationJob,
+    OnlineFeatureRow,
+    PipelineConfig,
+    PipelineResult,
+    QuarantinedRow,
+)
+from feature_store.online_store import FeatureSpec, RedisOnlineStore
+from feature_store.pipeline import FeaturePipeline, ProgressCallback
+from feature_store.registry import Registry
+from feature_store.repo import ApplyReport, apply_repo, load_repo
+from feature_store.types import FeatureRef
+
+# Online reads resolve feature refs against the registry; a short cache keeps that off the hot path.
+_REGISTRY_CACHE_S = 30.0
+
+
+class FeatureStore:
+    """Entry point: register definitions, materialize, and read features online and offline.
+
+    Build it from the environment (`FeatureStore.from_env()`), from URLs, or from ready connections
+    (what the Airflow tasks do with their hooks' connections).
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        conn: psycopg.Connection | None = None,
+        redis_client: redis.Redis | None = None,
+    ) -> None:
+        if conn is not None and database_url is not None:
+            raise ValueError("You cannot specify both conn and database_url.")
+        if redis_client is not None and redis_url is not None:
+            raise ValueError("You cannot specify both redis_client and redis_url.")
+        base = settings or Settings.from_env()
+        self.settings = Settings(
+            database_url=database_url or base.database_url,
+            redis_url=redis_url or base.redis_url,
+            redis_prefix=base.redis_prefix,
+            statement_timeout_s=base.statement_timeout_s,
+            online_batch_size=base.online_batch_size,
+        )
+        self._conn = conn
+        self._owns_conn = conn is None
+        self._redis = redis_client
+        self._owns_redis = redis_client is None
+        self._online: RedisOnlineStore | None = None
+        self._groups: dict[str, FeatureGroup] = {}
+        self._groups_loaded_at = 0.0
+        self._schema_checked = False
+
+    @classmethod
+    def from_env(cls) -> FeatureStore:
+        return cls(settings=Settings.from_env())
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None:
+            self._conn = connect(self.settings.database_url)
+        return self._conn
+
+    @property
+    def online(self) -> RedisOnlineStore:
+        if self._online is None:
+            if self._redis is None:
+                self._redis = connect_redis(self.settings.redis_url)
+            self._online = RedisOnlineStore(self._redis, prefix=self.settings.redis_prefix)
+        return self._online
+
+    @property
+    def registry(self) -> Registry:
+        self._require_schema()
+        return Registry(self.conn)
+
+    def close(self) -> None:
+        if self._owns_conn and self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._owns_redis and self._redis is not None:
+            self._redis.close()
+            self._redis = None
+            self._online = None
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- definitions ---------------------------------------------------------------------------
+
+    def init(self) -> list[str]:
+        """Create the database if needed, then create or migrate the schema; returns the migrations applied."""
+        if self._conn is None:
+            ensure_database(self.settings.database_url)
+        applied = schema.migrate(self.conn)
+        self._schema_checked = True
+        return applied
+
+    def apply(self, path: str | Path) -> ApplyReport:
+        """Register a YAML feature repo: all of it, or nothing (DefinitionError lists every problem)."""
+        repo = load_repo(path)
+        self._require_schema()
+        report = apply_repo(self.conn, repo)
+        self._groups_loaded_at = 0.0
+        return report
+
+    # -- materialization -----------------------------------------------------------------------
+
+    def pipeline(self, *, online: bool = True, progress: ProgressCallback | None = None) -> FeaturePipeline:
+        """The staged pipeline (what the Airflow tasks call one stage at a time)."""
+        self._require_schema()
+        return FeaturePipeline(
+            self.conn, online=self.online if online else None, settings=self.settings, progress=progress
+        )
+
+    def materialize(self, config: PipelineConfig, *, progress: ProgressCallback | None = None) -> PipelineResult:
+        """Run one job (tenant, group, window) through transform, validate and write."""
+        return self.pipeline(online=config.write_online, progress=progress).run(config)
+
+    def list_jobs(self, **filters: object) -> list[MaterializationJob]:
+        self._require_schema()
+        return jobs.list_jobs(self.conn, **filters)  # type: ignore[arg-type]
+
+    def get_job(self, job_id: int) -> MaterializationJob:
+        self._require_schema()
+        return jobs.get_job(self.conn, job_id)
+
+    def quarantined_rows(
+        self, *, job_id: int | None = None, tenant_id: str | None = None, limit: int = 100
+    ) -> list[QuarantinedRow]:
+        self._require_schema()
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT job_id, tenant_id, feature_group_id, feature_name, entity_id, event_time, value, rule,"
+                " reason, quarantined_at FROM feature_store.quarantined_rows"
+                " WHERE (%(job)s::bigint IS NULL OR job_id = %(job)s)"
+                " AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
+                " ORDER BY quarantined_at DESC, id DESC LIMIT %(limit)s",
+                {"job": job_id, "tenant": tenant_id, "limit": limit},
+            )
+            return [QuarantinedRow.model_validate(r) for r in cur.fetchall()]
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get_online_features(
+        self, tenant_id: str, entity_type: str, entity_ids: Sequence[str], features: Sequence[FeatureRef]
+    ) -> list[OnlineFeatureRow]:
+        """Latest values of `features` (as `group:feature`) for each entity, in one Redis round trip.
+
+        Returns:
+            One row per entity id, in order; every requested feature is present in each row, with
+            status `missing` or `expired` where there is no servable value.
+        """
+        specs = [self._spec(ref, entity_type) for ref in features]
+        values = self.online.read(tenant_id=tenant_id, entity_ids=list(entity_ids), features=specs)
+        return [
+            OnlineFeatureRow(entity_id=entity_id, features=row)
+            for entity_id, row in zip(entity_ids, values, strict=True)
+        ]
+
+    def get_historical_features(
+        self, tenant_id: str, entity_rows: Sequence[tuple[str, datetime]], features: Sequence[FeatureRef]
+    ) -> list[HistoricalRow]:
+        """Point-in-time-correct training rows: each gets the latest value at or before its timestamp."""
+        specs = [self._spec(ref, None) for ref in features]
+        return offline_store.get_historical_features(
+            self.conn,
+            tenant_id=tenant_id,
+            entity_rows=entity_rows,
+            features=[(s.group_id, s.name, s.value_type) for s in specs],
+        )
+
+    def _spec(self, ref: FeatureRef, entity_type: str | None) -> FeatureSpec:
+        group_id, sep, name = ref.partition(":")
+        if not sep or not group_id or not name:
+            raise FeatureStoreError(f"feature reference {ref!r} must look like 'group:feature'")
+        group = self._group(group_id)
+        if entity_type is not None and group.entity_type != entity_type:
+            raise FeatureStoreError(
+                f"feature {ref!r} belongs to entity type {group.entity_type!r}, not {entity_type!r}"
+            )
+        feature = group.feature(name)
+        if feature is None:
+            raise FeatureNotFoundError(group_id, name)
+        return FeatureSpec(group_id=group.id, name=name, value_type=feature.value_type, ttl_seconds=group.ttl_seconds)
+
+    def _group(self, group_id: str) -> FeatureGroup:
+        now = time.monotonic()
+        if now - self._groups_loaded_at > _REGISTRY_CACHE_S:
+            self._groups = {g.id: g for g in self.registry.list_groups()}
+            self._groups_loaded_at = now
+        if group_id not in self._groups:
+            return self.registry.get_group(group_id)  # raises FeatureGroupNotFoundError
+        return self._groups[group_id]
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _require_schema(self) -> None:
+        if self._schema_checked:
+            return
+        if schema.current_version(self.conn) < schema.latest_version():
+            raise SchemaNotInitializedError()
+        self._schema_checked = True

@@ -1,0 +1,171 @@
+"""Transform: run a feature's SQL server-side, for one tenant and window, into the job's staging table.
+
+The SQL runs inside a transaction under the restricted transform role (it can read the declared
+source schemas and insert into staging only), with the tenant set for row-level-security policies,
+a statement timeout, and `tenant_id` / `start_time` / `end_time` always bound, never interpolated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import psycopg
+from psycopg import sql
+
+from feature_store.models import FeatureDefinition, TimeWindow, ValueType
+from feature_store.registry import TRANSFORM_ROLE
+from feature_store.staging import staging_table
+
+PARAMETERS = ("tenant_id", "start_time", "end_time")
+"""The only placeholders a transformation may use: %(tenant_id)s, %(start_time)s, %(end_time)s."""
+
+TENANT_SETTING = "featurepipe.tenant_id"
+"""Session setting row-level-security policies on source tables compare `tenant_id` against."""
+
+REQUIRED_COLUMNS = ("entity_id", "value")
+OPTIONAL_COLUMNS = ("event_time",)
+
+# Result types (PostgreSQL type names) a feature's `value` may have, per declared value type.
+_INTEGER_TYPES = {"int2", "int4", "int8", "numeric"}
+_ACCEPTED_VALUE_TYPES: dict[ValueType, set[str] | None] = {
+    ValueType.INT64: _INTEGER_TYPES,
+    ValueType.FLOAT64: _INTEGER_TYPES | {"float4", "float8"},
+    ValueType.BOOL: {"bool"},
+    ValueType.STRING: None,  # anything has a text form
+}
+_EVENT_TIME_TYPES = {"timestamptz", "timestamp", "date"}
+
+# How the staged jsonb value is built from the SQL's `value`, per declared type.
+_VALUE_EXPRESSIONS = {
+    ValueType.INT64: "to_jsonb(q.value)",
+    ValueType.FLOAT64: "to_jsonb(q.value::float8)",
+    ValueType.BOOL: "to_jsonb(q.value)",
+    ValueType.STRING: "to_jsonb(q.value::text)",
+}
+
+
+class SqlShapeError(ValueError):
+    """The SQL is not a single SELECT returning entity_id, value[, event_time] of the right types."""
+
+
+@dataclass(frozen=True)
+class SqlShape:
+    has_event_time: bool
+
+
+def describe(conn: psycopg.Connection, feature: FeatureDefinition, *, timeout_s: float = 10.0) -> SqlShape:
+    """Check a feature's SQL against the live database without running it, and return its shape.
+
+    The SQL is planned as a subquery of a read-only transaction under the transform role, so
+    anything but one SELECT (several statements, DML, data-modifying CTEs, tables outside the
+    source schemas) is refused by PostgreSQL itself.
+    """
+    assert feature.transformation_sql is not None
+    if "%(tenant_id)s" not in feature.transformation_sql:
+        raise SqlShapeError("must filter its sources by the bound %(tenant_id)s parameter (tenant isolation)")
+    now = datetime.now(timezone.utc)
+    params = {"tenant_id": "", "start_time": now, "end_time": now}
+    query = "SELECT * FROM (\n" + feature.transformation_sql + "\n) AS q LIMIT 0"
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET LOCAL transaction_read_only = on")
+            _restrict(conn, tenant_id="", timeout_s=timeout_s)
+            cur = conn.execute(query, params)
+            assert cur.description is not None
+            columns = {d.name: _type_name(conn, d.type_code) for d in cur.description}
+    except psycopg.errors.SyntaxError as exc:
+        raise SqlShapeError(f"is not a single SELECT statement: {_pg_message(exc)}") from exc
+    except psycopg.errors.FeatureNotSupported as exc:
+        raise SqlShapeError(f"must be a single SELECT that does not modify data: {_pg_message(exc)}") from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise SqlShapeError(
+            f"reads something outside the declared source schemas or modifies data: {_pg_message(exc)}"
+        ) from exc
+    except (psycopg.Error, TypeError) as exc:
+        if isinstance(exc, psycopg.Error) and exc.sqlstate is not None:
+            raise SqlShapeError(_pg_message(exc)) from exc
+        # Raised by psycopg itself, before sending: an unknown or positional placeholder.
+        raise SqlShapeError(
+            f"uses a placeholder other than {', '.join(f'%({p})s' for p in PARAMETERS)} ({exc});"
+            " write a literal % as %%"
+        ) from exc
+    _check_columns(columns, feature.value_type)
+    return SqlShape(has_event_time="event_time" in columns)
+
+
+def run(
+    conn: psycopg.Connection,
+    *,
+    job_id: int,
+    tenant_id: str,
+    feature: FeatureDefinition,
+    window: TimeWindow,
+    timeout_s: float,
+) -> int:
+    """Replace this feature's staged rows with a fresh run of its SQL; return the number of rows staged.
+
+    Rows without an `event_time` column are stamped with the window end: the value as known then.
+    """
+    shape = describe(conn, feature)
+    table = staging_table(job_id)
+    event_time = "q.event_time::timestamptz" if shape.has_event_time else "%(end_time)s::timestamptz"
+    insert = sql.SQL(
+        "INSERT INTO {table} (feature_name, entity_id, event_time, value)"
+        " SELECT {feature}, q.entity_id::text, {event_time}, {value} FROM (\n"
+    ).format(
+        table=table,
+        feature=sql.Literal(feature.name),
+        event_time=sql.SQL(event_time),
+        value=sql.SQL(_VALUE_EXPRESSIONS[feature.value_type]),
+    )
+    query = insert.as_string(conn) + feature.transformation_sql + "\n) AS q"  # type: ignore[operator]
+    params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
+    with conn.transaction():
+        conn.execute(sql.SQL("DELETE FROM {} WHERE feature_name = %s").format(table), (feature.name,))
+        _restrict(conn, tenant_id=tenant_id, timeout_s=timeout_s)
+        cur = conn.execute(query, params)
+        return cur.rowcount
+
+
+def _restrict(conn: psycopg.Connection, *, tenant_id: str, timeout_s: float) -> None:
+    """Scope the rest of the transaction: timeout, tenant setting for RLS, restricted role, UTC."""
+    conn.execute(
+        "SELECT set_config('statement_timeout', %s, true), set_config(%s, %s, true),"
+        " set_config('TimeZone', 'UTC', true)",
+        (f"{int(timeout_s * 1000)}ms", TENANT_SETTING, tenant_id),
+    )
+    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(TRANSFORM_ROLE)))
+
+
+def _check_columns(columns: dict[str, str], value_type: ValueType) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    extra = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if missing or extra:
+        got = ", ".join(columns) or "no columns"
+        raise SqlShapeError(f"must return columns entity_id, value[, event_time]; it returns {got}")
+    accepted = _ACCEPTED_VALUE_TYPES[value_type]
+    if accepted is not None and columns["value"] not in accepted:
+        raise SqlShapeError(
+            f"returns value of type {columns['value']}, which is not a {value_type.value}"
+            f" (accepted: {', '.join(sorted(accepted))})"
+        )
+    if "event_time" in columns and columns["event_time"] not in _EVENT_TIME_TYPES:
+        raise SqlShapeError(
+            f"returns event_time of type {columns['event_time']};"
+            f" expected one of {', '.join(sorted(_EVENT_TIME_TYPES))}"
+        )
+
+
+def _type_name(conn: psycopg.Connection, oid: int) -> str:
+    info = conn.adapters.types.get(oid)
+    if info is not None:
+        return info.name
+    row = conn.execute("SELECT typname FROM pg_type WHERE oid = %s", (oid,)).fetchone()
+    return str(row[0]) if row else str(oid)
+
+
+def _pg_message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    text = diag.message_primary or str(exc).splitlines()[0]
+    return f"{text} ({diag.message_hint})" if diag.message_hint else text

@@ -1,0 +1,208 @@
+"""Validate: check a feature's staged rows set-wise in PostgreSQL and quarantine the ones that fail.
+
+Each failing row is marked in staging with the first rule it broke and a readable reason, then
+copied to `feature_store.quarantined_rows`; only unmarked rows are ever written. If more than the
+group's `max_failure_rate` of the rows fail, the feature fails (its quarantined rows stay, as evidence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from feature_store.models import FeatureDefinition, TimeWindow, ValueType
+from feature_store.staging import staging_table
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# jsonb type a value of each declared type has (jsonb_typeof).
+_JSON_TYPES = {
+    ValueType.INT64: "number",
+    ValueType.FLOAT64: "number",
+    ValueType.STRING: "string",
+    ValueType.BOOL: "boolean",
+}
+
+RULES = ("entity_id", "event_time", "not_null", "value_type", "min", "max", "allowed_values", "unique")
+"""Every rule a row can be quarantined for, in the order they are checked."""
+
+
+@dataclass(frozen=True)
+class _Check:
+    rule: str
+    condition: sql.Composable
+    reason: sql.Composable
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    rows_total: int
+    rows_failed: int
+    failures_by_rule: dict[str, int] = field(default_factory=dict)
+    example: str | None = None
+
+    @property
+    def failure_rate(self) -> float:
+        return self.rows_failed / self.rows_total if self.rows_total else 0.0
+
+
+def run(
+    conn: psycopg.Connection,
+    *,
+    job_id: int,
+    tenant_id: str,
+    group_id: str,
+    feature: FeatureDefinition,
+    window: TimeWindow,
+) -> ValidationOutcome:
+    """Mark and quarantine the failing rows of one feature; safe to rerun (it starts from a clean slate)."""
+    table = staging_table(job_id)
+    name = feature.name
+    with conn.transaction():
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET rejected_rule = NULL, rejected_reason = NULL"
+                " WHERE feature_name = %s AND rejected_rule IS NOT NULL"
+            ).format(table),
+            (name,),
+        )
+        conn.execute(
+            "DELETE FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = %s",
+            (job_id, name),
+        )
+        checks = _row_checks(feature, window)
+        rule_case = sql.SQL(" ").join(
+            sql.SQL("WHEN {} THEN {}").format(c.condition, sql.Literal(c.rule)) for c in checks
+        )
+        reason_case = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(c.condition, c.reason) for c in checks)
+        any_failed = sql.SQL(" OR ").join(sql.SQL("({})").format(c.condition) for c in checks)
+        conn.execute(
+            sql.SQL(
+                "UPDATE {table} SET rejected_rule = CASE {rule_case} END, rejected_reason = CASE {reason_case} END"
+                " WHERE feature_name = {name} AND ({any_failed})"
+            ).format(
+                table=table,
+                rule_case=rule_case,
+                reason_case=reason_case,
+                name=sql.Literal(name),
+                any_failed=any_failed,
+            )
+        )
+        _mark_duplicates(conn, table, name)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO feature_store.quarantined_rows"
+                " (job_id, tenant_id, feature_group_id, feature_name, entity_id, event_time, value, rule, reason)"
+                " SELECT %s, %s, %s, feature_name, entity_id, event_time, value, rejected_rule, rejected_reason"
+                " FROM {} WHERE feature_name = %s AND rejected_rule IS NOT NULL"
+            ).format(table),
+            (job_id, tenant_id, group_id, name),
+        )
+        return _outcome(conn, table, name)
+
+
+def _row_checks(feature: FeatureDefinition, window: TimeWindow) -> list[_Check]:
+    rules = feature.validation
+    value_type = feature.value_type
+    present = sql.SQL("(value IS NOT NULL AND jsonb_typeof(value) <> 'null')")
+    checks = [
+        _Check("entity_id", sql.SQL("entity_id IS NULL"), sql.Literal("entity_id is null")),
+        _Check(
+            "event_time",
+            sql.SQL("event_time IS NULL OR event_time <= {} OR event_time > {}").format(
+                sql.Literal(window.start), sql.Literal(window.end)
+            ),
+            sql.SQL("format('event_time %s is outside the window (%s, %s]', event_time, {}, {})").format(
+                sql.Literal(window.start.isoformat()), sql.Literal(window.end.isoformat())
+            ),
+        ),
+    ]
+    if rules.not_null:
+        checks.append(_Check("not_null", sql.SQL("NOT {}").format(present), sql.Literal("value is null")))
+    checks.append(
+        _Check(
+            "value_type",
+            sql.SQL("{} AND NOT {}").format(present, _type_test(value_type)),
+            _reason(f"value %s is not a {value_type.value}"),
+        )
+    )
+    number = "CASE WHEN jsonb_typeof(value) = 'number' THEN value::numeric END"
+    if rules.min is not None:
+        checks.append(
+            _Check(
+                "min",
+                sql.SQL(f"({number}) < {{}}").format(sql.Literal(rules.min)),
+                _reason(f"value %s is below min {rules.min:g}"),
+            )
+        )
+    if rules.max is not None:
+        checks.append(
+            _Check(
+                "max",
+                sql.SQL(f"({number}) > {{}}").format(sql.Literal(rules.max)),
+                _reason(f"value %s is above max {rules.max:g}"),
+            )
+        )
+    if rules.allowed_values is not None:
+        allowed = sql.Literal([Jsonb(v) for v in rules.allowed_values])
+        shown = ", ".join(repr(v) for v in rules.allowed_values).replace("%", "%%")
+        checks.append(
+            _Check(
+                "allowed_values",
+                sql.SQL("{} AND NOT (value = ANY({}::jsonb[]))").format(present, allowed),
+                _reason(f"value %s is not one of the allowed values [{shown}]"),
+            )
+        )
+    return checks
+
+
+def _type_test(value_type: ValueType) -> sql.Composable:
+    json_type = sql.Literal(_JSON_TYPES[value_type])
+    if value_type is ValueType.INT64:
+        return sql.SQL(
+            "(CASE WHEN jsonb_typeof(value) = 'number'"
+            " THEN value::numeric = trunc(value::numeric) AND value::numeric BETWEEN {} AND {}"
+            " ELSE false END)"
+        ).format(sql.Literal(INT64_MIN), sql.Literal(INT64_MAX))
+    return sql.SQL("(jsonb_typeof(value) = {})").format(json_type)
+
+
+def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str) -> None:
+    """Quarantine every row of an (entity_id, event_time) that occurs more than once: which is right is unknowable."""
+    conn.execute(
+        sql.SQL(
+            "UPDATE {t} s SET rejected_rule = 'unique', rejected_reason = format("
+            "'entity %%s has %%s rows at event_time %%s; (entity_id, event_time) must be unique',"
+            " s.entity_id, d.n, s.event_time)"
+            " FROM (SELECT entity_id, event_time, count(*) AS n FROM {t}"
+            "       WHERE feature_name = %(name)s AND rejected_rule IS NULL"
+            "       GROUP BY entity_id, event_time HAVING count(*) > 1) d"
+            " WHERE s.feature_name = %(name)s AND s.rejected_rule IS NULL"
+            "   AND s.entity_id = d.entity_id AND s.event_time = d.event_time"
+        ).format(t=table),
+        {"name": name},
+    )
+
+
+def _outcome(conn: psycopg.Connection, table: sql.Composable, name: str) -> ValidationOutcome:
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT rejected_rule, count(*), min(format('entity %%s: %%s', entity_id, rejected_reason))"
+            " FROM {} WHERE feature_name = %s GROUP BY rejected_rule"
+        ).format(table),
+        (name,),
+    ).fetchall()
+    total = sum(int(r[1]) for r in rows)
+    by_rule = {str(r[0]): int(r[1]) for r in rows if r[0] is not None}
+    example = next((str(r[2]) for r in rows if r[0] is not None), None)
+    return ValidationOutcome(
+        rows_total=total, rows_failed=sum(by_rule.values()), failures_by_rule=by_rule, example=example
+    )
+
+
+def _reason(template: str) -> sql.Composable:
+    """A reason built by PostgreSQL's format() with the row's value in place of the template's %s."""
+    return sql.SQL("format({}, value)").format(sql.Literal(template))

@@ -1,0 +1,192 @@
+"""The `feature-store` command line: every verb with human and JSON output, clear errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import HOURS, Sql
+
+from feature_store.cli import main
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def materialize_args(tenant: str = "acme", group: str = "user_engagement") -> list[str]:
+    return [
+        "materialize",
+        "--tenant",
+        tenant,
+        "--group",
+        group,
+        "--start",
+        HOURS[-1].start.isoformat(),
+        "--end",
+        HOURS[-1].end.isoformat(),
+    ]
+
+
+def test_init_is_idempotent(env: object) -> None:
+    assert run("init") == (0, "schema is up to date\n")
+    code, out = run("init", "--json")
+    assert code == 0 and json.loads(out) == {"applied": []}
+
+
+def test_materialize_prints_a_result_table_and_json(env: object) -> None:
+    code, out = run(*materialize_args())
+    assert code == 0, out
+    assert "completed" in out and "message_count" in out
+    code, out = run(*materialize_args(), "--json")
+    payload = json.loads(out)
+    assert code == 0 and payload["status"] == "completed" and payload["rows_processed"] > 0
+
+
+def test_materialize_exits_non_zero_when_the_job_failed(env: object, db: Sql) -> None:
+    db.rows(
+        "UPDATE feature_store.feature_definitions SET transformation_sql ="
+        " 'SELECT m.user_id AS entity_id, count(*) / 0 AS value FROM app.messages m"
+        "  WHERE m.tenant_id = %(tenant_id)s GROUP BY m.user_id'"
+        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count' RETURNING name"
+    )
+    code, out = run(*materialize_args())
+    assert code == 1
+    assert "division by zero" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "sometimes"], "'sometimes' is not one of 'full', 'incremental'"),
+        (["--tenant", "nobody"], "tenant 'nobody' does not exist"),
+        (["--group", "nothing"], "feature group 'nothing' does not exist"),
+    ],
+)
+def test_materialize_rejects_bad_input_with_the_choices(env: object, args: list[str], message: str) -> None:
+    base = materialize_args()
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        if flag in base:
+            base[base.index(flag) + 1] = value
+        else:
+            base += [flag, value]
+    code, out = run(*base)
+    assert code != 0
+    assert message in out
+
+
+def test_a_window_without_time_zone_is_a_usage_error(env: object) -> None:
+    code, out = run(
+        "materialize",
+        "--tenant",
+        "acme",
+        "--group",
+        "user_engagement",
+        "--start",
+        "2026-01-01T00:00:00",
+        "--end",
+        "2026-01-01T01:00:00",
+    )
+    assert code == 2 and "has no time zone" in out
+
+
+def test_jobs_online_historical_and_quarantine_verbs(env: object, tmp_path: object) -> None:
+    assert run(*materialize_args())[0] == 0
+    assert run(*materialize_args(group="message_features"))[0] == 0
+
+    code, out = run("jobs", "--json")
+    jobs = json.loads(out)
+    assert code == 0 and [j["status"] for j in jobs] == ["completed", "completed"]
+    assert "user_engagement" in run("jobs", "--tenant", "acme")[1]
+
+    code, out = run(
+        "online",
+        "get",
+        "--tenant",
+        "acme",
+        "--entity-type",
+        "user",
+        "--entity",
+        "acme-u001",
+        "--entity",
+        "nobody",
+        "--feature",
+        "user_engagement:message_count",
+        "--json",
+    )
+    rows = json.loads(out)
+    assert code == 0 and rows[1]["features"]["user_engagement:message_count"]["status"] == "missing"
+
+    code, out = run(
+        "online",
+        "get",
+        "--tenant",
+        "acme",
+        "--entity-type",
+        "message",
+        "--entity",
+        "x",
+        "--feature",
+        "user_engagement:message_count",
+    )
+    assert code == 1 and "belongs to entity type 'user', not 'message'" in out
+
+    csv_path = tmp_path / "entities.csv"  # type: ignore[operator]
+    csv_path.write_text(f"entity_id,timestamp\nacme-u001,{HOURS[-1].end.isoformat()}\n")
+    code, out = run(
+        "historical",
+        "--tenant",
+        "acme",
+        "--feature",
+        "user_engagement:message_count",
+        "--entities",
+        str(csv_path),
+        "--json",
+    )
+    assert code == 0 and json.loads(out)[0]["entity_id"] == "acme-u001"
+
+    code, out = run("quarantine", "--json")
+    assert code == 0 and isinstance(json.loads(out), list)
+
+
+def test_unreachable_services_are_named_with_how_to_start_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURE_STORE_DATABASE_URL", "postgresql://postgres:secret@127.0.0.1:1/featurepipe")
+    code, out = run("jobs")
+    assert code == 1
+    assert "cannot connect to PostgreSQL at postgresql://postgres:***@127.0.0.1:1/featurepipe" in out
+    assert "docker compose up -d postgres" in out
+    assert "secret" not in out
+    assert "Traceback" not in out
+
+
+def test_unreachable_redis_is_named_too(env: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURE_STORE_REDIS_URL", "redis://127.0.0.1:1/0")
+    code, out = run(
+        "online",
+        "get",
+        "--tenant",
+        "acme",
+        "--entity-type",
+        "user",
+        "--entity",
+        "a",
+        "--feature",
+        "user_engagement:message_count",
+    )
+    assert code == 1 and "cannot connect to Redis at redis://127.0.0.1:1/0" in out
+
+
+def test_an_uninitialised_database_says_to_run_init(monkeypatch: pytest.MonkeyPatch, template_db: str) -> None:
+    from conftest import _admin, _url_for
+
+    with _admin() as admin:
+        admin.execute("CREATE DATABASE fp_test_empty_cli")
+    try:
+        monkeypatch.setenv("FEATURE_STORE_DATABASE_URL", _url_for("fp_test_empty_cli"))
+        code, out = run("jobs")
+        assert code == 1 and "run `feature-store init`" in out
+    finally:
+        with _admin() as admin:
+            admin.execute("DROP DATABASE fp_test_empty_cli WITH (FORCE)")

@@ -1,0 +1,123 @@
+"""The Redis online store: newer-only writes in Lua, TTL, typed reads with explicit missing values."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+
+from feature_store import Settings
+from feature_store.models import OnlineValueStatus, ValueType
+from feature_store.online_store import FeatureSpec, RedisOnlineStore
+
+
+@pytest.fixture
+def online(settings: Settings) -> RedisOnlineStore:
+    return RedisOnlineStore(redis.Redis.from_url(settings.redis_url), prefix=settings.redis_prefix)
+
+
+def fields(*items: tuple[str, int, object]) -> str:
+    return json.dumps([[name, str(event_us), json.dumps(value)] for name, event_us, value in items])
+
+
+SPECS = [
+    FeatureSpec("g", "count", ValueType.INT64, None),
+    FeatureSpec("g", "score", ValueType.FLOAT64, None),
+]
+
+
+def read(online: RedisOnlineStore, *entities: str, specs: list[FeatureSpec] = SPECS) -> list[dict[str, object]]:
+    rows = online.read(tenant_id="t", entity_ids=list(entities), features=specs)
+    return [
+        {ref: (v.value if v.status is OnlineValueStatus.PRESENT else v.status.value) for ref, v in r.items()}
+        for r in rows
+    ]
+
+
+def write(online: RedisOnlineStore, rows: list[tuple[str, str]], write_us: int, ttl: int | None = None) -> int:
+    return online.write_batch(tenant_id="t", group_id="g", rows=rows, ttl_seconds=ttl, write_time_us=write_us)
+
+
+def test_newer_event_time_wins_and_older_is_skipped(online: RedisOnlineStore) -> None:
+    assert write(online, [("e1", fields(("count", 200, 5), ("score", 200, 0.5)))], write_us=1000) == 2
+    # Older event time, later write (a backfill): skipped. Newer event time for one field: written.
+    assert write(online, [("e1", fields(("count", 100, 1), ("score", 300, 0.75)))], write_us=2000) == 1
+    assert read(online, "e1") == [{"g:count": 5, "g:score": 0.75}]
+
+
+def test_equal_event_time_takes_the_later_write(online: RedisOnlineStore) -> None:
+    write(online, [("e1", fields(("count", 200, 5)))], write_us=1000)
+    assert write(online, [("e1", fields(("count", 200, 6)))], write_us=900) == 0
+    assert write(online, [("e1", fields(("count", 200, 7)))], write_us=1100) == 1
+    assert read(online, "e1")[0]["g:count"] == 7
+
+
+def test_missing_values_are_explicit_and_order_follows_the_request(online: RedisOnlineStore) -> None:
+    write(online, [("b", fields(("count", 1, 3)))], write_us=1)
+    assert read(online, "a", "b") == [
+        {"g:count": "missing", "g:score": "missing"},
+        {"g:count": 3, "g:score": "missing"},
+    ]
+
+
+def test_values_keep_their_declared_types_and_precision(online: RedisOnlineStore) -> None:
+    big = 2**62 + 1
+    write(online, [("e", fields(("count", 1, big), ("score", 1, 0.1 + 0.2)))], write_us=1)
+    value = read(online, "e")[0]
+    assert value["g:count"] == big and isinstance(value["g:count"], int)
+    assert value["g:score"] == 0.1 + 0.2
+
+
+def test_ttl_is_set_on_write_and_applied_on_read(online: RedisOnlineStore) -> None:
+    now_us = time.time_ns() // 1000
+    write(online, [("fresh", fields(("count", 1, 1)))], write_us=now_us, ttl=60)
+    assert 0 < online.client.pttl(online.key("t", "g", "fresh")) <= 60_000
+    # A value written longer ago than the group's TTL is expired, even if the key lives on.
+    write(online, [("stale", fields(("count", 1, 1)))], write_us=now_us - 120_000_000, ttl=60)
+    specs = [FeatureSpec("g", "count", ValueType.INT64, 60)]
+    assert read(online, "fresh", "stale", specs=specs) == [{"g:count": 1}, {"g:count": "expired"}]
+
+
+def test_entity_ids_cannot_collide_through_separators(online: RedisOnlineStore) -> None:
+    write(online, [("a:b", fields(("count", 1, 1))), ("a%3Ab", fields(("count", 1, 2)))], write_us=1)
+    assert read(online, "a:b", "a%3Ab") == [
+        {"g:count": 1, "g:score": "missing"},
+        {"g:count": 2, "g:score": "missing"},
+    ]
+
+
+def test_concurrent_writers_keep_the_newest_value(online: RedisOnlineStore) -> None:
+    """Many interleaved batches with random event times: the stored value is always the max event time."""
+    import random
+    import threading
+
+    rng = random.Random(7)
+    batches = [
+        [(f"e{i}", fields(("count", rng.randrange(1, 10_000), rng.randrange(100)))) for i in range(50)]
+        for _ in range(40)
+    ]
+    best: dict[str, tuple[int, int]] = {}
+    for batch in batches:
+        for entity, payload in batch:
+            event = int(json.loads(payload)[0][1])
+            best[entity] = max(best.get(entity, (0, 0)), (event, 0))
+    threads = [threading.Thread(target=write, args=(online, b, 5)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for entity, (event, _) in best.items():
+        stored = online.client.hget(online.key("t", "g", entity), "count")
+        assert stored is not None and int(stored.split(b"|")[0]) == event
+
+
+def test_teardown_removes_only_this_tenants_keys(online: RedisOnlineStore) -> None:
+    write(online, [("e", fields(("count", 1, 1)))], write_us=1)
+    online.write_batch(
+        tenant_id="other", group_id="g", rows=[("e", fields(("count", 1, 1)))], ttl_seconds=None, write_time_us=1
+    )
+    assert online.teardown(tenant_id="t") == 1
+    assert read(online, "e")[0]["g:count"] == "missing"
+    assert online.client.exists(online.key("other", "g", "e")) == 1

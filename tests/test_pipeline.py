@@ -1,0 +1,319 @@
+"""The batch data path against real PostgreSQL and Redis: correctness, idempotency, ordering, failures."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from conftest import HOURS, Sql
+
+from feature_store import FeatureStore, JobStatus, JobType, PipelineConfig
+from feature_store.models import FeatureStatus, OnlineValueStatus
+
+
+def config(tenant: str, group: str, window_index: int = -1, **overrides: object) -> PipelineConfig:
+    window = HOURS[window_index]
+    return PipelineConfig(
+        tenant_id=tenant, feature_group_id=group, start_time=window.start, end_time=window.end, **overrides
+    )
+
+
+def offline(db: Sql, tenant: str, group: str, feature: str) -> dict[tuple[str, object], object]:
+    return {
+        (entity, ts): value
+        for entity, ts, value in db.rows(
+            "SELECT entity_id, event_time, value FROM feature_store.feature_values"
+            " WHERE tenant_id = %s AND feature_group_id = %s AND feature_name = %s",
+            (tenant, group, feature),
+        )
+    }
+
+
+def test_offline_values_equal_an_independent_sql_computation(store: FeatureStore, db: Sql) -> None:
+    for i in range(3):
+        assert store.materialize(config("acme", "user_engagement", i)).status is JobStatus.COMPLETED
+        assert store.materialize(config("acme", "message_features", i)).status is JobStatus.COMPLETED
+
+    # Hourly message counts per user, computed here without the feature store, windows (start, end].
+    expected_counts = {
+        (user, hour_end): count
+        for user, hour_end, count in db.rows(
+            "SELECT user_id, date_trunc('hour', created_at - interval '1 microsecond') + interval '1 hour', count(*)"
+            " FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' GROUP BY 1, 2"
+        )
+    }
+    assert expected_counts
+    assert offline(db, "acme", "user_engagement", "message_count") == expected_counts
+
+    expected_lengths = {
+        (user, hour_end): pytest.approx(float(avg))
+        for user, hour_end, avg in db.rows(
+            "SELECT user_id, date_trunc('hour', created_at - interval '1 microsecond') + interval '1 hour',"
+            " avg(length(content)) FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' GROUP BY 1, 2"
+        )
+    }
+    assert offline(db, "acme", "user_engagement", "avg_message_length") == expected_lengths
+
+    # Per-message token counts: every valid message lands, stamped with its own time; -1s are quarantined.
+    valid_tokens = {
+        (mid, ts): n
+        for mid, ts, n in db.rows(
+            "SELECT id, created_at, token_count FROM app.messages WHERE tenant_id = 'acme' AND token_count >= 0"
+        )
+    }
+    assert offline(db, "acme", "message_features", "token_count") == valid_tokens
+    assert db.value("SELECT count(*) FROM feature_store.feature_values WHERE tenant_id <> 'acme'") == 0
+
+
+def test_online_values_equal_the_latest_offline_values(store: FeatureStore, db: Sql) -> None:
+    for i in range(3):
+        store.materialize(config("globex", "user_engagement", i))
+    latest = db.rows(
+        "SELECT DISTINCT ON (entity_id, feature_name) entity_id, feature_name, value, event_time"
+        " FROM feature_store.feature_values WHERE tenant_id = 'globex' AND feature_group_id = 'user_engagement'"
+        " ORDER BY entity_id, feature_name, event_time DESC"
+    )
+    assert latest
+    users = sorted({entity for entity, *_ in latest})
+    features = ["message_count", "avg_message_length", "conversation_count", "avg_rating"]
+    rows = store.get_online_features("globex", "user", users, [f"user_engagement:{f}" for f in features])
+    online = {
+        (row.entity_id, ref.split(":")[1]): (v.value, v.event_time)
+        for row in rows
+        for ref, v in row.features.items()
+        if v.status is OnlineValueStatus.PRESENT
+    }
+    assert online == {(entity, name): (pytest.approx(value), ts) for entity, name, value, ts in latest}
+
+
+def test_rerunning_a_window_leaves_the_offline_row_count_unchanged(store: FeatureStore, db: Sql) -> None:
+    first = store.materialize(config("acme", "message_features"))
+    count = db.value("SELECT count(*) FROM feature_store.feature_values")
+    quarantined = db.value("SELECT count(*) FROM feature_store.quarantined_rows")
+    second = store.materialize(config("acme", "message_features"))
+    assert first.status is second.status is JobStatus.COMPLETED
+    assert second.job_id != first.job_id
+    assert count and db.value("SELECT count(*) FROM feature_store.feature_values") == count
+    # Each job keeps its own quarantine record of what it rejected.
+    assert db.value("SELECT count(*) FROM feature_store.quarantined_rows") == 2 * quarantined
+
+
+def test_a_rerun_drops_offline_rows_whose_source_rows_are_gone(store: FeatureStore, db: Sql) -> None:
+    store.materialize(config("acme", "message_features"))
+    gone = db.value(
+        "SELECT id FROM app.messages WHERE tenant_id = 'acme' AND created_at > %s ORDER BY id LIMIT 1",
+        (HOURS[-1].start,),
+    )
+    db.rows("DELETE FROM app.feedback WHERE message_id = %s RETURNING id", (gone,))
+    db.rows("DELETE FROM app.messages WHERE id = %s RETURNING id", (gone,))
+    store.materialize(config("acme", "message_features"))
+    assert db.value("SELECT count(*) FROM feature_store.feature_values WHERE entity_id = %s", (gone,)) == 0
+
+
+def test_an_older_window_never_overwrites_newer_online_values(store: FeatureStore, db: Sql) -> None:
+    store.materialize(config("acme", "user_engagement", -1))
+    before = store.get_online_features("acme", "user", ["acme-u001"], ["user_engagement:message_count"])
+    store.materialize(config("acme", "user_engagement", 0))  # a backfill of an older hour
+    after = store.get_online_features("acme", "user", ["acme-u001"], ["user_engagement:message_count"])
+    value = after[0].features["user_engagement:message_count"]
+    assert value == before[0].features["user_engagement:message_count"]
+    assert value.status is OnlineValueStatus.PRESENT
+    assert value.event_time == HOURS[-1].end
+
+
+def test_invalid_rows_are_quarantined_with_reasons_while_valid_rows_land(store: FeatureStore, db: Sql) -> None:
+    result = store.materialize(config("acme", "message_features", window_index=1))
+    assert result.status is JobStatus.COMPLETED
+    bad_tokens = db.value(
+        "SELECT count(*) FROM app.messages WHERE tenant_id = 'acme' AND token_count < 0"
+        " AND created_at > %s AND created_at <= %s",
+        (HOURS[1].start, HOURS[1].end),
+    )
+    bad_intents = db.value(
+        "SELECT count(*) FROM app.messages WHERE tenant_id = 'acme' AND intent = 'gibberish'"
+        " AND created_at > %s AND created_at <= %s",
+        (HOURS[1].start, HOURS[1].end),
+    )
+    assert bad_tokens or bad_intents, "the demo data should hold invalid rows in this hour"
+    quarantined = store.quarantined_rows(job_id=result.job_id, limit=1000)
+    assert sorted((q.feature_name, q.rule) for q in quarantined) == sorted(
+        [("token_count", "min")] * bad_tokens + [("intent", "allowed_values")] * bad_intents
+    )
+    for q in quarantined:
+        assert q.reason in ("value -1 is below min 0",) or "is not one of the allowed values" in q.reason
+        assert (
+            db.value(
+                "SELECT count(*) FROM feature_store.feature_values WHERE feature_name = %s AND entity_id = %s",
+                (q.feature_name, q.entity_id),
+            )
+            == 0
+        )
+    assert result.rows_failed == bad_tokens + bad_intents
+    token_feature = next(f for f in result.features if f.feature == "token_count")
+    assert token_feature.rows_failed == bad_tokens
+    written = db.value(
+        "SELECT count(*) FROM feature_store.feature_values WHERE feature_name = 'token_count' AND job_id = %s",
+        (result.job_id,),
+    )
+    assert written == token_feature.rows_processed - bad_tokens > 0
+
+
+def test_too_many_invalid_rows_fail_only_that_feature(store: FeatureStore, db: Sql) -> None:
+    db.rows("UPDATE app.messages SET token_count = -5 WHERE tenant_id = 'acme' RETURNING id")
+    result = store.materialize(config("acme", "message_features"))
+    assert result.status is JobStatus.FAILED
+    by_name = {f.feature: f for f in result.features}
+    assert by_name["token_count"].status is FeatureStatus.FAILED
+    assert "max_failure_rate" in (by_name["token_count"].error_message or "")
+    assert "tenant 'acme', group 'message_features', feature 'token_count'" in (
+        by_name["token_count"].error_message or ""
+    )
+    for sibling in ("length", "intent", "is_question"):
+        assert by_name[sibling].status is FeatureStatus.WRITTEN
+    assert db.value("SELECT count(*) FROM feature_store.feature_values WHERE feature_name = 'token_count'") == 0
+    assert db.value("SELECT count(*) FROM feature_store.feature_values WHERE feature_name = 'length'") > 0
+    job = store.get_job(result.job_id)
+    assert job.status is JobStatus.FAILED and job.progress == 1
+    assert job.error_message and job.error_message.startswith("token_count: validate failed")
+    # The siblings still went online; the failed feature did not.
+    some_message = db.value("SELECT entity_id FROM feature_store.feature_values WHERE feature_name = 'length' LIMIT 1")
+    row = store.get_online_features(
+        "acme", "message", [str(some_message)], ["message_features:length", "message_features:token_count"]
+    )[0]
+    assert row.features["message_features:length"].status is OnlineValueStatus.PRESENT
+    assert row.features["message_features:token_count"].status is OnlineValueStatus.MISSING
+
+
+def test_a_feature_failing_at_run_time_fails_alone(store: FeatureStore, db: Sql) -> None:
+    # Valid at apply time (planned, never run), fails when executed: division by zero.
+    db.rows(
+        "UPDATE feature_store.feature_definitions SET transformation_sql ="
+        " 'SELECT m.user_id AS entity_id, count(*) / 0 AS value FROM app.messages m"
+        "  WHERE m.tenant_id = %(tenant_id)s GROUP BY m.user_id'"
+        " WHERE feature_group_id = 'user_engagement' AND name = 'conversation_count' RETURNING name"
+    )
+    result = store.materialize(config("acme", "user_engagement"))
+    assert result.status is JobStatus.FAILED
+    statuses = {f.feature: f.status for f in result.features}
+    assert statuses.pop("conversation_count") is FeatureStatus.FAILED
+    assert set(statuses.values()) == {FeatureStatus.WRITTEN}
+    assert "transform failed for tenant 'acme', group 'user_engagement', feature 'conversation_count'" in str(
+        result.errors
+    )
+    assert "division by zero" in str(result.errors)
+
+
+def test_a_hostile_tenant_id_is_treated_as_data(store: FeatureStore, db: Sql, settings: object) -> None:
+    from feature_store import transform
+    from feature_store.errors import TenantNotFoundError
+
+    hostile = "x'; DROP TABLE feature_store.tenants; --"
+    with pytest.raises(TenantNotFoundError, match="DROP TABLE"):
+        store.materialize(config(hostile, "user_engagement"))
+    # Bound straight into a transform, it matches no rows and executes nothing.
+    planned = store.pipeline().start(config("acme", "user_engagement"))
+    group = store.registry.get_group("user_engagement")
+    feature = group.feature("message_count")
+    assert feature is not None
+    rows = transform.run(
+        store.conn, job_id=planned.job_id, tenant_id=hostile, feature=feature, window=HOURS[-1], timeout_s=10
+    )
+    assert rows == 0
+    assert db.value("SELECT count(*) FROM feature_store.tenants") == 3
+    assert db.value("SELECT to_regclass('feature_store.tenants') IS NOT NULL") is True
+
+
+def test_row_level_security_scopes_a_transform_that_forgets_its_tenant_filter(store: FeatureStore, db: Sql) -> None:
+    db.rows(
+        "UPDATE feature_store.feature_definitions SET transformation_sql ="
+        " 'SELECT m.user_id AS entity_id, count(*) AS value FROM app.messages m"
+        "  WHERE %(tenant_id)s::text IS NOT NULL GROUP BY m.user_id'"
+        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count' RETURNING name"
+    )
+    result = store.materialize(config("acme", "user_engagement"))
+    assert result.status is JobStatus.COMPLETED
+    entities = {r[0] for r in db.rows("SELECT entity_id FROM feature_store.feature_values")}
+    assert entities and all(e.startswith("acme-") for e in entities)
+
+
+def test_transform_cannot_modify_sources_or_read_the_feature_store(store: FeatureStore, db: Sql) -> None:
+    db.rows(
+        "UPDATE feature_store.feature_definitions SET transformation_sql ="
+        " 'SELECT t.id AS entity_id, 1 AS value FROM feature_store.tenants t WHERE t.id = %(tenant_id)s'"
+        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count' RETURNING name"
+    )
+    result = store.materialize(config("acme", "user_engagement"))
+    message = next(f for f in result.features if f.feature == "message_count").error_message or ""
+    assert "permission denied" in message
+
+
+def test_statement_timeout_fails_the_feature_with_a_clear_message(settings: object, db: Sql) -> None:
+    from dataclasses import replace
+
+    from feature_store import Settings
+
+    assert isinstance(settings, Settings)
+    db.rows(
+        "UPDATE feature_store.feature_definitions SET transformation_sql ="
+        " 'SELECT m.user_id AS entity_id, count(*) AS value FROM app.messages m, pg_sleep(2)"
+        "  WHERE m.tenant_id = %(tenant_id)s GROUP BY m.user_id'"
+        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count' RETURNING name"
+    )
+    with FeatureStore(settings=replace(settings, statement_timeout_s=0.3)) as fs:
+        result = fs.materialize(config("acme", "user_engagement"))
+    message = next(f for f in result.features if f.feature == "message_count").error_message or ""
+    assert "exceeded the statement timeout of 0.3s" in message
+
+
+def test_full_mode_recomputes_history_and_replaces_it_offline(store: FeatureStore, db: Sql) -> None:
+    for i in range(3):
+        store.materialize(config("acme", "user_engagement", i))
+    hourly = db.value("SELECT count(*) FROM feature_store.feature_values WHERE feature_name = 'message_count'")
+    result = store.materialize(config("acme", "user_engagement", mode=JobType.FULL))
+    assert result.status is JobStatus.COMPLETED
+    rows = db.rows(
+        "SELECT entity_id, event_time, value FROM feature_store.feature_values WHERE feature_name = 'message_count'"
+    )
+    assert len(rows) < hourly
+    assert {ts for _, ts, _ in rows} == {HOURS[-1].end}
+    totals = dict(
+        db.rows("SELECT user_id, count(*) FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' GROUP BY 1")
+    )
+    assert {entity: value for entity, _, value in rows} == totals
+
+
+def test_online_and_offline_writes_can_each_be_switched_off(store: FeatureStore, db: Sql) -> None:
+    only_online = store.materialize(config("acme", "user_engagement", write_offline=False))
+    assert only_online.status is JobStatus.COMPLETED and only_online.rows_online > 0
+    assert db.value("SELECT count(*) FROM feature_store.feature_values") == 0
+    only_offline = store.materialize(config("initech", "user_engagement", write_online=False))
+    assert only_offline.status is JobStatus.COMPLETED and only_offline.rows_online == 0
+    assert db.value("SELECT count(*) FROM feature_store.feature_values WHERE tenant_id = 'initech'") > 0
+    keys = list(store.online.client.scan_iter(match=f"{store.settings.redis_prefix}:initech:*"))
+    assert keys == []
+
+
+def test_job_row_records_the_run(store: FeatureStore) -> None:
+    result = store.materialize(config("acme", "conversation_stats"))
+    job = store.get_job(result.job_id)
+    assert job.status is JobStatus.COMPLETED
+    assert job.progress == 1 and job.features_total == 3
+    assert job.rows_processed == result.rows_processed > 0 and job.rows_failed == 0
+    assert job.started_at and job.completed_at and job.started_at <= job.completed_at
+    assert job.duration_ms is not None and job.duration_ms >= 0
+    assert job.end_time - job.start_time == timedelta(hours=1)
+    assert job.error_message is None
+
+
+def test_stages_are_idempotent_when_retried(store: FeatureStore, db: Sql) -> None:
+    pipeline = store.pipeline()
+    planned = pipeline.start(config("acme", "message_features"))
+    for _ in range(2):
+        rows = pipeline.transform(planned.job_id, "token_count")
+    for _ in range(2):
+        outcome = pipeline.validate(planned.job_id, "token_count")
+    for _ in range(2):
+        written = pipeline.write(planned.job_id, "token_count")
+    assert written == rows - outcome.rows_failed
+    assert db.value("SELECT count(*) FROM feature_store.feature_values") == written
+    assert db.value("SELECT count(*) FROM feature_store.quarantined_rows") == outcome.rows_failed
