@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -262,6 +263,8 @@ class FeaturePipeline:
         Raises on an online-store failure and leaves the job running, so an orchestrator can retry.
         """
         ctx = self._context(job_id)
+        if ctx.job.status.is_final and not staging_exists(self._conn, job_id):
+            return self._result(ctx.job, 0)  # already finished: a retried finish changes nothing
         results = jobs.feature_results(self._conn, job_id)
         written = [r.feature for r in results if r.status is FeatureStatus.WRITTEN]
         rows_online = 0
@@ -357,11 +360,14 @@ class FeaturePipeline:
         return int(row[0]) if row else 0
 
     def _publish_online(self, ctx: _JobContext, features: Sequence[str]) -> int:
-        """Stream the latest valid value per (entity, feature) from staging to the online store."""
-        assert self._online is not None
+        """Stream the latest valid value per (entity, feature) from staging to the online store.
+
+        PostgreSQL builds each entity's fields as JSON text, so Python only joins strings; the next
+        batch is fetched while a worker thread writes the current one to Redis.
+        """
+        online = self._online
+        assert online is not None
         write_time_us = time.time_ns() // 1000
-        batch_size = self._settings.online_batch_size
-        written = 0
         query = sql.SQL(
             "SELECT entity_id, json_agg(json_build_array(feature_name,"
             "   (extract(epoch FROM event_time) * 1000000)::bigint::text, coalesce(value::text, 'null')))::text"
@@ -370,16 +376,31 @@ class FeaturePipeline:
             "       ORDER BY entity_id, feature_name, event_time DESC) latest"
             " GROUP BY entity_id"
         ).format(staging_table(ctx.job.id))
-        with self._conn.transaction(), self._conn.cursor(name=f"publish_job_{ctx.job.id}") as cur:
+
+        def write(rows: list[tuple[str, str]]) -> int:
+            return online.write_batch(
+                tenant_id=ctx.job.tenant_id,
+                group_id=ctx.group.id,
+                rows=rows,
+                ttl_seconds=ctx.group.ttl_seconds,
+                write_time_us=write_time_us,
+            )
+
+        written = 0
+        pending: Future[int] | None = None
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-publish") as writer,
+            self._conn.transaction(),
+            self._conn.cursor(name=f"publish_job_{ctx.job.id}") as cur,
+        ):
+            self._conn.execute("SET LOCAL work_mem = '64MB'")  # sort in memory up to ~1M values
             cur.execute(query, (list(features),))
-            while batch := cur.fetchmany(batch_size):
-                written += self._online.write_batch(
-                    tenant_id=ctx.job.tenant_id,
-                    group_id=ctx.group.id,
-                    rows=batch,
-                    ttl_seconds=ctx.group.ttl_seconds,
-                    write_time_us=write_time_us,
-                )
+            while batch := cur.fetchmany(self._settings.online_batch_size):
+                if pending is not None:
+                    written += pending.result()
+                pending = writer.submit(write, batch)
+            if pending is not None:
+                written += pending.result()
         return written
 
     def _result(self, job: MaterializationJob, rows_online: int) -> PipelineResult:

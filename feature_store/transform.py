@@ -124,8 +124,10 @@ def run(
     with conn.transaction():
         conn.execute(sql.SQL("DELETE FROM {} WHERE feature_name = %s").format(table), (feature.name,))
         _restrict(conn, tenant_id=tenant_id, timeout_s=timeout_s)
-        cur = conn.execute(query, params)
-        return cur.rowcount
+        rows = conn.execute(query, params).rowcount
+    # Fresh statistics let the planner pick hash joins and aggregates for the stages that follow.
+    conn.execute(sql.SQL("ANALYZE {}").format(table))
+    return rows
 
 
 def _restrict(conn: psycopg.Connection, *, tenant_id: str, timeout_s: float) -> None:

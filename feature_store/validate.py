@@ -171,18 +171,24 @@ def _type_test(value_type: ValueType) -> sql.Composable:
 
 
 def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str) -> None:
-    """Quarantine every row of an (entity_id, event_time) that occurs more than once: which is right is unknowable."""
+    """Quarantine every row of an (entity_id, event_time) seen more than once: which one is right is unknowable."""
+    duplicated = sql.SQL(
+        "SELECT entity_id, event_time, count(*) AS n FROM {t}"
+        " WHERE feature_name = %(name)s AND rejected_rule IS NULL"
+        " GROUP BY entity_id, event_time HAVING count(*) > 1"
+    ).format(t=table)
+    # One hash aggregate answers the usual case (no duplicates) without touching a row.
+    if conn.execute(sql.SQL("SELECT EXISTS ({})").format(duplicated), {"name": name}).fetchone() == (False,):
+        return
     conn.execute(
         sql.SQL(
             "UPDATE {t} s SET rejected_rule = 'unique', rejected_reason = format("
             "'entity %%s has %%s rows at event_time %%s; (entity_id, event_time) must be unique',"
             " s.entity_id, d.n, s.event_time)"
-            " FROM (SELECT entity_id, event_time, count(*) AS n FROM {t}"
-            "       WHERE feature_name = %(name)s AND rejected_rule IS NULL"
-            "       GROUP BY entity_id, event_time HAVING count(*) > 1) d"
+            " FROM ({duplicated}) d"
             " WHERE s.feature_name = %(name)s AND s.rejected_rule IS NULL"
             "   AND s.entity_id = d.entity_id AND s.event_time = d.event_time"
-        ).format(t=table),
+        ).format(t=table, duplicated=duplicated),
         {"name": name},
     )
 

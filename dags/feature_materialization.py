@@ -1,0 +1,102 @@
+"""
+### feature_materialization
+
+Every hour, for each active tenant x active feature group, runs each batch feature's
+**transform → validate → write** as three tasks (map index `tenant/group/feature`), then one
+**finish** task per job that publishes the group's values online and ends the job.
+
+- **Window**: the run's data interval; a manual run uses the last complete hour unless the
+  params `start` / `end` are given. Re-running or backfilling an hour replaces that hour.
+- **Backfill** from the UI (Trigger → Backfill) or `POST /api/v2/backfills`; set `mode=full` to
+  recompute a group's history up to the window end.
+- A failing feature fails only its own tasks; its job ends `failed` with the reason
+  (see `feature_store.materialization_jobs` and the *Feature Store* view).
+- A run still going `FEATUREPIPE_DEADLINE_MINUTES` (default 45) after it was queued misses its deadline.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import (
+    AsyncCallback,
+    CronDataIntervalTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    dag,
+    get_current_context,
+    task,
+    task_group,
+)
+from airflow.sdk.exceptions import AirflowFailException
+
+from featurepipe_airflow import tasks
+from featurepipe_airflow.tasks import JobItem, Plan, WorkItem
+
+LABEL = "{{ task.op_kwargs['item']['label'] }}"
+
+
+@dag(
+    schedule=CronDataIntervalTimetable("@hourly", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=4,
+    doc_md=__doc__,
+    tags=["featurepipe"],
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+        "execution_timeout": timedelta(minutes=30),
+    },
+    params={
+        "mode": Param("incremental", enum=["incremental", "full"], description="full recomputes all history."),
+        "write_online": Param(True, type="boolean"),
+        "write_offline": Param(True, type="boolean"),
+        "tenant_ids": Param([], type="array", items={"type": "string"}, description="Only these tenants."),
+        "feature_group_ids": Param([], type="array", items={"type": "string"}, description="Only these groups."),
+        "start": Param(None, type=["null", "string"], description="Explicit window start (ISO 8601, UTC)."),
+        "end": Param(None, type=["null", "string"], description="Explicit window end (ISO 8601, UTC)."),
+    },
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=tasks.window_deadline_minutes(),
+        callback=AsyncCallback("featurepipe_airflow.deadlines.record_deadline_miss"),
+    ),
+)
+def feature_materialization() -> None:
+    @task(multiple_outputs=True)
+    def plan() -> Plan:
+        return tasks.plan(get_current_context())
+
+    @task_group
+    def materialize_feature(item: WorkItem) -> None:
+        @task(map_index_template=LABEL)
+        def transform(item: WorkItem) -> int:
+            return tasks.transform(item, get_current_context())
+
+        @task(map_index_template=LABEL)
+        def validate(item: WorkItem) -> dict[str, int]:
+            return tasks.validate(item, get_current_context())
+
+        @task(map_index_template=LABEL)
+        def write(item: WorkItem) -> int:
+            return tasks.write(item, get_current_context())
+
+        transform(item) >> validate(item) >> write(item)
+
+    @task(map_index_template="{{ task.op_kwargs['job']['label'] }}", trigger_rule="all_done")
+    def finish(job: JobItem) -> dict[str, int]:
+        try:
+            return tasks.finish(job)
+        except tasks.JobFailed as exc:
+            raise AirflowFailException(str(exc)) from exc  # the job is over: retrying changes nothing
+
+    planned = plan()
+    materialize_feature.expand(item=planned["features"]) >> finish.expand(job=planned["jobs"])
+
+
+feature_materialization()

@@ -1,0 +1,121 @@
+"""Bodies of the `feature_materialization` tasks: each opens the store, calls one library stage, returns ids/counts."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypedDict
+
+from feature_store import JobType, RunInfo, TimeWindow
+from feature_store.errors import FeatureStoreError
+from featurepipe_airflow.connections import open_store
+
+
+class WorkItem(TypedDict):
+    """One batch feature of one job: what a mapped transform/validate/write task works on."""
+
+    job_id: int
+    feature: str
+    label: str
+
+
+class JobItem(TypedDict):
+    job_id: int
+    label: str
+
+
+class Plan(TypedDict):
+    features: list[WorkItem]
+    jobs: list[JobItem]
+
+
+def resolve_window(context: Any) -> TimeWindow:
+    """The run's window: explicit start/end params, else the data interval, else the last complete hour.
+
+    A manual run of an hourly DAG has a zero-width data interval, so it takes the hour before it.
+    """
+    params = context["params"]
+    if params.get("start") or params.get("end"):
+        if not (params.get("start") and params.get("end")):
+            raise ValueError("params start and end must be given together (ISO 8601 with time zone)")
+        return TimeWindow(start=_parse(params["start"], "start"), end=_parse(params["end"], "end"))
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is not None and end is not None and start < end:
+        return TimeWindow(start=start, end=end)
+    anchor = end or context.get("logical_date") or datetime.now(timezone.utc)
+    return TimeWindow.last_complete_hour(anchor)
+
+
+def _parse(value: str, name: str) -> datetime:
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"param {name}={value!r} has no time zone; add Z or +00:00")
+    return parsed
+
+
+def run_info(context: Any) -> RunInfo:
+    ti = context["ti"]
+    return RunInfo(dag_id=ti.dag_id, run_id=ti.run_id, try_number=ti.try_number)
+
+
+def plan(context: Any) -> Plan:
+    """Create one pending job per active tenant x group and list the batch features to run."""
+    params = context["params"]
+    window = resolve_window(context)
+    with open_store(online=False) as store:
+        planned = store.pipeline(online=False).plan(
+            window=window,
+            mode=JobType(params["mode"]),
+            write_online=bool(params["write_online"]),
+            write_offline=bool(params["write_offline"]),
+            tenant_ids=params.get("tenant_ids") or None,
+            group_ids=params.get("feature_group_ids") or None,
+            run=run_info(context),
+        )
+    return {
+        "features": [
+            {"job_id": p.job_id, "feature": f, "label": f"{p.tenant_id}/{p.feature_group_id}/{f}"}
+            for p in planned
+            for f in p.features
+        ],
+        "jobs": [{"job_id": p.job_id, "label": f"{p.tenant_id}/{p.feature_group_id}"} for p in planned],
+    }
+
+
+def transform(item: WorkItem, context: Any) -> int:
+    with open_store(online=False) as store:
+        return store.pipeline(online=False).transform(
+            item["job_id"], item["feature"], try_number=context["ti"].try_number
+        )
+
+
+def validate(item: WorkItem, context: Any) -> dict[str, int]:
+    with open_store(online=False) as store:
+        outcome = store.pipeline(online=False).validate(
+            item["job_id"], item["feature"], try_number=context["ti"].try_number
+        )
+    return {"rows": outcome.rows_total, "rows_failed": outcome.rows_failed}
+
+
+def write(item: WorkItem, context: Any) -> int:
+    with open_store(online=False) as store:
+        return store.pipeline(online=False).write(item["job_id"], item["feature"], try_number=context["ti"].try_number)
+
+
+class JobFailed(FeatureStoreError):
+    """The job ended failed; its features' errors are in the message."""
+
+
+def finish(job: JobItem) -> dict[str, int]:
+    """Publish online and end the job; raises JobFailed (no retry: the job is over) when it failed."""
+    with open_store() as store:
+        result = store.pipeline().finish(job["job_id"])
+    if not result.succeeded:
+        raise JobFailed(f"job {result.job_id} ({job['label']}) failed:\n" + "\n".join(result.errors))
+    return {"rows": result.rows_processed, "rows_failed": result.rows_failed, "rows_online": result.rows_online}
+
+
+def window_deadline_minutes() -> timedelta:
+    """How long after its data interval a run may take before its deadline is missed (env-configurable)."""
+    import os
+
+    return timedelta(minutes=float(os.environ.get("FEATUREPIPE_DEADLINE_MINUTES", "45")))
