@@ -100,9 +100,7 @@ def _reset(settings: Settings) -> None:
 
 
 def _pipeline_child(settings: Settings, queue: mp.Queue) -> None:  # type: ignore[type-arg]
-    config = PipelineConfig(
-        tenant_id=TENANT, feature_group_id=GROUP, start_time=WINDOW_START, end_time=WINDOW_END
-    )
+    config = PipelineConfig(tenant_id=TENANT, feature_group_id=GROUP, start_time=WINDOW_START, end_time=WINDOW_END)
     with FeatureStore(settings=settings) as store:
         store.conn  # noqa: B018 - connect before the clock starts, as the raw path does
         store.online  # noqa: B018
@@ -206,7 +204,9 @@ def bench(settings: Settings, entities: int, repeat: int) -> Result:
             _reset(settings)
             run = _in_child(target, settings)
             getattr(result, name).append(run)
-            print(f"  run {i + 1}/{repeat} {name:8s} {run.seconds:7.2f} s  peak RSS {run.max_rss_mb:6.0f} MB", flush=True)
+            print(
+                f"  run {i + 1}/{repeat} {name:8s} {run.seconds:7.2f} s  peak RSS {run.max_rss_mb:6.0f} MB", flush=True
+            )
     _reset(settings)
     return result
 

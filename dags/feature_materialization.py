@@ -11,7 +11,8 @@ Every hour, for each active tenant x active feature group, runs each batch featu
   recompute a group's history up to the window end.
 - A failing feature fails only its own tasks; its job ends `failed` with the reason
   (see `feature_store.materialization_jobs` and the *Feature Store* view).
-- A run still going `FEATUREPIPE_DEADLINE_MINUTES` (default 45) after it was queued misses its deadline.
+- A run still going `FEATUREPIPE_DEADLINE_MINUTES` (default 45; 0 turns it off) after it was queued
+  misses its deadline: the triggerer records it for the *Feature Store* view.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import (
+from airflow.sdk import (  # type: ignore[attr-defined]  # airflow.sdk's stub omits the deadline classes
     AsyncCallback,
     CronDataIntervalTimetable,
     DeadlineAlert,
@@ -30,10 +31,9 @@ from airflow.sdk import (
     task,
     task_group,
 )
-from airflow.sdk.exceptions import AirflowFailException
 
 from featurepipe_airflow import tasks
-from featurepipe_airflow.tasks import JobItem, Plan, WorkItem
+from featurepipe_airflow.tasks import JobItem, WorkItem
 
 LABEL = "{{ task.op_kwargs['item']['label'] }}"
 
@@ -47,7 +47,7 @@ LABEL = "{{ task.op_kwargs['item']['label'] }}"
     tags=["featurepipe"],
     default_args={
         "retries": 2,
-        "retry_delay": timedelta(seconds=20),
+        "retry_delay": tasks.retry_delay(),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(minutes=30),
@@ -61,16 +61,23 @@ LABEL = "{{ task.op_kwargs['item']['label'] }}"
         "start": Param(None, type=["null", "string"], description="Explicit window start (ISO 8601, UTC)."),
         "end": Param(None, type=["null", "string"], description="Explicit window end (ISO 8601, UTC)."),
     },
-    deadline=DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_QUEUED_AT,
-        interval=tasks.window_deadline_minutes(),
-        callback=AsyncCallback("featurepipe_airflow.deadlines.record_deadline_miss"),
-    ),
+    deadline=[
+        DeadlineAlert(
+            reference=DeadlineReference.DAGRUN_QUEUED_AT,
+            interval=deadline,
+            callback=AsyncCallback("featurepipe_airflow.deadlines.record_deadline_miss"),
+        )
+        for deadline in tasks.run_deadline()
+    ],
 )
 def feature_materialization() -> None:
-    @task(multiple_outputs=True)
-    def plan() -> Plan:
+    @task
+    def plan() -> list[JobItem]:
         return tasks.plan(get_current_context())
+
+    @task
+    def work_items(jobs: list[JobItem]) -> list[WorkItem]:
+        return tasks.work_items(jobs)
 
     @task_group
     def materialize_feature(item: WorkItem) -> None:
@@ -86,17 +93,14 @@ def feature_materialization() -> None:
         def write(item: WorkItem) -> int:
             return tasks.write(item, get_current_context())
 
-        transform(item) >> validate(item) >> write(item)
+        transform(item=item) >> validate(item=item) >> write(item=item)
 
     @task(map_index_template="{{ task.op_kwargs['job']['label'] }}", trigger_rule="all_done")
     def finish(job: JobItem) -> dict[str, int]:
-        try:
-            return tasks.finish(job)
-        except tasks.JobFailed as exc:
-            raise AirflowFailException(str(exc)) from exc  # the job is over: retrying changes nothing
+        return tasks.finish(job)
 
-    planned = plan()
-    materialize_feature.expand(item=planned["features"]) >> finish.expand(job=planned["jobs"])
+    jobs = plan()
+    materialize_feature.expand(item=work_items(jobs)) >> finish.expand(job=jobs)  # type: ignore[arg-type]
 
 
 feature_materialization()

@@ -91,32 +91,55 @@ class DefinitionError(FeatureStoreError):
 
 
 class PipelineError(FeatureStoreError):
-    """A stage of the pipeline failed for one feature; names tenant, group, feature and stage."""
+    """A stage of the pipeline failed for one feature; names tenant, group, feature and stage.
 
-    def __init__(self, *, tenant_id: str, group_id: str, feature: str, stage: str, message: str) -> None:
+    `retryable` says whether running the stage again could succeed (a lost connection, a deadlock,
+    a timeout) or would fail the same way (bad SQL, bad data, too many invalid rows).
+    """
+
+    def __init__(
+        self, *, tenant_id: str, group_id: str, feature: str, stage: str, message: str, retryable: bool = False
+    ) -> None:
         super().__init__(f"{stage} failed for tenant {tenant_id!r}, group {group_id!r}, feature {feature!r}: {message}")
         self.tenant_id = tenant_id
         self.group_id = group_id
         self.feature = feature
         self.stage = stage
         self.detail = message
+        self.retryable = retryable
 
 
 class TransformError(PipelineError):
-    def __init__(self, *, tenant_id: str, group_id: str, feature: str, message: str) -> None:
-        super().__init__(tenant_id=tenant_id, group_id=group_id, feature=feature, stage="transform", message=message)
+    def __init__(self, *, tenant_id: str, group_id: str, feature: str, message: str, retryable: bool = False) -> None:
+        super().__init__(
+            tenant_id=tenant_id,
+            group_id=group_id,
+            feature=feature,
+            stage="transform",
+            message=message,
+            retryable=retryable,
+        )
 
 
 class ValidationError(PipelineError):
     """Too many rows of one feature broke its rules (more than the group's max_failure_rate)."""
 
-    def __init__(self, *, tenant_id: str, group_id: str, feature: str, message: str) -> None:
-        super().__init__(tenant_id=tenant_id, group_id=group_id, feature=feature, stage="validate", message=message)
+    def __init__(self, *, tenant_id: str, group_id: str, feature: str, message: str, retryable: bool = False) -> None:
+        super().__init__(
+            tenant_id=tenant_id,
+            group_id=group_id,
+            feature=feature,
+            stage="validate",
+            message=message,
+            retryable=retryable,
+        )
 
 
 class WriteError(PipelineError):
-    def __init__(self, *, tenant_id: str, group_id: str, feature: str, message: str) -> None:
-        super().__init__(tenant_id=tenant_id, group_id=group_id, feature=feature, stage="write", message=message)
+    def __init__(self, *, tenant_id: str, group_id: str, feature: str, message: str, retryable: bool = False) -> None:
+        super().__init__(
+            tenant_id=tenant_id, group_id=group_id, feature=feature, stage="write", message=message, retryable=retryable
+        )
 
 
 class JobStateError(FeatureStoreError):

@@ -243,3 +243,37 @@ def fail_jobs_of_run(conn: psycopg.Connection, *, dag_id: str, run_id: str, reas
         {"dag_id": dag_id, "run_id": run_id, "reason": reason},
     )
     return cur.rowcount
+
+
+def find_run_job(conn: psycopg.Connection, *, dag_id: str, run_id: str, tenant_id: str, group_id: str) -> int | None:
+    """The job an orchestrator run created for (tenant, group), if any."""
+    row = conn.execute(
+        "SELECT id FROM feature_store.materialization_jobs"
+        " WHERE dag_id = %s AND run_id = %s AND tenant_id = %s AND feature_group_id = %s",
+        (dag_id, run_id, tenant_id, group_id),
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+def fail_feature(conn: psycopg.Connection, job_id: int, feature: str, reason: str) -> bool:
+    """Mark a feature failed from outside its task (killed, timed out, failed from the UI).
+
+    A failure the stage already recorded keeps its own, more precise, message. Returns True if changed.
+    """
+    row = conn.execute(
+        "SELECT status FROM feature_store.materialization_job_features WHERE job_id = %s AND feature_name = %s",
+        (job_id, feature),
+    ).fetchone()
+    if row is not None and row[0] == FeatureStatus.FAILED.value:
+        return False
+    record_feature(conn, job_id, feature, FeatureStatus.FAILED, error_message=reason)
+    return True
+
+
+def fail_job(conn: psycopg.Connection, job_id: int, reason: str) -> bool:
+    """End an unfinished job as failed with `reason` (its finish task died). Returns True if changed."""
+    job = get_job(conn, job_id)
+    if job.status.is_final:
+        return False
+    finish_job(conn, job_id, extra_errors=[reason])
+    return True

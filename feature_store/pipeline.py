@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
@@ -320,7 +320,7 @@ class FeaturePipeline:
             raise
         except (transform.SqlShapeError, psycopg.Error, FeatureStoreError) as exc:
             message = _describe(exc, self._settings.statement_timeout_s)
-            failure = error(message=message, **names)
+            failure = error(message=message, retryable=_is_transient(exc), **names)
             self._record_failure(ctx.job.id, feature_name, failure, try_number)
             raise failure from exc
 
@@ -417,6 +417,19 @@ class FeaturePipeline:
             errors=[e for e in (job.error_message or "").splitlines() if e],
             features=results,
         )
+
+
+# SQLSTATE classes worth a retry: connection, transaction rollback (deadlock, serialization),
+# insufficient resources, operator intervention (includes statement timeout), system error.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, psycopg.Error):
+        if exc.sqlstate:
+            return exc.sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+        return isinstance(exc, psycopg.OperationalError)
+    return False
 
 
 def _describe(exc: BaseException, timeout_s: float) -> str:

@@ -7,11 +7,8 @@ dropped at the end.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -20,36 +17,19 @@ from psycopg import sql
 
 from feature_store import FeatureStore, Settings
 from feature_store.demo import create_sources, demo_repo_path, generate_data
-from feature_store.models import TimeWindow
 from feature_store.schema import migrate
+from support import HOURS, REDIS_URL, Sql, admin_connection, url_for
 
-ADMIN_URL = os.environ.get("FEATURE_STORE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("FEATURE_STORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:8]
-
-# Demo data for tests: three hours ending at a fixed, whole hour, so results are repeatable.
-DATA_END = datetime(2026, 11, 2, 12, tzinfo=timezone.utc)
-HOURS = [TimeWindow(start=DATA_END - timedelta(hours=h + 1), end=DATA_END - timedelta(hours=h)) for h in (2, 1, 0)]
-
-
-def _url_for(dbname: str) -> str:
-    return psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=dbname)
-
-
-def _admin() -> psycopg.Connection:
-    try:
-        return psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:  # a missing service is a failure, never a skip
-        pytest.fail(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}. Run .ci/run, which starts it.")
 
 
 @pytest.fixture(scope="session")
 def template_db() -> Iterator[str]:
     """A database with the schema, the demo source tables and 3 hours of demo data, applied demo repo."""
     name = f"fp_test_tmpl_{RUN_ID}"
-    with _admin() as admin:
+    with admin_connection() as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = _url_for(name)
+    url = url_for(name)
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn)
         create_sources(conn)
@@ -58,19 +38,19 @@ def template_db() -> Iterator[str]:
     with store:
         store.apply(demo_repo_path())
     yield name
-    with _admin() as admin:
+    with admin_connection() as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
 def database_url(template_db: str) -> Iterator[str]:
     name = f"fp_test_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with _admin() as admin:
+    with admin_connection() as admin:
         admin.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db))
         )
-    yield _url_for(name)
-    with _admin() as admin:
+    yield url_for(name)
+    with admin_connection() as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -103,20 +83,6 @@ def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("FEATURE_STORE_REDIS_URL", settings.redis_url)
     monkeypatch.setenv("FEATURE_STORE_REDIS_PREFIX", settings.redis_prefix)
     return settings
-
-
-@dataclass
-class Sql:
-    """Tiny helper for independent checks straight against the database."""
-
-    conn: psycopg.Connection
-
-    def rows(self, query: str, params: object = None) -> list[tuple]:  # type: ignore[type-arg]
-        return self.conn.execute(query, params).fetchall()  # type: ignore[arg-type]
-
-    def value(self, query: str, params: object = None) -> object:
-        row = self.conn.execute(query, params).fetchone()  # type: ignore[arg-type]
-        return row[0] if row else None
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import HOURS, Sql
 
 from feature_store.cli import main
+from support import HOURS, Sql, admin_connection, url_for
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -46,11 +46,11 @@ def test_materialize_prints_a_result_table_and_json(env: object) -> None:
 
 
 def test_materialize_exits_non_zero_when_the_job_failed(env: object, db: Sql) -> None:
-    db.rows(
+    db.execute(
         "UPDATE feature_store.feature_definitions SET transformation_sql ="
         " 'SELECT m.user_id AS entity_id, count(*) / 0 AS value FROM app.messages m"
         "  WHERE m.tenant_id = %(tenant_id)s GROUP BY m.user_id'"
-        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count' RETURNING name"
+        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count'"
     )
     code, out = run(*materialize_args())
     assert code == 1
@@ -179,14 +179,12 @@ def test_unreachable_redis_is_named_too(env: object, monkeypatch: pytest.MonkeyP
 
 
 def test_an_uninitialised_database_says_to_run_init(monkeypatch: pytest.MonkeyPatch, template_db: str) -> None:
-    from conftest import _admin, _url_for
-
-    with _admin() as admin:
+    with admin_connection() as admin:
         admin.execute("CREATE DATABASE fp_test_empty_cli")
     try:
-        monkeypatch.setenv("FEATURE_STORE_DATABASE_URL", _url_for("fp_test_empty_cli"))
+        monkeypatch.setenv("FEATURE_STORE_DATABASE_URL", url_for("fp_test_empty_cli"))
         code, out = run("jobs")
         assert code == 1 and "run `feature-store init`" in out
     finally:
-        with _admin() as admin:
+        with admin_connection() as admin:
             admin.execute("DROP DATABASE fp_test_empty_cli WITH (FORCE)")

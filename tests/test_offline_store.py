@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import HOURS, Sql
 
 from feature_store import FeatureStore, PipelineConfig
+from support import HOURS, Sql
 
 
 def materialize_all_hours(store: FeatureStore, group: str) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import HOURS, Sql
 
 from feature_store import FeatureStore, JobStatus, JobType, PipelineConfig
 from feature_store.models import FeatureStatus, OnlineValueStatus
+from support import HOURS, Sql
 
 
 def config(tenant: str, group: str, window_index: int = -1, **overrides: object) -> PipelineConfig:
@@ -104,8 +104,8 @@ def test_a_rerun_drops_offline_rows_whose_source_rows_are_gone(store: FeatureSto
         "SELECT id FROM app.messages WHERE tenant_id = 'acme' AND created_at > %s ORDER BY id LIMIT 1",
         (HOURS[-1].start,),
     )
-    db.rows("DELETE FROM app.feedback WHERE message_id = %s RETURNING id", (gone,))
-    db.rows("DELETE FROM app.messages WHERE id = %s RETURNING id", (gone,))
+    db.execute("DELETE FROM app.feedback WHERE message_id = %s", (gone,))
+    db.execute("DELETE FROM app.messages WHERE id = %s", (gone,))
     store.materialize(config("acme", "message_features"))
     assert db.value("SELECT count(*) FROM feature_store.feature_values WHERE entity_id = %s", (gone,)) == 0
 
@@ -159,7 +159,7 @@ def test_invalid_rows_are_quarantined_with_reasons_while_valid_rows_land(store: 
 
 
 def test_too_many_invalid_rows_fail_only_that_feature(store: FeatureStore, db: Sql) -> None:
-    db.rows("UPDATE app.messages SET token_count = -5 WHERE tenant_id = 'acme' RETURNING id")
+    db.execute("UPDATE app.messages SET token_count = -5 WHERE tenant_id = 'acme'")
     result = store.materialize(config("acme", "message_features"))
     assert result.status is JobStatus.FAILED
     by_name = {f.feature: f for f in result.features}
@@ -186,11 +186,11 @@ def test_too_many_invalid_rows_fail_only_that_feature(store: FeatureStore, db: S
 
 def test_a_feature_failing_at_run_time_fails_alone(store: FeatureStore, db: Sql) -> None:
     # Valid at apply time (planned, never run), fails when executed: division by zero.
-    db.rows(
+    db.execute(
         "UPDATE feature_store.feature_definitions SET transformation_sql ="
         " 'SELECT m.user_id AS entity_id, count(*) / 0 AS value FROM app.messages m"
         "  WHERE m.tenant_id = %(tenant_id)s GROUP BY m.user_id'"
-        " WHERE feature_group_id = 'user_engagement' AND name = 'conversation_count' RETURNING name"
+        " WHERE feature_group_id = 'user_engagement' AND name = 'conversation_count'"
     )
     result = store.materialize(config("acme", "user_engagement"))
     assert result.status is JobStatus.FAILED
@@ -224,11 +224,11 @@ def test_a_hostile_tenant_id_is_treated_as_data(store: FeatureStore, db: Sql, se
 
 
 def test_row_level_security_scopes_a_transform_that_forgets_its_tenant_filter(store: FeatureStore, db: Sql) -> None:
-    db.rows(
+    db.execute(
         "UPDATE feature_store.feature_definitions SET transformation_sql ="
         " 'SELECT m.user_id AS entity_id, count(*) AS value FROM app.messages m"
         "  WHERE %(tenant_id)s::text IS NOT NULL GROUP BY m.user_id'"
-        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count' RETURNING name"
+        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count'"
     )
     result = store.materialize(config("acme", "user_engagement"))
     assert result.status is JobStatus.COMPLETED
@@ -237,10 +237,10 @@ def test_row_level_security_scopes_a_transform_that_forgets_its_tenant_filter(st
 
 
 def test_transform_cannot_modify_sources_or_read_the_feature_store(store: FeatureStore, db: Sql) -> None:
-    db.rows(
+    db.execute(
         "UPDATE feature_store.feature_definitions SET transformation_sql ="
         " 'SELECT t.id AS entity_id, 1 AS value FROM feature_store.tenants t WHERE t.id = %(tenant_id)s'"
-        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count' RETURNING name"
+        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count'"
     )
     result = store.materialize(config("acme", "user_engagement"))
     message = next(f for f in result.features if f.feature == "message_count").error_message or ""
@@ -253,11 +253,11 @@ def test_statement_timeout_fails_the_feature_with_a_clear_message(settings: obje
     from feature_store import Settings
 
     assert isinstance(settings, Settings)
-    db.rows(
+    db.execute(
         "UPDATE feature_store.feature_definitions SET transformation_sql ="
         " 'SELECT m.user_id AS entity_id, count(*) AS value FROM app.messages m, pg_sleep(2)"
         "  WHERE m.tenant_id = %(tenant_id)s GROUP BY m.user_id'"
-        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count' RETURNING name"
+        " WHERE feature_group_id = 'user_engagement' AND name = 'message_count'"
     )
     with FeatureStore(settings=replace(settings, statement_timeout_s=0.3)) as fs:
         result = fs.materialize(config("acme", "user_engagement"))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import Sql
 
 from feature_store import DefinitionError, FeatureStore
 from feature_store.cli import main
 from feature_store.repo import load_repo
+from support import Sql
 
 GOOD_FEATURE = """\
       - name: msg_count_v2

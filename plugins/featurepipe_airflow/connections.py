@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+import redis
+
 from feature_store import FeatureStore, Settings
 
 log = logging.getLogger(__name__)
@@ -58,11 +60,12 @@ def _postgres_uri() -> str | None:
             raise
         log.info("connection %s is not defined; using FEATURE_STORE_DATABASE_URL", DB_CONN_ID)
         return None
-    # PostgresHook may hand out a "postgres://" URI; psycopg takes "postgresql://".
-    return "postgresql://" + uri.split("://", 1)[1] if uri.startswith("postgres://") else uri
+    # PostgresHook hands out SQLAlchemy-style URIs ("postgresql+psycopg://"); psycopg takes "postgresql://".
+    scheme, _, rest = uri.partition("://")
+    return f"postgresql://{rest}" if scheme.split("+")[0] in ("postgres", "postgresql") else uri
 
 
-def _redis_client() -> object | None:
+def _redis_client() -> redis.Redis | None:
     from airflow.providers.redis.hooks.redis import RedisHook
 
     try:

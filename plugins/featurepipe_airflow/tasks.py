@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypedDict
 
-from feature_store import JobType, RunInfo, TimeWindow
-from feature_store.errors import FeatureStoreError
+from airflow.sdk.exceptions import AirflowFailException
+
+from feature_store import JobType, PipelineError, RunInfo, TimeWindow
 from featurepipe_airflow.connections import open_store
 
 
@@ -19,13 +23,11 @@ class WorkItem(TypedDict):
 
 
 class JobItem(TypedDict):
+    """One job of the run: what a mapped finish task works on."""
+
     job_id: int
     label: str
-
-
-class Plan(TypedDict):
-    features: list[WorkItem]
-    jobs: list[JobItem]
+    features: list[str]
 
 
 def resolve_window(context: Any) -> TimeWindow:
@@ -57,7 +59,7 @@ def run_info(context: Any) -> RunInfo:
     return RunInfo(dag_id=ti.dag_id, run_id=ti.run_id, try_number=ti.try_number)
 
 
-def plan(context: Any) -> Plan:
+def plan(context: Any) -> list[JobItem]:
     """Create one pending job per active tenant x group and list the batch features to run."""
     params = context["params"]
     window = resolve_window(context)
@@ -71,25 +73,30 @@ def plan(context: Any) -> Plan:
             group_ids=params.get("feature_group_ids") or None,
             run=run_info(context),
         )
-    return {
-        "features": [
-            {"job_id": p.job_id, "feature": f, "label": f"{p.tenant_id}/{p.feature_group_id}/{f}"}
-            for p in planned
-            for f in p.features
-        ],
-        "jobs": [{"job_id": p.job_id, "label": f"{p.tenant_id}/{p.feature_group_id}"} for p in planned],
-    }
+    return [
+        {"job_id": p.job_id, "label": f"{p.tenant_id}/{p.feature_group_id}", "features": list(p.features)}
+        for p in planned
+    ]
+
+
+def work_items(jobs: list[JobItem]) -> list[WorkItem]:
+    """One item per (job, batch feature), labelled `tenant/group/feature`."""
+    return [
+        {"job_id": job["job_id"], "feature": feature, "label": f"{job['label']}/{feature}"}
+        for job in jobs
+        for feature in job["features"]
+    ]
 
 
 def transform(item: WorkItem, context: Any) -> int:
-    with open_store(online=False) as store:
+    with open_store(online=False) as store, _failing_fast():
         return store.pipeline(online=False).transform(
             item["job_id"], item["feature"], try_number=context["ti"].try_number
         )
 
 
 def validate(item: WorkItem, context: Any) -> dict[str, int]:
-    with open_store(online=False) as store:
+    with open_store(online=False) as store, _failing_fast():
         outcome = store.pipeline(online=False).validate(
             item["job_id"], item["feature"], try_number=context["ti"].try_number
         )
@@ -97,25 +104,41 @@ def validate(item: WorkItem, context: Any) -> dict[str, int]:
 
 
 def write(item: WorkItem, context: Any) -> int:
-    with open_store(online=False) as store:
+    with open_store(online=False) as store, _failing_fast():
         return store.pipeline(online=False).write(item["job_id"], item["feature"], try_number=context["ti"].try_number)
 
 
-class JobFailed(FeatureStoreError):
-    """The job ended failed; its features' errors are in the message."""
-
-
 def finish(job: JobItem) -> dict[str, int]:
-    """Publish online and end the job; raises JobFailed (no retry: the job is over) when it failed."""
+    """Publish online and end the job; fails without retry when the job ended failed (it is over)."""
     with open_store() as store:
         result = store.pipeline().finish(job["job_id"])
     if not result.succeeded:
-        raise JobFailed(f"job {result.job_id} ({job['label']}) failed:\n" + "\n".join(result.errors))
+        raise AirflowFailException(f"job {result.job_id} ({job['label']}) failed:\n" + "\n".join(result.errors))
     return {"rows": result.rows_processed, "rows_failed": result.rows_failed, "rows_online": result.rows_online}
 
 
-def window_deadline_minutes() -> timedelta:
-    """How long after its data interval a run may take before its deadline is missed (env-configurable)."""
-    import os
+@contextmanager
+def _failing_fast() -> Iterator[None]:
+    """Skip Airflow's retries for failures a retry cannot fix (bad SQL, bad data); keep them for the rest."""
+    try:
+        yield
+    except PipelineError as exc:
+        if exc.retryable:
+            raise
+        raise AirflowFailException(str(exc)) from exc
 
-    return timedelta(minutes=float(os.environ.get("FEATUREPIPE_DEADLINE_MINUTES", "45")))
+
+def retry_delay() -> timedelta:
+    """First retry delay of every task (FEATUREPIPE_RETRY_DELAY_SECONDS, default 20); it doubles each try."""
+    return timedelta(seconds=float(os.environ.get("FEATUREPIPE_RETRY_DELAY_SECONDS") or 20))
+
+
+def run_deadline() -> list[timedelta]:
+    """How long after being queued a run may take (FEATUREPIPE_DEADLINE_MINUTES; 0 or empty: no deadline).
+
+    Measured from when the run was queued rather than from its logical date, so backfills of old
+    hours do not all miss their deadline at once.
+    """
+    raw = os.environ.get("FEATUREPIPE_DEADLINE_MINUTES", "45").strip()
+    minutes = float(raw) if raw else 0.0
+    return [timedelta(minutes=minutes)] if minutes > 0 else []

@@ -1,0 +1,53 @@
+"""Airflow listener hooks: hand state changes of `feature_materialization` to `mirror`.
+
+Errors are logged, never raised: a listener must not break the component that calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.listeners import hookimpl
+
+from featurepipe_airflow import mirror
+
+log = logging.getLogger(__name__)
+
+
+@hookimpl
+def on_task_instance_failed(previous_state: Any, task_instance: Any, error: Any) -> None:
+    if getattr(task_instance, "dag_id", None) != mirror.DAG_ID:
+        return
+    if str(getattr(task_instance, "state", "")).endswith("up_for_retry"):
+        return  # Airflow will try again; the job is not over
+    try:
+        mirror.task_failed(
+            dag_id=task_instance.dag_id,
+            run_id=task_instance.run_id,
+            task_id=task_instance.task_id,
+            label=getattr(task_instance, "rendered_map_index", None),
+            try_number=getattr(task_instance, "try_number", None),
+            error=str(error) if error else "unknown error",
+        )
+    except Exception:
+        log.exception("featurepipe listener could not record the failure of %s", task_instance)
+
+
+@hookimpl
+def on_dag_run_failed(dag_run: Any, msg: str) -> None:
+    _run_ended(dag_run, "failed", msg)
+
+
+@hookimpl
+def on_dag_run_success(dag_run: Any, msg: str) -> None:
+    _run_ended(dag_run, "successfully", msg)
+
+
+def _run_ended(dag_run: Any, state: str, msg: str | None) -> None:
+    if getattr(dag_run, "dag_id", None) != mirror.DAG_ID:
+        return
+    try:
+        mirror.run_ended(dag_id=dag_run.dag_id, run_id=dag_run.run_id, state=state, message=msg)
+    except Exception:
+        log.exception("featurepipe listener could not mirror the end of run %s", dag_run)
