@@ -24,6 +24,16 @@ ensure_services() {
     return 1
 }
 
+ensure_browser() {
+    # The end-to-end test drives Debian's Chromium (a test tool's own browser download fails here).
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        echo "installing Debian's chromium and chromium-driver" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q chromium chromium-driver >/dev/null \
+            || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }
+    fi
+}
+
 ensure_venv() {
     local stamp
     stamp="$(sha256sum pyproject.toml | cut -c1-16)"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from html import escape
 from typing import Annotated, Any
 
+from airflow.api_fastapi.core_api.security import requires_authenticated
 from fastapi import Depends, FastAPI, Query
 from fastapi.responses import HTMLResponse
 
@@ -19,11 +20,8 @@ from feature_store.models import QuarantinedRow
 from feature_store.monitoring import DeadlineMiss, GroupFreshness, deadline_misses, freshness
 from featurepipe_airflow.connections import open_store
 
-
-def _authenticated() -> Any:
-    from airflow.api_fastapi.core_api.security import requires_authenticated
-
-    return Depends(requires_authenticated())
+require_user = requires_authenticated()
+"""Airflow's own check that the request carries a valid user (cookie or bearer token)."""
 
 
 def _store() -> Iterator[FeatureStore]:
@@ -34,7 +32,7 @@ def _store() -> Iterator[FeatureStore]:
 StoreDep = Annotated[FeatureStore, Depends(_store)]
 
 
-app = FastAPI(title="featurepipe", description="Feature store status for Airflow", dependencies=[_authenticated()])
+app = FastAPI(title="featurepipe", description="Feature store status for Airflow", dependencies=[Depends(require_user)])
 
 
 @app.get("/api/freshness", response_model=list[GroupFreshness])

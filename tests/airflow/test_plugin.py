@@ -1,0 +1,195 @@
+"""The plugin: the listener mirrors Airflow state into jobs; the view shows jobs to authenticated users."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from feature_store import FeatureStore, JobStatus, RunInfo, Settings
+from feature_store.models import FeatureStatus
+from support import HOURS, Sql
+
+pytestmark = pytest.mark.airflow
+
+DAG_ID = "feature_materialization"
+
+
+@dataclass
+class TaskInstanceState:
+    """The attributes Airflow's listener hooks read from a task instance."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    rendered_map_index: str | None
+    try_number: int
+    state: str
+
+
+@dataclass
+class DagRunState:
+    dag_id: str
+    run_id: str
+
+
+def plan_run(store: FeatureStore, run_id: str) -> dict[str, int]:
+    planned = store.pipeline().plan(
+        window=HOURS[-1], tenant_ids=["acme"], run=RunInfo(dag_id=DAG_ID, run_id=run_id, try_number=1)
+    )
+    return {p.feature_group_id: p.job_id for p in planned}
+
+
+def test_a_task_marked_failed_from_the_ui_fails_its_feature_and_job(airflow_env: Settings) -> None:
+    from featurepipe_airflow import listener
+
+    with FeatureStore(settings=airflow_env) as store:
+        jobs = plan_run(store, "manual__1")
+        job_id = jobs["user_engagement"]
+        pipeline = store.pipeline()
+        for name in ("message_count", "avg_message_length", "conversation_count", "avg_rating"):
+            pipeline.transform(job_id, name)
+        # The API server calls the hook with previous_state=None when a user marks a task failed.
+        listener.on_task_instance_failed(
+            previous_state=None,
+            task_instance=TaskInstanceState(
+                DAG_ID, "manual__1", "materialize_feature.validate", "acme/user_engagement/message_count", 1, "failed"
+            ),
+            error="TaskInstance's state was manually set to `failed`.",
+        )
+        for name in ("avg_message_length", "conversation_count", "avg_rating"):
+            pipeline.validate(job_id, name)
+            pipeline.write(job_id, name)
+        result = pipeline.finish(job_id)
+    assert result.status is JobStatus.FAILED
+    statuses = {f.feature: (f.status, f.error_message) for f in result.features}
+    status, error = statuses["message_count"]
+    assert status is FeatureStatus.FAILED
+    assert error == (
+        "Airflow task materialize_feature.validate [acme/user_engagement/message_count] of run manual__1 failed"
+        " (try 1): TaskInstance's state was manually set to `failed`."
+    )
+    assert statuses["avg_rating"][0] is FeatureStatus.WRITTEN
+
+
+def test_a_retry_is_not_a_failure_and_a_stage_error_keeps_its_own_message(airflow_env: Settings, db: Sql) -> None:
+    from featurepipe_airflow import listener
+
+    with FeatureStore(settings=airflow_env) as store:
+        job_id = plan_run(store, "manual__2")["user_engagement"]
+    ti = TaskInstanceState(
+        DAG_ID, "manual__2", "materialize_feature.transform", "acme/user_engagement/avg_rating", 1, "up_for_retry"
+    )
+    listener.on_task_instance_failed(previous_state="running", task_instance=ti, error="connection reset")
+    assert (
+        db.value(
+            "SELECT status FROM feature_store.materialization_job_features"
+            " WHERE job_id = %s AND feature_name = 'avg_rating'",
+            (job_id,),
+        )
+        == "pending"
+    )
+    db.execute(
+        "UPDATE feature_store.materialization_job_features SET status = 'failed', error_message = 'precise'"
+        " WHERE job_id = %s AND feature_name = 'avg_rating'",
+        (job_id,),
+    )
+    ti.state = "failed"
+    listener.on_task_instance_failed(previous_state="running", task_instance=ti, error="AirflowFailException")
+    assert (
+        db.value(
+            "SELECT error_message FROM feature_store.materialization_job_features WHERE job_id = %s"
+            " AND feature_name = 'avg_rating'",
+            (job_id,),
+        )
+        == "precise"
+    )
+
+
+def test_a_killed_finish_task_or_a_failed_run_ends_unfinished_jobs_failed(airflow_env: Settings, db: Sql) -> None:
+    from featurepipe_airflow import listener
+
+    with FeatureStore(settings=airflow_env) as store:
+        jobs = plan_run(store, "scheduled__3")
+    # The scheduler reports a finish task it found dead (no heartbeat) as failed.
+    listener.on_task_instance_failed(
+        previous_state="running",
+        task_instance=TaskInstanceState(DAG_ID, "scheduled__3", "finish", "acme/message_features", 2, "failed"),
+        error="Task was killed: no heartbeat",
+    )
+    listener.on_dag_run_failed(dag_run=DagRunState(DAG_ID, "scheduled__3"), msg="timed_out")
+    rows = dict(
+        (group, (status, error))
+        for group, status, error in db.rows(
+            "SELECT feature_group_id, status, error_message FROM feature_store.materialization_jobs"
+            " WHERE run_id = 'scheduled__3'"
+        )
+    )
+    assert rows["message_features"][0] == "failed"
+    assert (
+        "Airflow task finish [acme/message_features] of run scheduled__3 failed (try 2)" in rows["message_features"][1]
+    )
+    assert "Task was killed: no heartbeat" in rows["message_features"][1]
+    for group in ("user_engagement", "conversation_stats"):
+        assert rows[group] == ("failed", "Airflow run scheduled__3 ended failed before the job finished (timed_out)")
+    assert set(jobs) == set(rows)
+
+
+def test_the_listener_ignores_other_dags(airflow_env: Settings, db: Sql) -> None:
+    from featurepipe_airflow import listener
+
+    listener.on_dag_run_failed(dag_run=DagRunState("other_dag", "x"), msg="failed")
+    listener.on_task_instance_failed(
+        previous_state=None,
+        task_instance=TaskInstanceState("other_dag", "x", "finish", "acme/user_engagement", 1, "failed"),
+        error="boom",
+    )
+    assert db.value("SELECT count(*) FROM feature_store.materialization_jobs WHERE status = 'failed'") == 0
+
+
+def test_the_plugin_registers_the_listener_and_the_view() -> None:
+    import featurepipe_plugin
+
+    from featurepipe_airflow import listener
+
+    plugin = featurepipe_plugin.FeaturePipePlugin
+    assert plugin.listeners == [listener]
+    assert plugin.fastapi_apps[0]["url_prefix"] == "/featurepipe"
+    assert plugin.external_views[0]["url_route"] == "featurepipe"
+
+
+@pytest.fixture
+def client(airflow_env: Settings) -> Any:
+    from featurepipe_airflow import view
+
+    view.app.dependency_overrides[view.require_user] = lambda: None
+    yield TestClient(view.app)
+    view.app.dependency_overrides.clear()
+
+
+def test_the_view_lists_jobs_freshness_and_quarantine(client: TestClient, airflow_env: Settings) -> None:
+    with FeatureStore(settings=airflow_env) as store:
+        from feature_store import PipelineConfig
+
+        result = store.materialize(
+            PipelineConfig(
+                tenant_id="acme", feature_group_id="message_features", start_time=HOURS[1].start, end_time=HOURS[1].end
+            )
+        )
+    page = client.get("/")
+    assert page.status_code == 200
+    assert f"<td>{result.job_id}</td>" in page.text
+    assert "is below min 0" in page.text or "is not one of the allowed values" in page.text
+    jobs = client.get("/api/jobs").json()
+    assert jobs[0]["id"] == result.job_id and jobs[0]["status"] == "completed"
+    fresh = {(f["tenant_id"], f["feature_group_id"]): f for f in client.get("/api/freshness").json()}
+    assert fresh[("acme", "message_features")]["last_window_end"].startswith(HOURS[1].end.isoformat()[:19])
+    assert fresh[("globex", "message_features")]["stale"] is True  # never materialized
+
+
+def test_the_view_requires_an_authenticated_user(airflow_env: Settings) -> None:
+    from featurepipe_airflow import view
+
+    assert TestClient(view.app).get("/api/jobs").status_code == 401
