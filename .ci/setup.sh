@@ -24,13 +24,18 @@ ensure_services() {
     return 1
 }
 
-ensure_browser() {
-    # The end-to-end test drives Debian's Chromium (a test tool's own browser download fails here).
-    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-        echo "installing Debian's chromium and chromium-driver" >&2
+ensure_test_tools() {
+    # The end-to-end test drives Debian's Chromium (a test tool's own browser download fails here);
+    # Debian's docker-compose validates docker-compose.yaml without a Docker engine.
+    local missing=()
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
+    command -v docker-compose >/dev/null || missing+=(docker-compose)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing Debian packages: ${missing[*]}" >&2
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q chromium chromium-driver >/dev/null \
-            || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }
+        apt-get install -y -q "${missing[@]}" >/dev/null \
+            || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
     fi
 }
 

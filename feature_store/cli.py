@@ -278,9 +278,10 @@ def historical(tenant_id: str, features: tuple[str, ...], entities_file: Any, as
     help="Materialize through the library; --no-materialize only prepares data (e.g. for the Airflow DAG).",
 )
 @click.option("--summary-only", is_flag=True, help="Only print the summary of what is materialized.")
+@click.option("--since", help="Summarise only jobs created at or after this ISO 8601 time.")
 @json_option
 @_handle_errors
-def demo(hours: int, users: int, materialize: bool, summary_only: bool, as_json: bool) -> None:
+def demo(hours: int, users: int, materialize: bool, summary_only: bool, since: str | None, as_json: bool) -> None:
     """Create demo data for 3 tenants, apply the demo feature repo, materialize it and summarise."""
     with FeatureStore.from_env() as store:
         payload: dict[str, Any] = {}
@@ -295,9 +296,12 @@ def demo(hours: int, users: int, materialize: bool, summary_only: bool, as_json:
                 )
                 for change in setup.changes:
                     console.print(f"  {change}")
-            if materialize:
-                payload["results"] = _demo_materialize(store, setup.windows, quiet=as_json)
-        summary = _demo_summary(store)
+            if not materialize:
+                if as_json:
+                    _emit_json(payload)
+                return  # nothing materialized here: the caller (e.g. the Airflow DAG) does that
+            payload["results"] = _demo_materialize(store, setup.windows, quiet=as_json)
+        summary = _demo_summary(store, since=_parse_time(since, "--since") if since else None)
         payload.update(summary)
     if as_json:
         _emit_json(payload)
@@ -329,9 +333,9 @@ def _demo_materialize(store: FeatureStore, windows: list[Any], *, quiet: bool) -
         )
 
 
-def _demo_summary(store: FeatureStore) -> dict[str, Any]:
-    jobs = store.list_jobs(limit=200)
-    quarantined = store.quarantined_rows(limit=8)
+def _demo_summary(store: FeatureStore, *, since: datetime | None) -> dict[str, Any]:
+    jobs = store.list_jobs(limit=500, created_after=since)
+    quarantined = store.quarantined_rows(limit=8, since=since)
     lookups: dict[str, Any] = {}
     for tenant in demo_module.DEMO_TENANTS[:1]:
         entities = demo_module.sample_entities(store.conn, tenant)

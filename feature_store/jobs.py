@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 from psycopg.rows import dict_row
@@ -124,6 +125,7 @@ def list_jobs(
     group_id: str | None = None,
     status: JobStatus | None = None,
     run_id: str | None = None,
+    created_after: datetime | None = None,
 ) -> list[MaterializationJob]:
     """Most recent jobs first, optionally filtered."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -133,12 +135,14 @@ def list_jobs(
             " AND (%(group)s::text IS NULL OR feature_group_id = %(group)s)"
             " AND (%(status)s::text IS NULL OR status = %(status)s)"
             " AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s)"
+            " AND (%(after)s::timestamptz IS NULL OR created_at >= %(after)s)"
             " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
             {
                 "tenant": tenant_id,
                 "group": group_id,
                 "status": status.value if status else None,
                 "run_id": run_id,
+                "after": created_after,
                 "limit": limit,
             },
         )

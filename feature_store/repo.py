@@ -254,10 +254,18 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo) -> ApplyReport:
 def _classify(report: ApplyReport, label: str, old: BaseModel | None, new: BaseModel) -> None:
     if old is None:
         report.created.append(label)
-    elif old.model_dump(mode="json") != new.model_dump(mode="json"):
+    elif _comparable(old) != _comparable(new):
         report.updated.append(label)
     else:
         report.unchanged.append(label)
+
+
+def _comparable(model: BaseModel) -> dict[str, Any]:
+    """A model as data, with a group's active features keyed by name (their order carries no meaning)."""
+    data = model.model_dump(mode="json")
+    if "features" in data:
+        data["features"] = {f["name"]: f for f in data["features"] if f["status"] == Status.ACTIVE.value}
+    return data
 
 
 def _existing_schemas(conn: psycopg.Connection, schemas: Iterable[str], repo: FeatureRepo) -> list[str]:

@@ -154,7 +154,12 @@ class FeatureStore:
         return jobs.get_job(self.conn, job_id)
 
     def quarantined_rows(
-        self, *, job_id: int | None = None, tenant_id: str | None = None, limit: int = 100
+        self,
+        *,
+        job_id: int | None = None,
+        tenant_id: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
     ) -> list[QuarantinedRow]:
         self._require_schema()
         with self.conn.cursor(row_factory=dict_row) as cur:
@@ -163,8 +168,9 @@ class FeatureStore:
                 " reason, quarantined_at FROM feature_store.quarantined_rows"
                 " WHERE (%(job)s::bigint IS NULL OR job_id = %(job)s)"
                 " AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
+                " AND (%(since)s::timestamptz IS NULL OR quarantined_at >= %(since)s)"
                 " ORDER BY quarantined_at DESC, id DESC LIMIT %(limit)s",
-                {"job": job_id, "tenant": tenant_id, "limit": limit},
+                {"job": job_id, "tenant": tenant_id, "since": since, "limit": limit},
             )
             return [QuarantinedRow.model_validate(r) for r in cur.fetchall()]
 
