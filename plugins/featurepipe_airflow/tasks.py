@@ -10,7 +10,7 @@ from typing import Any, TypedDict
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from feature_store import JobType, PipelineError, RunInfo, TimeWindow
+from feature_store import JobType, NotFoundError, PipelineError, RunInfo, TimeWindow
 from featurepipe_airflow.connections import open_store
 
 
@@ -62,8 +62,11 @@ def run_info(context: Any) -> RunInfo:
 def plan(context: Any) -> list[JobItem]:
     """Create one pending job per active tenant x group and list the batch features to run."""
     params = context["params"]
-    window = resolve_window(context)
-    with open_store(online=False) as store:
+    try:
+        window = resolve_window(context)
+    except ValueError as exc:  # bad params: retrying cannot help
+        raise AirflowFailException(f"invalid window for this run: {exc}") from exc
+    with open_store(online=False) as store, _failing_fast():
         planned = store.pipeline(online=False).plan(
             window=window,
             mode=JobType(params["mode"]),
@@ -119,12 +122,15 @@ def finish(job: JobItem) -> dict[str, int]:
 
 @contextmanager
 def _failing_fast() -> Iterator[None]:
-    """Skip Airflow's retries for failures a retry cannot fix (bad SQL, bad data); keep them for the rest."""
+    """Skip Airflow's retries for failures a retry cannot fix (bad SQL, bad data, unknown ids); keep them
+    for the rest (lost connections, deadlocks, timeouts)."""
     try:
         yield
     except PipelineError as exc:
         if exc.retryable:
             raise
+        raise AirflowFailException(str(exc)) from exc
+    except NotFoundError as exc:
         raise AirflowFailException(str(exc)) from exc
 
 
