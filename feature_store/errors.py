@@ -97,49 +97,31 @@ class PipelineError(FeatureStoreError):
     a timeout) or would fail the same way (bad SQL, bad data, too many invalid rows).
     """
 
-    def __init__(
-        self, *, tenant_id: str, group_id: str, feature: str, stage: str, message: str, retryable: bool = False
-    ) -> None:
-        super().__init__(f"{stage} failed for tenant {tenant_id!r}, group {group_id!r}, feature {feature!r}: {message}")
+    stage = "pipeline"
+
+    def __init__(self, *, tenant_id: str, group_id: str, feature: str, message: str, retryable: bool = False) -> None:
+        super().__init__(
+            f"{self.stage} failed for tenant {tenant_id!r}, group {group_id!r}, feature {feature!r}: {message}"
+        )
         self.tenant_id = tenant_id
         self.group_id = group_id
         self.feature = feature
-        self.stage = stage
         self.detail = message
         self.retryable = retryable
 
 
 class TransformError(PipelineError):
-    def __init__(self, *, tenant_id: str, group_id: str, feature: str, message: str, retryable: bool = False) -> None:
-        super().__init__(
-            tenant_id=tenant_id,
-            group_id=group_id,
-            feature=feature,
-            stage="transform",
-            message=message,
-            retryable=retryable,
-        )
+    stage = "transform"
 
 
 class ValidationError(PipelineError):
     """Too many rows of one feature broke its rules (more than the group's max_failure_rate)."""
 
-    def __init__(self, *, tenant_id: str, group_id: str, feature: str, message: str, retryable: bool = False) -> None:
-        super().__init__(
-            tenant_id=tenant_id,
-            group_id=group_id,
-            feature=feature,
-            stage="validate",
-            message=message,
-            retryable=retryable,
-        )
+    stage = "validate"
 
 
 class WriteError(PipelineError):
-    def __init__(self, *, tenant_id: str, group_id: str, feature: str, message: str, retryable: bool = False) -> None:
-        super().__init__(
-            tenant_id=tenant_id, group_id=group_id, feature=feature, stage="write", message=message, retryable=retryable
-        )
+    stage = "write"
 
 
 class JobStateError(FeatureStoreError):

@@ -213,12 +213,6 @@ class PipelineConfig(_Strict):
         TimeWindow(start=self.start_time, end=self.end_time)
         return self
 
-    @property
-    def effective_window(self) -> TimeWindow:
-        """The window the transform reads and the offline write replaces: all history in full mode."""
-        start = HISTORY_START if self.mode is JobType.FULL else self.start_time
-        return TimeWindow(start=start, end=self.end_time)
-
 
 class FeatureStatus(str, enum.Enum):
     PENDING = "pending"

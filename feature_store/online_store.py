@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from importlib import resources
@@ -73,7 +73,11 @@ class OnlineStore(ABC):
 
 
 class RedisOnlineStore(OnlineStore):
-    """Online store on Redis (standalone; keys are independent, so Redis Cluster works per key)."""
+    """Online store on a standalone Redis.
+
+    One Lua call writes a batch of keys, so on Redis Cluster a batch would have to be split by hash
+    slot first (not done yet); reads are plain pipelined HMGETs and would work there as they are.
+    """
 
     def __init__(self, client: redis.Redis, *, prefix: str = "fs") -> None:
         self._client = client
@@ -154,14 +158,3 @@ def _decode(raw: bytes | None, spec: FeatureSpec, now_us: int) -> OnlineValue:
 def _escape(entity_id: str) -> str:
     """Keep the key's `:` separators unambiguous whatever an entity id contains."""
     return entity_id.replace("%", "%25").replace(":", "%3A")
-
-
-def iter_batches(rows: Iterable[tuple[str, str]], size: int) -> Iterable[list[tuple[str, str]]]:
-    batch: list[tuple[str, str]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -43,10 +43,9 @@ from feature_store.models import (
 from feature_store.online_store import OnlineStore
 from feature_store.registry import Registry
 from feature_store.staging import create_staging, drop_staging, staging_exists, staging_table
+from feature_store.types import ProgressCallback
 
 log = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ from feature_store.models import (
     QuarantinedRow,
 )
 from feature_store.online_store import FeatureSpec, RedisOnlineStore
-from feature_store.pipeline import FeaturePipeline, ProgressCallback
+from feature_store.pipeline import FeaturePipeline
 from feature_store.registry import Registry
 from feature_store.repo import ApplyReport, apply_repo, load_repo
-from feature_store.types import FeatureRef
+from feature_store.types import FeatureRef, ProgressCallback
 
 # Online reads resolve feature refs against the registry; a short cache keeps that off the hot path.
 _REGISTRY_CACHE_S = 30.0
