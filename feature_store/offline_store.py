@@ -29,6 +29,11 @@ def write_window(
     readers see either the old window or the new one. Returns the number of rows written.
     """
     with conn.transaction():
+        # Two runs writing the same feature at once (a backfill over a scheduled hour) take turns, so
+        # the second one's DELETE sees, and replaces, what the first inserted.
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{tenant_id}\x1f{group_id}\x1f{feature_name}",)
+        )
         conn.execute(
             "DELETE FROM feature_store.feature_values"
             " WHERE tenant_id = %s AND feature_group_id = %s AND feature_name = %s"

@@ -317,3 +317,25 @@ def test_stages_are_idempotent_when_retried(store: FeatureStore, db: Sql) -> Non
     assert written == rows - outcome.rows_failed
     assert db.value("SELECT count(*) FROM feature_store.feature_values") == written
     assert db.value("SELECT count(*) FROM feature_store.quarantined_rows") == outcome.rows_failed
+
+
+def test_concurrent_runs_of_the_same_window_end_with_one_copy_of_each_row(settings: object, db: Sql) -> None:
+    import threading
+
+    from feature_store import Settings
+
+    assert isinstance(settings, Settings)
+    results = []
+
+    def run() -> None:
+        with FeatureStore(settings=settings) as fs:
+            results.append(fs.materialize(config("acme", "message_features")))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status for r in results] == [JobStatus.COMPLETED] * 3
+    written = results[0].rows_processed - results[0].rows_failed
+    assert db.value("SELECT count(*) FROM feature_store.feature_values") == written > 0
