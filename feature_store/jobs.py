@@ -24,7 +24,7 @@ from feature_store.models import (
     MaterializationJob,
     TimeWindow,
 )
-from feature_store.staging import create_staging
+from feature_store.staging import create_staging, drop_staging
 
 JOB_COLUMNS = (
     "id, tenant_id, feature_group_id, job_type, start_time, end_time, status, progress, error_message,"
@@ -238,7 +238,18 @@ def finish_job(conn: psycopg.Connection, job_id: int, *, extra_errors: Sequence[
 
 
 def fail_jobs_of_run(conn: psycopg.Connection, *, dag_id: str, run_id: str, reason: str) -> int:
-    """Fail every unfinished job of an orchestrator run (killed, timed out or failed from outside)."""
+    """Fail every unfinished job of an orchestrator run (killed, timed out or failed from outside).
+
+    The run is over, so the staging tables of all its jobs are dropped too.
+    """
+    job_ids = [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT id FROM feature_store.materialization_jobs WHERE dag_id = %s AND run_id = %s", (dag_id, run_id)
+        ).fetchall()
+    ]
+    for job_id in job_ids:
+        drop_staging(conn, job_id)
     cur = conn.execute(
         "UPDATE feature_store.materialization_jobs SET status = 'failed',"
         " error_message = concat_ws(E'\\n', error_message, %(reason)s::text), completed_at = now(),"

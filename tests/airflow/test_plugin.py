@@ -135,6 +135,14 @@ def test_a_killed_finish_task_or_a_failed_run_ends_unfinished_jobs_failed(airflo
     for group in ("user_engagement", "conversation_stats"):
         assert rows[group] == ("failed", "Airflow run scheduled__3 ended failed before the job finished (timed_out)")
     assert set(jobs) == set(rows)
+    # The run is over: no staging table of its jobs is left behind.
+    assert (
+        db.value(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'feature_store_staging' AND tablename = ANY(%s)",
+            ([f"job_{job_id}" for job_id in jobs.values()],),
+        )
+        == 0
+    )
 
 
 def test_the_listener_ignores_other_dags(airflow_env: Settings, db: Sql) -> None:
