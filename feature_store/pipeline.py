@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -86,8 +86,10 @@ class FeaturePipeline:
         online: OnlineStore | None,
         settings: Settings,
         progress: ProgressCallback | None = None,
+        connect: Callable[[], psycopg.Connection] | None = None,
     ) -> None:
         self._conn = conn
+        self._connect = connect
         self._online = online
         self._settings = settings
         self._registry = Registry(conn)
@@ -166,9 +168,7 @@ class FeaturePipeline:
         feature = ctx.feature(feature_name)
         self._progress(f"transform {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}")
         with self._stage(ctx, feature_name, TransformError, try_number):
-            # Recreated if the job was finished and is being rerun; a sibling may create it at the same moment.
-            with suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
-                create_staging(self._conn, job_id)
+            create_staging(self._conn, job_id)  # gone if the job was finished and is being rerun
             rows = transform.run(
                 self._conn,
                 job_id=job_id,
@@ -284,21 +284,39 @@ class FeaturePipeline:
 
     # -- without an orchestrator ---------------------------------------------------------------
 
-    def run(self, config: PipelineConfig, *, run: RunInfo | None = None) -> PipelineResult:
-        """Run one job end to end; a failing feature is recorded and its siblings still run."""
+    def run(self, config: PipelineConfig, *, run: RunInfo | None = None, parallelism: int = 1) -> PipelineResult:
+        """Run one job end to end; a failing feature is recorded and its siblings still run.
+
+        With `parallelism` > 1 (and a `connect` factory), that many features run at once, each on its
+        own connection: the work happens inside PostgreSQL, which then uses as many cores.
+        """
         planned = self.start(config, run=run)
-        for name in planned.features:
-            try:
-                self.transform(planned.job_id, name)
-                self.validate(planned.job_id, name)
-                self.write(planned.job_id, name)
-            except PipelineError as exc:
-                log.warning("%s", exc)
+        if parallelism > 1 and self._connect is not None and len(planned.features) > 1:
+            with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="feature") as pool:
+                list(pool.map(lambda name: self._run_feature_apart(planned.job_id, name), planned.features))
+        else:
+            for name in planned.features:
+                self._run_feature(planned.job_id, name)
         try:
             return self.finish(planned.job_id)
         except Exception as exc:
             log.exception("finishing job %s failed", planned.job_id)
             return self.fail(planned.job_id, f"finish failed: {exc}")
+
+    def _run_feature(self, job_id: int, name: str) -> None:
+        try:
+            self.transform(job_id, name)
+            self.validate(job_id, name)
+            self.write(job_id, name)
+        except PipelineError as exc:
+            log.warning("%s", exc)
+
+    def _run_feature_apart(self, job_id: int, name: str) -> None:
+        assert self._connect is not None
+        with self._connect() as conn:
+            FeaturePipeline(conn, online=None, settings=self._settings, progress=self._progress)._run_feature(
+                job_id, name
+            )
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -19,9 +19,13 @@ def staging_table(job_id: int) -> sql.Composed:
 
 
 def create_staging(conn: psycopg.Connection, job_id: int) -> None:
+    """Create the job's staging table unless it exists; safe when parallel tasks of the job all call it."""
     table = staging_table(job_id)
     with conn.transaction():
-        _create(conn, table)
+        # Concurrent GRANTs on one table fail with "tuple concurrently updated": take turns.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"featurepipe staging {int(job_id)}",))
+        if not staging_exists(conn, job_id):
+            _create(conn, table)
 
 
 def _create(conn: psycopg.Connection, table: sql.Composed) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -138,12 +139,22 @@ class FeatureStore:
         """The staged pipeline (what the Airflow tasks call one stage at a time)."""
         self._require_schema()
         return FeaturePipeline(
-            self.conn, online=self.online if online else None, settings=self.settings, progress=progress
+            self.conn,
+            online=self.online if online else None,
+            settings=self.settings,
+            progress=progress,
+            connect=lambda: connect(self.settings.database_url),
         )
 
-    def materialize(self, config: PipelineConfig, *, progress: ProgressCallback | None = None) -> PipelineResult:
-        """Run one job (tenant, group, window) through transform, validate and write."""
-        return self.pipeline(online=config.write_online, progress=progress).run(config)
+    def materialize(
+        self, config: PipelineConfig, *, progress: ProgressCallback | None = None, parallelism: int | None = None
+    ) -> PipelineResult:
+        """Run one job (tenant, group, window) through transform, validate and write.
+
+        `parallelism` features run at once, on their own connections (default: the machine's cores).
+        """
+        workers = parallelism if parallelism is not None else min(4, os.cpu_count() or 1)
+        return self.pipeline(online=config.write_online, progress=progress).run(config, parallelism=workers)
 
     def list_jobs(self, **filters: object) -> list[MaterializationJob]:
         self._require_schema()

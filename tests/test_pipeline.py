@@ -339,3 +339,15 @@ def test_concurrent_runs_of_the_same_window_end_with_one_copy_of_each_row(settin
     assert [r.status for r in results] == [JobStatus.COMPLETED] * 3
     written = results[0].rows_processed - results[0].rows_failed
     assert db.value("SELECT count(*) FROM feature_store.feature_values") == written > 0
+
+
+def test_features_run_in_parallel_give_the_same_values_as_one_by_one(store: FeatureStore, db: Sql) -> None:
+    one_by_one = store.materialize(config("acme", "user_engagement"), parallelism=1)
+    first = db.rows("SELECT feature_name, entity_id, event_time, value FROM feature_store.feature_values ORDER BY 1, 2")
+    parallel = store.materialize(config("acme", "user_engagement"), parallelism=4)
+    second = db.rows(
+        "SELECT feature_name, entity_id, event_time, value FROM feature_store.feature_values ORDER BY 1, 2"
+    )
+    assert one_by_one.status is parallel.status is JobStatus.COMPLETED
+    assert first == second and len({name for name, *_ in first}) == 4
+    assert [f.rows_processed for f in one_by_one.features] == [f.rows_processed for f in parallel.features]
