@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
 import psycopg
 import redis
 from psycopg import sql
+from psycopg.rows import class_row
+from pydantic import BaseModel
 
 from feature_store.errors import ConnectionFailedError
 
 CONNECT_TIMEOUT_S = 5
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection:
@@ -54,3 +61,11 @@ def ensure_database(url: str) -> bool:
     except psycopg.OperationalError as exc:
         raise ConnectionFailedError("PostgreSQL", maintenance, _first_line(exc)) from exc
     return True
+
+
+def fetch_models(
+    conn: psycopg.Connection, model: type[M], query: Any, params: Sequence[Any] | Mapping[str, Any] | None = None
+) -> list[M]:
+    """The rows of `query` as `model` instances, validated by pydantic (column names = field names)."""
+    with conn.cursor(row_factory=class_row(model)) as cur:
+        return cur.execute(query, params).fetchall()

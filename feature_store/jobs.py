@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from psycopg.rows import dict_row
 
+from feature_store.db import fetch_models
 from feature_store.errors import JobNotFoundError
 from feature_store.models import (
     FeatureGroup,
@@ -109,12 +109,15 @@ def create_job(
 
 
 def get_job(conn: psycopg.Connection, job_id: int) -> MaterializationJob:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"SELECT {JOB_COLUMNS} FROM feature_store.materialization_jobs WHERE id = %s", (job_id,))
-        row = cur.fetchone()
-    if row is None:
+    found = fetch_models(
+        conn,
+        MaterializationJob,
+        f"SELECT {JOB_COLUMNS} FROM feature_store.materialization_jobs WHERE id = %s",
+        (job_id,),
+    )
+    if not found:
         raise JobNotFoundError(job_id)
-    return MaterializationJob.model_validate(row)
+    return found[0]
 
 
 def list_jobs(
@@ -128,35 +131,35 @@ def list_jobs(
     created_after: datetime | None = None,
 ) -> list[MaterializationJob]:
     """Most recent jobs first, optionally filtered."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            f"SELECT {JOB_COLUMNS} FROM feature_store.materialization_jobs"
-            " WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
-            " AND (%(group)s::text IS NULL OR feature_group_id = %(group)s)"
-            " AND (%(status)s::text IS NULL OR status = %(status)s)"
-            " AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s)"
-            " AND (%(after)s::timestamptz IS NULL OR created_at >= %(after)s)"
-            " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
-            {
-                "tenant": tenant_id,
-                "group": group_id,
-                "status": status.value if status else None,
-                "run_id": run_id,
-                "after": created_after,
-                "limit": limit,
-            },
-        )
-        return [MaterializationJob.model_validate(r) for r in cur.fetchall()]
+    return fetch_models(
+        conn,
+        MaterializationJob,
+        f"SELECT {JOB_COLUMNS} FROM feature_store.materialization_jobs"
+        " WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
+        " AND (%(group)s::text IS NULL OR feature_group_id = %(group)s)"
+        " AND (%(status)s::text IS NULL OR status = %(status)s)"
+        " AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s)"
+        " AND (%(after)s::timestamptz IS NULL OR created_at >= %(after)s)"
+        " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
+        {
+            "tenant": tenant_id,
+            "group": group_id,
+            "status": status.value if status else None,
+            "run_id": run_id,
+            "after": created_after,
+            "limit": limit,
+        },
+    )
 
 
 def feature_results(conn: psycopg.Connection, job_id: int) -> list[FeatureResult]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "SELECT feature_name AS feature, status, rows_processed, rows_failed, error_message"
-            " FROM feature_store.materialization_job_features WHERE job_id = %s ORDER BY feature_name",
-            (job_id,),
-        )
-        return [FeatureResult.model_validate(r) for r in cur.fetchall()]
+    return fetch_models(
+        conn,
+        FeatureResult,
+        "SELECT feature_name AS feature, status, rows_processed, rows_failed, error_message"
+        " FROM feature_store.materialization_job_features WHERE job_id = %s ORDER BY feature_name",
+        (job_id,),
+    )
 
 
 def record_feature(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import psycopg
-from psycopg.rows import dict_row
 from pydantic import BaseModel
+
+from feature_store.db import fetch_models
 
 
 class GroupFreshness(BaseModel):
@@ -32,25 +33,20 @@ class DeadlineMiss(BaseModel):
 
 def freshness(conn: psycopg.Connection) -> list[GroupFreshness]:
     """One row per active tenant x active group; `stale` when past its target or never materialized."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "SELECT t.id AS tenant_id, g.id AS feature_group_id, g.entity_type, g.freshness_target_seconds,"
-            " last.end_time AS last_window_end, last.completed_at AS last_completed_at,"
-            " extract(epoch FROM now() - last.end_time)::float8 AS age_seconds"
-            " FROM feature_store.tenants t CROSS JOIN feature_store.feature_groups g"
-            " LEFT JOIN LATERAL (SELECT j.end_time, j.completed_at FROM feature_store.materialization_jobs j"
-            "   WHERE j.tenant_id = t.id AND j.feature_group_id = g.id AND j.status = 'completed'"
-            "   ORDER BY j.end_time DESC LIMIT 1) last ON true"
-            " WHERE t.status = 'active' AND g.status = 'active'"
-            " ORDER BY t.id, g.id"
-        )
-        rows = cur.fetchall()
-    result = []
-    for row in rows:
-        target, age = row["freshness_target_seconds"], row["age_seconds"]
-        stale = age is None or (target is not None and age > target)
-        result.append(GroupFreshness(**row, stale=stale))
-    return result
+    return fetch_models(
+        conn,
+        GroupFreshness,
+        "SELECT t.id AS tenant_id, g.id AS feature_group_id, g.entity_type, g.freshness_target_seconds,"
+        " last.end_time AS last_window_end, last.completed_at AS last_completed_at, age.seconds AS age_seconds,"
+        " (age.seconds IS NULL OR age.seconds > g.freshness_target_seconds) IS TRUE AS stale"
+        " FROM feature_store.tenants t CROSS JOIN feature_store.feature_groups g"
+        " LEFT JOIN LATERAL (SELECT j.end_time, j.completed_at FROM feature_store.materialization_jobs j"
+        "   WHERE j.tenant_id = t.id AND j.feature_group_id = g.id AND j.status = 'completed'"
+        "   ORDER BY j.end_time DESC LIMIT 1) last ON true"
+        " CROSS JOIN LATERAL (SELECT extract(epoch FROM now() - last.end_time)::float8 AS seconds) age"
+        " WHERE t.status = 'active' AND g.status = 'active'"
+        " ORDER BY t.id, g.id",
+    )
 
 
 def record_deadline_miss(
@@ -63,10 +59,10 @@ def record_deadline_miss(
 
 
 def deadline_misses(conn: psycopg.Connection, *, limit: int = 20) -> list[DeadlineMiss]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "SELECT dag_id, run_id, deadline_time, detected_at, message FROM feature_store.deadline_misses"
-            " ORDER BY detected_at DESC, id DESC LIMIT %s",
-            (limit,),
-        )
-        return [DeadlineMiss.model_validate(r) for r in cur.fetchall()]
+    return fetch_models(
+        conn,
+        DeadlineMiss,
+        "SELECT dag_id, run_id, deadline_time, detected_at, message FROM feature_store.deadline_misses"
+        " ORDER BY detected_at DESC, id DESC LIMIT %s",
+        (limit,),
+    )

@@ -6,9 +6,9 @@ from collections.abc import Iterable, Sequence
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from feature_store.db import fetch_models
 from feature_store.errors import FeatureGroupNotFoundError, TenantNotFoundError
 from feature_store.models import FeatureDefinition, FeatureGroup, Status, Tenant
 
@@ -30,20 +30,18 @@ class Registry:
     # -- reads ---------------------------------------------------------------------------------
 
     def get_tenant(self, tenant_id: str) -> Tenant:
-        with self._cursor() as cur:
-            cur.execute("SELECT id, name, status FROM feature_store.tenants WHERE id = %s", (tenant_id,))
-            row = cur.fetchone()
-        if row is None:
+        found = fetch_models(
+            self._conn, Tenant, "SELECT id, name, status FROM feature_store.tenants WHERE id = %s", (tenant_id,)
+        )
+        if not found:
             raise TenantNotFoundError(tenant_id)
-        return Tenant.model_validate(row)
+        return found[0]
 
     def list_tenants(self, *, active_only: bool = False) -> list[Tenant]:
         query = "SELECT id, name, status FROM feature_store.tenants"
         if active_only:
             query += " WHERE status = 'active'"
-        with self._cursor() as cur:
-            cur.execute(query + " ORDER BY id")
-            return [Tenant.model_validate(r) for r in cur.fetchall()]
+        return fetch_models(self._conn, Tenant, query + " ORDER BY id")
 
     def get_group(self, group_id: str) -> FeatureGroup:
         groups = self._load_groups("WHERE g.id = %s", (group_id,))
@@ -55,18 +53,18 @@ class Registry:
         return self._load_groups("WHERE g.status = 'active'" if active_only else "", ())
 
     def _load_groups(self, where: str, params: Sequence[object]) -> list[FeatureGroup]:
-        with self._cursor() as cur:
-            cur.execute(
-                f"SELECT {_GROUP_COLUMNS}, coalesce(("
-                "  SELECT jsonb_agg(jsonb_build_object("
-                "     'name', f.name, 'description', f.description, 'source_type', f.source_type,"
-                "     'value_type', f.value_type, 'transformation_sql', f.transformation_sql,"
-                "     'validation', f.validation_rules, 'status', f.status) ORDER BY f.name)"
-                "  FROM feature_store.feature_definitions f WHERE f.feature_group_id = g.id), '[]') AS features"
-                f" FROM feature_store.feature_groups g {where} ORDER BY g.id",
-                params,
-            )
-            return [FeatureGroup.model_validate(r) for r in cur.fetchall()]
+        return fetch_models(
+            self._conn,
+            FeatureGroup,
+            f"SELECT {_GROUP_COLUMNS}, coalesce(("
+            "  SELECT jsonb_agg(jsonb_build_object("
+            "     'name', f.name, 'description', f.description, 'source_type', f.source_type,"
+            "     'value_type', f.value_type, 'transformation_sql', f.transformation_sql,"
+            "     'validation', f.validation_rules, 'status', f.status) ORDER BY f.name)"
+            "  FROM feature_store.feature_definitions f WHERE f.feature_group_id = g.id), '[]') AS features"
+            f" FROM feature_store.feature_groups g {where} ORDER BY g.id",
+            params,
+        )
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -133,8 +131,3 @@ class Registry:
             ident = sql.Identifier(schema)
             self._conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, role))
             self._conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(ident, role))
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    def _cursor(self) -> psycopg.Cursor[dict[str, object]]:
-        return self._conn.cursor(row_factory=dict_row)

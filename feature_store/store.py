@@ -11,11 +11,10 @@ from types import TracebackType
 
 import psycopg
 import redis
-from psycopg.rows import dict_row
 
 from feature_store import jobs, offline_store, schema
 from feature_store.config import Settings
-from feature_store.db import connect, connect_redis, ensure_database
+from feature_store.db import connect, connect_redis, ensure_database, fetch_models
 from feature_store.errors import FeatureNotFoundError, FeatureStoreError, SchemaNotInitializedError
 from feature_store.models import (
     FeatureGroup,
@@ -173,17 +172,17 @@ class FeatureStore:
         limit: int = 100,
     ) -> list[QuarantinedRow]:
         self._require_schema()
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(
-                "SELECT job_id, tenant_id, feature_group_id, feature_name, entity_id, event_time, value, rule,"
-                " reason, quarantined_at FROM feature_store.quarantined_rows"
-                " WHERE (%(job)s::bigint IS NULL OR job_id = %(job)s)"
-                " AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
-                " AND (%(since)s::timestamptz IS NULL OR quarantined_at >= %(since)s)"
-                " ORDER BY quarantined_at DESC, id DESC LIMIT %(limit)s",
-                {"job": job_id, "tenant": tenant_id, "since": since, "limit": limit},
-            )
-            return [QuarantinedRow.model_validate(r) for r in cur.fetchall()]
+        return fetch_models(
+            self.conn,
+            QuarantinedRow,
+            "SELECT job_id, tenant_id, feature_group_id, feature_name, entity_id, event_time, value, rule,"
+            " reason, quarantined_at FROM feature_store.quarantined_rows"
+            " WHERE (%(job)s::bigint IS NULL OR job_id = %(job)s)"
+            " AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
+            " AND (%(since)s::timestamptz IS NULL OR quarantined_at >= %(since)s)"
+            " ORDER BY quarantined_at DESC, id DESC LIMIT %(limit)s",
+            {"job": job_id, "tenant": tenant_id, "since": since, "limit": limit},
+        )
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -181,11 +181,12 @@ def test_the_view_lists_jobs_freshness_and_quarantine(client: TestClient, airflo
     with FeatureStore(settings=airflow_env) as store:
         from feature_store import PipelineConfig
 
-        result = store.materialize(
-            PipelineConfig(
-                tenant_id="acme", feature_group_id="message_features", start_time=HOURS[1].start, end_time=HOURS[1].end
+        for group in ("user_engagement", "message_features"):
+            result = store.materialize(
+                PipelineConfig(
+                    tenant_id="acme", feature_group_id=group, start_time=HOURS[1].start, end_time=HOURS[1].end
+                )
             )
-        )
     page = client.get("/")
     assert page.status_code == 200
     assert f"<td>{result.job_id}</td>" in page.text
@@ -195,6 +196,10 @@ def test_the_view_lists_jobs_freshness_and_quarantine(client: TestClient, airflo
     fresh = {(f["tenant_id"], f["feature_group_id"]): f for f in client.get("/api/freshness").json()}
     assert fresh[("acme", "message_features")]["last_window_end"].startswith(HOURS[1].end.isoformat()[:19])
     assert fresh[("globex", "message_features")]["stale"] is True  # never materialized
+    assert fresh[("acme", "message_features")]["stale"] is False  # materialized, and the group sets no target
+    # user_engagement wants data at most 2 h old; the test data is weeks old.
+    assert fresh[("acme", "user_engagement")]["stale"] is True
+    assert fresh[("acme", "user_engagement")]["age_seconds"] > 7200
 
 
 def test_the_view_requires_an_authenticated_user(airflow_env: Settings) -> None:
