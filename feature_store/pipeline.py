@@ -291,12 +291,17 @@ class FeaturePipeline:
         own connection: the work happens inside PostgreSQL, which then uses as many cores.
         """
         planned = self.start(config, run=run)
-        if parallelism > 1 and self._connect is not None and len(planned.features) > 1:
-            with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="feature") as pool:
-                list(pool.map(lambda name: self._run_feature_apart(planned.job_id, name), planned.features))
-        else:
-            for name in planned.features:
-                self._run_feature(planned.job_id, name)
+        try:
+            if parallelism > 1 and self._connect is not None and len(planned.features) > 1:
+                with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="feature") as pool:
+                    list(pool.map(lambda name: self._run_feature_apart(planned.job_id, name), planned.features))
+            else:
+                for name in planned.features:
+                    self._run_feature(planned.job_id, name)
+        except Exception as exc:
+            # Not a feature's own failure (those are recorded and skipped): the job cannot go on.
+            self.fail(planned.job_id, f"materialization stopped: {exc}")
+            raise
         try:
             return self.finish(planned.job_id)
         except Exception as exc:
