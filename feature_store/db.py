@@ -69,3 +69,8 @@ def fetch_models(
     """The rows of `query` as `model` instances, validated by pydantic (column names = field names)."""
     with conn.cursor(row_factory=class_row(model)) as cur:
         return cur.execute(query, params).fetchall()
+
+
+def advisory_xact_lock(conn: psycopg.Connection, key: str) -> None:
+    """Take a transaction-scoped advisory lock named by `key`: holders of the same key take turns."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))

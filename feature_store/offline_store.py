@@ -8,6 +8,7 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
+from feature_store.db import advisory_xact_lock
 from feature_store.models import HistoricalRow, TimeWindow, ValueType
 from feature_store.staging import staging_table
 from feature_store.types import FeatureValue
@@ -31,9 +32,7 @@ def write_window(
     with conn.transaction():
         # Two runs writing the same feature at once (a backfill over a scheduled hour) take turns, so
         # the second one's DELETE sees, and replaces, what the first inserted.
-        conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{tenant_id}\x1f{group_id}\x1f{feature_name}",)
-        )
+        advisory_xact_lock(conn, f"featurepipe offline {tenant_id}\x1f{group_id}\x1f{feature_name}")
         conn.execute(
             "DELETE FROM feature_store.feature_values"
             " WHERE tenant_id = %s AND feature_group_id = %s AND feature_name = %s"

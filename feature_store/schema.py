@@ -7,10 +7,9 @@ from importlib import resources
 
 import psycopg
 
-log = logging.getLogger(__name__)
+from feature_store.db import advisory_xact_lock
 
-# Any constant works: it only has to be the same for every process running migrations.
-_MIGRATION_LOCK_KEY = 0x66656174  # "feat"
+log = logging.getLogger(__name__)
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -41,7 +40,7 @@ def migrate(conn: psycopg.Connection) -> list[str]:
     applied: list[str] = []
     with conn.transaction():
         # Serialise concurrent `init`s (parallel workers starting at once) on one database.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        advisory_xact_lock(conn, "featurepipe schema migrations")
         conn.execute("CREATE SCHEMA IF NOT EXISTS feature_store")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS feature_store.schema_migrations ("

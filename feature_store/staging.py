@@ -9,6 +9,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from feature_store.db import advisory_xact_lock
 from feature_store.registry import TRANSFORM_ROLE
 
 STAGING_SCHEMA = "feature_store_staging"
@@ -23,7 +24,7 @@ def create_staging(conn: psycopg.Connection, job_id: int) -> None:
     table = staging_table(job_id)
     with conn.transaction():
         # Concurrent GRANTs on one table fail with "tuple concurrently updated": take turns.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"featurepipe staging {int(job_id)}",))
+        advisory_xact_lock(conn, f"featurepipe staging {int(job_id)}")
         if not staging_exists(conn, job_id):
             _create(conn, table)
 

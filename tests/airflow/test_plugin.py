@@ -35,6 +35,16 @@ class DagRunState:
     run_id: str
 
 
+def feature_row(db: Sql, job_id: int, feature: str) -> tuple[str, str | None]:
+    """(status, error_message) of one feature of a job."""
+    [row] = db.rows(
+        "SELECT status, error_message FROM feature_store.materialization_job_features"
+        " WHERE job_id = %s AND feature_name = %s",
+        (job_id, feature),
+    )
+    return row[0], row[1]
+
+
 def plan_run(store: FeatureStore, run_id: str) -> dict[str, int]:
     planned = store.pipeline().plan(
         window=HOURS[-1], tenant_ids=["acme"], run=RunInfo(dag_id=DAG_ID, run_id=run_id, try_number=1)
@@ -83,14 +93,7 @@ def test_a_retry_is_not_a_failure_and_a_stage_error_keeps_its_own_message(airflo
         DAG_ID, "manual__2", "materialize_feature.transform", "acme/user_engagement/avg_rating", 1, "up_for_retry"
     )
     listener.on_task_instance_failed(previous_state="running", task_instance=ti, error="connection reset")
-    assert (
-        db.value(
-            "SELECT status FROM feature_store.materialization_job_features"
-            " WHERE job_id = %s AND feature_name = 'avg_rating'",
-            (job_id,),
-        )
-        == "pending"
-    )
+    assert feature_row(db, job_id, "avg_rating") == ("pending", None)
     db.execute(
         "UPDATE feature_store.materialization_job_features SET status = 'failed', error_message = 'precise'"
         " WHERE job_id = %s AND feature_name = 'avg_rating'",
@@ -98,14 +101,7 @@ def test_a_retry_is_not_a_failure_and_a_stage_error_keeps_its_own_message(airflo
     )
     ti.state = "failed"
     listener.on_task_instance_failed(previous_state="running", task_instance=ti, error="AirflowFailException")
-    assert (
-        db.value(
-            "SELECT error_message FROM feature_store.materialization_job_features WHERE job_id = %s"
-            " AND feature_name = 'avg_rating'",
-            (job_id,),
-        )
-        == "precise"
-    )
+    assert feature_row(db, job_id, "avg_rating") == ("failed", "precise")
 
 
 def test_a_killed_finish_task_or_a_failed_run_ends_unfinished_jobs_failed(airflow_env: Settings, db: Sql) -> None:
