@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="fp_airflow_home_"))
@@ -60,3 +61,13 @@ def airflow_env(airflow_db: Path, settings: object, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("AIRFLOW_CONN_FEATURE_STORE_REDIS", json.dumps(redis_conn))
     monkeypatch.delenv("FEATURE_STORE_DATABASE_URL", raising=False)
     return settings
+
+
+@pytest.fixture
+def client(airflow_env: object) -> Iterator[TestClient]:
+    """A test client of the view app on this test's database, with Airflow's login check bypassed."""
+    from featurepipe_airflow import view
+
+    view.app.dependency_overrides[view.require_user] = lambda: None
+    yield TestClient(view.app)
+    view.app.dependency_overrides.clear()

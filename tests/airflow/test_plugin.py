@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -162,15 +161,6 @@ def test_the_plugin_registers_the_listener_and_the_view() -> None:
     assert plugin.listeners == [listener]
     assert plugin.fastapi_apps[0]["url_prefix"] == "/featurepipe"
     assert plugin.external_views[0]["url_route"] == "featurepipe"
-
-
-@pytest.fixture
-def client(airflow_env: Settings) -> Any:
-    from featurepipe_airflow import view
-
-    view.app.dependency_overrides[view.require_user] = lambda: None
-    yield TestClient(view.app)
-    view.app.dependency_overrides.clear()
 
 
 def test_the_view_lists_jobs_freshness_and_quarantine(client: TestClient, airflow_env: Settings) -> None:
