@@ -1,19 +1,21 @@
 """The *Feature Store* view in the Airflow UI: freshness per group, recent jobs, quarantined rows, deadline misses.
 
 A FastAPI app mounted by the plugin under /featurepipe. `/` is a server-rendered page (shown in
-an iframe in Airflow's navigation); `/api/*` return the same data as JSON. Every route requires an
-authenticated Airflow user.
+an iframe in Airflow's navigation) from templates/feature_store.html; `/api/*` return the same data
+as JSON. Every route requires an authenticated Airflow user.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from html import escape
-from typing import Annotated, Any
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
 
 from airflow.api_fastapi.core_api.security import requires_authenticated
 from fastapi import Depends, FastAPI, Query
 from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from feature_store import FeatureStore, MaterializationJob
 from feature_store.models import QuarantinedRow
@@ -57,120 +59,45 @@ def api_deadline_misses(store: StoreDep) -> list[DeadlineMiss]:
 
 @app.get("/", response_class=HTMLResponse)
 def page(store: StoreDep) -> str:
-    groups = freshness(store.conn)
-    recent = store.list_jobs(limit=50)
-    quarantined = store.quarantined_rows(limit=25)
-    misses = deadline_misses(store.conn, limit=10)
-    return _PAGE.format(
-        freshness=_table(
-            ["tenant", "group", "entity", "last window end", "completed at", "age", "target", "status"],
-            [
-                [
-                    g.tenant_id,
-                    g.feature_group_id,
-                    g.entity_type,
-                    _time(g.last_window_end),
-                    _time(g.last_completed_at),
-                    _age(g.age_seconds),
-                    _age(g.freshness_target_seconds),
-                    _badge("stale" if g.stale else "fresh"),
-                ]
-                for g in groups
-            ],
-            "no active feature groups",
-        ),
-        jobs=_table(
-            ["id", "tenant", "group", "type", "window", "status", "progress", "rows", "failed", "ms", "run", "error"],
-            [
-                [
-                    str(j.id),
-                    j.tenant_id,
-                    j.feature_group_id,
-                    j.job_type.value,
-                    f"{_time(j.start_time)} → {_time(j.end_time)}",
-                    _badge(j.status.value),
-                    f"{j.progress:.0%}",
-                    str(j.rows_processed),
-                    str(j.rows_failed),
-                    "" if j.duration_ms is None else str(j.duration_ms),
-                    j.run_id or "",
-                    j.error_message or "",
-                ]
-                for j in recent
-            ],
-            "no jobs yet",
-            css_class="jobs",
-        ),
-        quarantine=_table(
-            ["job", "tenant", "feature", "entity", "event time", "rule", "reason"],
-            [
-                [
-                    str(q.job_id),
-                    q.tenant_id,
-                    f"{q.feature_group_id}:{q.feature_name}",
-                    q.entity_id or "",
-                    _time(q.event_time),
-                    q.rule,
-                    q.reason,
-                ]
-                for q in quarantined
-            ],
-            "no quarantined rows",
-        ),
-        misses=_table(
-            ["detected", "run", "deadline", "message"],
-            [[_time(m.detected_at), m.run_id, _time(m.deadline_time), m.message] for m in misses],
-            "no missed deadlines",
-        ),
+    """Plain models go to the template, which lays them out and escapes every value; no HTML is built here."""
+    return _templates.get_template("feature_store.html").render(
+        groups=freshness(store.conn),
+        jobs=store.list_jobs(limit=50),
+        quarantined=store.quarantined_rows(limit=25),
+        misses=deadline_misses(store.conn, limit=10),
     )
 
 
-def _table(headers: list[str], rows: list[list[str]], empty: str, css_class: str = "") -> str:
-    if not rows:
-        return f'<p class="empty">{escape(empty)}</p>'
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{cell if cell.startswith('<span') else escape(cell)}</td>" for cell in row) + "</tr>"
-        for row in rows
-    )
-    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+# Filters of the template (`|time`, `|age`, `|percent`): they return plain text, which is escaped like any value.
 
 
-def _badge(status: str) -> str:
-    return f'<span class="badge {escape(status)}">{escape(status)}</span>'
-
-
-def _time(value: Any) -> str:
+def _time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
 
 
-def _age(seconds: float | int | None) -> str:
+def _age(seconds: float | None) -> str:
     if seconds is None:
         return ""
     minutes = int(seconds // 60)
     return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
-_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Feature Store</title>
-<meta http-equiv="refresh" content="30">
-<style>
- body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #1a202c; }}
- h1 {{ font-size: 1.4rem; }} h2 {{ font-size: 1.1rem; margin-top: 1.8rem; }}
- table {{ border-collapse: collapse; width: 100%; font-size: .85rem; }}
- th, td {{ text-align: left; padding: .3rem .5rem; border-bottom: 1px solid #e2e8f0; vertical-align: top; }}
- th {{ background: #f7fafc; }}
- td:last-child {{ white-space: pre-wrap; }}
- .badge {{ padding: .1rem .45rem; border-radius: .6rem; font-weight: 600; font-size: .75rem; }}
- .completed, .fresh {{ background: #c6f6d5; }} .failed, .stale {{ background: #fed7d7; }}
- .running {{ background: #fefcbf; }} .pending {{ background: #e2e8f0; }}
- .empty {{ color: #718096; }}
-</style></head>
-<body>
-<h1>Feature Store</h1>
-<h2>Freshness</h2>{freshness}
-<h2>Recent materialization jobs</h2>{jobs}
-<h2>Quarantined rows</h2>{quarantine}
-<h2>Missed deadlines</h2>{misses}
-</body></html>
-"""
+def _percent(fraction: float) -> str:
+    return f"{fraction:.0%}"
+
+
+def _blank_none(value: object) -> object:
+    """Jinja prints None as 'None'; the page shows an empty cell for a missing value instead."""
+    return "" if value is None else value
+
+
+_templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    # Every value on the page comes from the database (entity ids, reasons, error messages), so
+    # escape everything, whatever the template file is called; nothing is marked safe in Python.
+    autoescape=True,
+    finalize=_blank_none,
+    keep_trailing_newline=True,
+    undefined=StrictUndefined,
+)
+_templates.filters.update(time=_time, age=_age, percent=_percent)
