@@ -36,6 +36,16 @@ class Settings:
     online_batch_size: int = field(default=2000)
     """Entities per Lua call when publishing online values: one round trip per batch."""
 
+    sandbox_password: str | None = field(default=None, repr=False)
+    """Password of the `featurepipe_transform` login role transforms run as (FEATURE_STORE_SANDBOX_PASSWORD);
+    `init` sets it. Not needed where PostgreSQL trusts local connections."""
+
+    max_clock_skew_s: float = 300.0
+    """How far past this machine's clock a window may end (FEATURE_STORE_MAX_CLOCK_SKEW, seconds)."""
+
+    max_full_windows: int = 24 * 400
+    """Most schedule windows (hours) one full-mode job may recompute (FEATURE_STORE_MAX_FULL_WINDOWS)."""
+
     @classmethod
     def from_env(cls) -> Settings:
         env = os.environ
@@ -44,4 +54,7 @@ class Settings:
             redis_url=env.get("FEATURE_STORE_REDIS_URL") or DEFAULT_REDIS_URL,
             redis_prefix=env.get("FEATURE_STORE_REDIS_PREFIX") or "fs",
             statement_timeout_s=_env_float("FEATURE_STORE_STATEMENT_TIMEOUT", 300.0),
+            sandbox_password=env.get("FEATURE_STORE_SANDBOX_PASSWORD") or None,
+            max_clock_skew_s=_env_float("FEATURE_STORE_MAX_CLOCK_SKEW", 300.0),
+            max_full_windows=int(_env_float("FEATURE_STORE_MAX_FULL_WINDOWS", 24 * 400)),
         )

@@ -124,5 +124,23 @@ class WriteError(PipelineError):
     stage = "write"
 
 
+class StatementTimeoutError(FeatureStoreError):
+    """A transformation ran longer than the statement timeout (retryable: the database may have been busy)."""
+
+    retryable = True
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"exceeded the statement timeout of {timeout_s:g}s (FEATURE_STORE_STATEMENT_TIMEOUT)")
+        self.timeout_s = timeout_s
+
+
+class SourceIsolationError(FeatureStoreError):
+    """A source table a transform may read is no longer tenant-isolated (changed after `apply`)."""
+
+
+class WindowError(FeatureStoreError):
+    """A materialization window is not allowed (it ends in the future, or full mode spans too many windows)."""
+
+
 class JobStateError(FeatureStoreError):
     """A job was asked to do something its state does not allow (e.g. run a feature of a finished job)."""

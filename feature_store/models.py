@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -81,6 +82,51 @@ class ValidationRules(_Strict):
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
         return self
+
+
+QUALIFIED_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,62}\.[a-z_][a-z0-9_]{0,62}$"
+QualifiedName = Annotated[str, StringConstraints(pattern=QUALIFIED_NAME_PATTERN)]
+"""`schema.table`, lower case, as PostgreSQL folds unquoted names."""
+
+ColumnName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+
+
+class SourceTable(_Strict):
+    """A source table declared in the repo: shared across tenants on purpose, or checked on the way in.
+
+    Expectations are rules on the table's own rows (not on feature values): PostgreSQL hides rows that
+    break them from every transform, and each transform quarantines the ones in its window with the
+    reason, so a broken rating is never averaged into a feature.
+    """
+
+    table: QualifiedName
+    shared: bool = False
+    """Every tenant's transforms read all of its rows (e.g. a plans or country table), on purpose."""
+
+    tenant_column: ColumnName | None = None
+    """Column holding the tenant id; needed for expectations (to quarantine one tenant's rows)."""
+
+    time_column: ColumnName | None = None
+    """Column whose time puts a row in a window; needed for expectations."""
+
+    key_column: ColumnName = "id"
+    """Column identifying a row in quarantine records."""
+
+    expectations: dict[ColumnName, ValidationRules] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _expectations_need_columns(self) -> SourceTable:
+        if self.expectations:
+            if self.shared:
+                raise ValueError("expectations are checked per tenant; a shared table cannot have them")
+            missing = [name for name in ("tenant_column", "time_column") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"expectations need {' and '.join(missing)}")
+        return self
+
+    def expectations_data(self) -> dict[str, Any]:
+        """The expectations as stored in the registry (and compared with it)."""
+        return {c: r.model_dump(mode="json", exclude_defaults=True) for c, r in self.expectations.items()}
 
 
 class FeatureDefinition(_Strict):
@@ -170,6 +216,10 @@ def _require_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
+SCHEDULE = timedelta(hours=1)
+"""The DAG's schedule: windows of one hour, on whole hours."""
+
+
 class TimeWindow(_Strict):
     """A materialization window `(start, end]`: a window owns the feature rows stamped inside it."""
 
@@ -185,14 +235,27 @@ class TimeWindow(_Strict):
             raise ValueError(f"window start {self.start.isoformat()} is not before end {self.end.isoformat()}")
         return self
 
+    def schedule_windows(self) -> list[TimeWindow]:
+        """This window cut at every whole hour (the DAG's schedule), oldest first: what full mode recomputes."""
+        cuts = [self.start]
+        hour = self.start.replace(minute=0, second=0, microsecond=0) + SCHEDULE
+        while hour < self.end:
+            cuts.append(hour)
+            hour += SCHEDULE
+        cuts.append(self.end)
+        return [TimeWindow(start=a, end=b) for a, b in itertools.pairwise(cuts)]
+
+    def schedule_window_count(self) -> int:
+        """How many schedule windows `schedule_windows` returns, without building them."""
+        first = self.start.replace(minute=0, second=0, microsecond=0) + SCHEDULE
+        if first >= self.end:
+            return 1
+        return 2 + int((self.end - first - timedelta(microseconds=1)) // SCHEDULE)
+
     @classmethod
     def last_complete_hour(cls, now: datetime | None = None) -> TimeWindow:
         end = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
         return cls(start=end - timedelta(hours=1), end=end)
-
-
-# Full mode recomputes history from this instant: earlier than any source row can be.
-HISTORY_START = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class PipelineConfig(_Strict):

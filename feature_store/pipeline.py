@@ -17,20 +17,20 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from feature_store import jobs, offline_store, transform, validate
+from feature_store import jobs, offline_store, sources, transform, validate
 from feature_store.config import Settings
 from feature_store.errors import (
     FeatureNotFoundError,
     FeatureStoreError,
     JobStateError,
     PipelineError,
+    StatementTimeoutError,
     TransformError,
     ValidationError,
     WriteError,
 )
 from feature_store.jobs import RunInfo
 from feature_store.models import (
-    HISTORY_START,
     FeatureDefinition,
     FeatureGroup,
     FeatureStatus,
@@ -65,9 +65,15 @@ class _JobContext:
 
     @property
     def window(self) -> TimeWindow:
-        """The window the job reads and replaces: all history up to the end in full mode."""
-        start = HISTORY_START if self.job.job_type is JobType.FULL else self.job.start_time
-        return TimeWindow(start=start, end=self.job.end_time)
+        """The window the job reads and replaces."""
+        return TimeWindow(start=self.job.start_time, end=self.job.end_time)
+
+    @property
+    def windows(self) -> list[TimeWindow]:
+        """The windows the SQL runs for: the job's window, or each schedule window in it in full mode."""
+        if self.job.job_type is JobType.FULL:
+            return self.window.schedule_windows()
+        return [self.window]
 
     def feature(self, name: str) -> FeatureDefinition:
         feature = self.group.feature(name)
@@ -169,13 +175,32 @@ class FeaturePipeline:
         self._progress(f"transform {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}")
         with self._stage(ctx, feature_name, TransformError, try_number):
             create_staging(self._conn, job_id)  # gone if the job was finished and is being rerun
-            rows = transform.run(
+            schemas, declared = self._registry.source_declarations()
+            sources.verify(self._conn, schemas, declared)
+            staged = transform.run(
                 self._conn,
+                settings=self._settings,
                 job_id=job_id,
                 tenant_id=ctx.job.tenant_id,
                 feature=feature,
-                window=ctx.window,
-                timeout_s=self._settings.statement_timeout_s,
+                windows=ctx.windows,
+                source_schemas=schemas,
+            )
+            rows = staged.rows
+            self._conn.execute(
+                "DELETE FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = %s AND rule = %s",
+                (job_id, feature_name, sources.EXPECTATION_RULE),
+            )
+            sources.quarantine_source_rows(
+                self._conn,
+                job_id=job_id,
+                tenant_id=ctx.job.tenant_id,
+                group_id=ctx.group.id,
+                feature_name=feature_name,
+                declared=declared,
+                relations=staged.relations,
+                start=ctx.window.start,
+                end=ctx.window.end,
             )
         jobs.record_feature(
             self._conn,
@@ -447,6 +472,8 @@ _TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
 
 
 def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, StatementTimeoutError):
+        return True
     if isinstance(exc, psycopg.Error):
         if exc.sqlstate:
             return exc.sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES

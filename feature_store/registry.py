@@ -5,15 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import psycopg
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from feature_store.db import fetch_models
 from feature_store.errors import FeatureGroupNotFoundError, TenantNotFoundError
-from feature_store.models import FeatureDefinition, FeatureGroup, Status, Tenant
-
-TRANSFORM_ROLE = "featurepipe_transform"
-"""Role that transformation SQL runs as (created by the schema migration)."""
+from feature_store.models import FeatureDefinition, FeatureGroup, SourceTable, Status, Tenant
 
 _GROUP_COLUMNS = (
     "id, entity_type, description, online_enabled, offline_enabled, ttl_seconds, status,"
@@ -124,10 +120,38 @@ class Registry:
             (Status.INACTIVE.value, list(group_ids)),
         )
 
-    def grant_source_schemas(self, schemas: Iterable[str]) -> None:
-        """Let transformation SQL read the declared source schemas (and nothing else)."""
-        role = sql.Identifier(TRANSFORM_ROLE)
+    # -- source declarations -------------------------------------------------------------------
+
+    def source_declarations(self) -> tuple[list[str], list[SourceTable]]:
+        """The source schemas and declared source tables of the applied repo."""
+        schemas = [
+            str(r[0])
+            for r in self._conn.execute("SELECT schema_name FROM feature_store.source_schemas ORDER BY 1").fetchall()
+        ]
+        tables = fetch_models(
+            self._conn,
+            SourceTable,
+            "SELECT table_name AS table, shared, tenant_column, time_column, key_column, expectations"
+            " FROM feature_store.source_tables ORDER BY table_name",
+        )
+        return schemas, tables
+
+    def replace_sources(self, schemas: Iterable[str], tables: Iterable[SourceTable]) -> None:
+        self._conn.execute("DELETE FROM feature_store.source_schemas")
+        self._conn.execute("DELETE FROM feature_store.source_tables")
         for schema in schemas:
-            ident = sql.Identifier(schema)
-            self._conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, role))
-            self._conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(ident, role))
+            self._conn.execute("INSERT INTO feature_store.source_schemas (schema_name) VALUES (%s)", (schema,))
+        for table in tables:
+            self._conn.execute(
+                "INSERT INTO feature_store.source_tables"
+                " (table_name, shared, tenant_column, time_column, key_column, expectations)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    table.table,
+                    table.shared,
+                    table.tenant_column,
+                    table.time_column,
+                    table.key_column,
+                    Jsonb(table.expectations_data()),
+                ),
+            )

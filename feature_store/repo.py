@@ -7,6 +7,7 @@ Every problem is reported with file:line, the object and the field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from feature_store import transform
-from feature_store.errors import DefinitionError
-from feature_store.models import FeatureGroup, Identifier, SourceType, Status, Tenant
+from feature_store import sources, transform
+from feature_store.config import Settings
+from feature_store.errors import DefinitionError, FeatureStoreError
+from feature_store.models import FeatureGroup, Identifier, SourceTable, SourceType, Status, Tenant
 from feature_store.registry import Registry
+from feature_store.sandbox import sandbox_session
 
 Path_ = tuple[str | int, ...]
 
@@ -31,7 +34,10 @@ class RepoFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source_schemas: list[Identifier] = Field(default_factory=list)
-    """Schemas that transformation SQL may read; `apply` grants the transform role SELECT on them."""
+    """Schemas that transformation SQL may read: their tenant-isolated tables, and those declared shared."""
+
+    sources: list[dict[str, Any]] = Field(default_factory=list)
+    """Source tables declared shared across tenants, or with expectations on their rows."""
 
     tenants: list[dict[str, Any]] = Field(default_factory=list)
     feature_groups: list[dict[str, Any]] = Field(default_factory=list)
@@ -42,6 +48,7 @@ class FeatureRepo:
     """A parsed, validated repo, with where each object was declared."""
 
     source_schemas: list[str] = field(default_factory=list)
+    sources: list[SourceTable] = field(default_factory=list)
     tenants: list[Tenant] = field(default_factory=list)
     groups: list[FeatureGroup] = field(default_factory=list)
     locations: dict[tuple[str, ...], str] = field(default_factory=dict)
@@ -60,6 +67,8 @@ class ApplyReport:
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     deactivated: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    """Tables of the source schemas that transforms may not read, each with the reason."""
 
     @property
     def changed(self) -> bool:
@@ -107,6 +116,17 @@ def load_repo(path: str | Path) -> FeatureRepo:
         for schema in top.source_schemas:
             if schema not in repo.source_schemas:
                 repo.source_schemas.append(schema)
+        for i, raw in enumerate(top.sources):
+            label = f"source {raw.get('table', f'#{i + 1}')!r}"
+            try:
+                source = SourceTable.model_validate(raw)
+            except PydanticValidationError as exc:
+                problems.extend(_format_errors(exc, ("sources", i), at, label))
+                continue
+            if _duplicate(seen, ("source", source.table), at(("sources", i)), label, problems):
+                continue
+            repo.sources.append(source)
+            repo.locations[("source", source.table)] = at(("sources", i))
         for i, raw in enumerate(top.tenants):
             label = f"tenant {raw.get('id', f'#{i + 1}')!r}"
             try:
@@ -218,36 +238,53 @@ def _field_path(loc: tuple[Any, ...], raw: dict[str, Any] | None) -> str:
 # -- applying ----------------------------------------------------------------------------------
 
 
-def apply_repo(conn: psycopg.Connection, repo: FeatureRepo) -> ApplyReport:
-    """Register the repo in one transaction; on any problem nothing is changed and DefinitionError is raised."""
+def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) -> ApplyReport:
+    """Register the repo; on any problem the registry is unchanged and DefinitionError is raised.
+
+    What transforms may read (grants, expectation policies) is set first and committed, since the
+    SQL is checked in the sandbox on a connection of its own; if the repo turns out invalid, the
+    stored declarations are put back.
+    """
     registry = Registry(conn)
     report = ApplyReport()
-    with conn.transaction():
-        existing_tenants = {t.id: t for t in registry.list_tenants()}
-        existing_groups = {g.id: g for g in registry.list_groups()}
-        registry.grant_source_schemas(_existing_schemas(conn, repo.source_schemas, repo))
-        problems = list(_check_sql(conn, repo))
+    problems = _check_sources(conn, repo)
+    if problems:
+        raise DefinitionError(problems)
+    stored_schemas, stored_sources = registry.source_declarations()
+    relations = sources.sync(conn, repo.source_schemas, repo.sources)
+    try:
+        problems = list(_check_sql(conn, repo, settings, relations))
         if problems:
             raise DefinitionError(problems)
-        for tenant in repo.tenants:
-            _classify(report, f"tenant {tenant.id}", existing_tenants.get(tenant.id), tenant)
-            registry.upsert_tenant(tenant)
-        for group in repo.groups:
-            old = existing_groups.get(group.id)
-            _classify(report, f"feature group {group.id}", old, group)
-            if old is not None:
-                declared = {f.name for f in group.features}
-                report.deactivated.extend(
-                    f"feature {group.id}:{f.name}"
-                    for f in old.features
-                    if f.name not in declared and f.status is Status.ACTIVE
-                )
-            registry.upsert_group(group)
-        gone = [
-            g for g in existing_groups.values() if g.id not in {x.id for x in repo.groups} and g.status is Status.ACTIVE
-        ]
-        registry.deactivate_groups(g.id for g in gone)
-        report.deactivated.extend(f"feature group {g.id}" for g in gone)
+        with conn.transaction():
+            existing_tenants = {t.id: t for t in registry.list_tenants()}
+            existing_groups = {g.id: g for g in registry.list_groups()}
+            registry.replace_sources(repo.source_schemas, repo.sources)
+            for tenant in repo.tenants:
+                _classify(report, f"tenant {tenant.id}", existing_tenants.get(tenant.id), tenant)
+                registry.upsert_tenant(tenant)
+            for group in repo.groups:
+                old = existing_groups.get(group.id)
+                _classify(report, f"feature group {group.id}", old, group)
+                if old is not None:
+                    declared = {f.name for f in group.features}
+                    report.deactivated.extend(
+                        f"feature {group.id}:{f.name}"
+                        for f in old.features
+                        if f.name not in declared and f.status is Status.ACTIVE
+                    )
+                registry.upsert_group(group)
+            gone = [
+                g
+                for g in existing_groups.values()
+                if g.id not in {x.id for x in repo.groups} and g.status is Status.ACTIVE
+            ]
+            registry.deactivate_groups(g.id for g in gone)
+            report.deactivated.extend(f"feature group {g.id}" for g in gone)
+    except BaseException:
+        sources.sync(conn, stored_schemas, stored_sources)
+        raise
+    report.unreadable = [f"{r.kind} {r.name}: {r.problem}" for r in relations if not r.readable]
     return report
 
 
@@ -268,28 +305,51 @@ def _comparable(model: BaseModel) -> dict[str, Any]:
     return data
 
 
-def _existing_schemas(conn: psycopg.Connection, schemas: Iterable[str], repo: FeatureRepo) -> list[str]:
-    found = []
+def _check_sources(conn: psycopg.Connection, repo: FeatureRepo) -> list[str]:
+    """Schemas that exist, declared tables and columns that exist, and no privileged function in reach."""
     problems = []
-    for schema in schemas:
-        row = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
-        if row is None:
+    for schema in repo.source_schemas:
+        if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
             problems.append(f"source_schemas: schema {schema!r} does not exist in the database")
-        else:
-            found.append(schema)
-    if problems:
-        raise DefinitionError(problems)
-    return found
+    for decl, problem in sources.check_declarations(conn, repo.source_schemas, repo.sources):
+        problems.append(f"{repo.where('source', decl.table)}: source {decl.table!r}: {problem}")
+    for function in sources.unsafe_functions(conn):
+        problems.append(
+            f"function {function} is SECURITY DEFINER and executable by transforms: feature SQL could run"
+            " with its owner's rights; `REVOKE EXECUTE ON FUNCTION ... FROM PUBLIC` (or drop SECURITY DEFINER)"
+        )
+    return problems
 
 
-def _check_sql(conn: psycopg.Connection, repo: FeatureRepo) -> Iterable[str]:
-    """Plan every batch feature's SQL against the live database, as the transform will run it."""
-    for group in repo.groups:
-        for feature in group.features:
-            if feature.source_type is not SourceType.BATCH:
-                continue
+def _check_sql(
+    conn: psycopg.Connection, repo: FeatureRepo, settings: Settings, relations: list[sources.SourceRelation]
+) -> Iterable[str]:
+    """Plan every batch feature's SQL in the sandbox, as the transform will run it."""
+    features = [(g, f) for g in repo.groups for f in g.features if f.source_type is SourceType.BATCH]
+    if not features:
+        return
+    refused = {r.name.split(".", 1)[1]: r for r in relations if not r.readable}
+    with sandbox_session(
+        conn, database_url=settings.database_url, password=settings.sandbox_password, tenant_id="", timeout_s=10.0
+    ) as session:
+        for group, feature in features:
             try:
-                transform.describe(conn, feature)
-            except transform.SqlShapeError as exc:
+                transform.describe(session, feature, source_schemas=repo.source_schemas)
+            except (transform.SqlShapeError, FeatureStoreError) as exc:
                 where = repo.where("feature", group.id, feature.name, "transformation_sql")
-                yield f"{where}: feature group {group.id!r}: feature {feature.name!r}: transformation_sql {exc}"
+                yield (
+                    f"{where}: feature group {group.id!r}: feature {feature.name!r}:"
+                    f" transformation_sql {_explain_refusal(str(exc), refused)}"
+                )
+
+
+def _explain_refusal(message: str, refused: dict[str, sources.SourceRelation]) -> str:
+    """Say why a table is not readable when PostgreSQL only says "permission denied for table x"."""
+    found = _PERMISSION_DENIED.search(message)
+    relation = refused.get(found.group(1)) if found else None
+    if relation is None:
+        return message
+    return f"reads {relation.name}, which transforms may not read: {relation.problem}"
+
+
+_PERMISSION_DENIED = re.compile(r"permission denied for (?:table|view|materialized view|foreign table) \"?([^\s\"]+)")

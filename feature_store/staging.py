@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 
 from feature_store.db import advisory_xact_lock
-from feature_store.registry import TRANSFORM_ROLE
+from feature_store.sandbox import SANDBOX_ROLE
 
 STAGING_SCHEMA = "feature_store_staging"
 
@@ -34,11 +34,12 @@ def _create(conn: psycopg.Connection, table: sql.Composed) -> None:
         sql.SQL(
             "CREATE UNLOGGED TABLE IF NOT EXISTS {} ("
             " feature_name text NOT NULL, entity_id text, event_time timestamptz, value jsonb,"
+            " window_start timestamptz NOT NULL, window_end timestamptz NOT NULL,"
             " rejected_rule text, rejected_reason text)"
         ).format(table)
     )
     # Transformation SQL runs as the restricted role: it may add rows here and nothing else.
-    conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(table, sql.Identifier(TRANSFORM_ROLE)))
+    conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(table, sql.Identifier(SANDBOX_ROLE)))
 
 
 def drop_staging(conn: psycopg.Connection, job_id: int) -> None:

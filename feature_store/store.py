@@ -29,6 +29,7 @@ from feature_store.online_store import FeatureSpec, RedisOnlineStore
 from feature_store.pipeline import FeaturePipeline
 from feature_store.registry import Registry
 from feature_store.repo import ApplyReport, apply_repo, load_repo
+from feature_store.sandbox import set_password as set_sandbox_password
 from feature_store.types import FeatureRef, ProgressCallback
 
 # Online reads resolve feature refs against the registry; a short cache keeps that off the hot path.
@@ -62,6 +63,9 @@ class FeatureStore:
             redis_prefix=base.redis_prefix,
             statement_timeout_s=base.statement_timeout_s,
             online_batch_size=base.online_batch_size,
+            sandbox_password=base.sandbox_password,
+            max_clock_skew_s=base.max_clock_skew_s,
+            max_full_windows=base.max_full_windows,
         )
         self._conn = conn
         self._owns_conn = conn is None
@@ -121,6 +125,8 @@ class FeatureStore:
         if self._conn is None:
             ensure_database(self.settings.database_url)
         applied = schema.migrate(self.conn)
+        if self.settings.sandbox_password:
+            set_sandbox_password(self.conn, self.settings.sandbox_password)
         self._schema_checked = True
         return applied
 
@@ -128,7 +134,7 @@ class FeatureStore:
         """Register a YAML feature repo: all of it, or nothing (DefinitionError lists every problem)."""
         repo = load_repo(path)
         self._require_schema()
-        report = apply_repo(self.conn, repo)
+        report = apply_repo(self.conn, repo, self.settings)
         self._groups_loaded_at = 0.0
         return report
 

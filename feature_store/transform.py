@@ -1,27 +1,29 @@
 """Transform: run a feature's SQL server-side, for one tenant and window, into the job's staging table.
 
-The SQL runs inside a transaction under the restricted transform role (it can read the declared
-source schemas and insert into staging only), with the tenant set for row-level-security policies,
-a statement timeout, and `tenant_id` / `start_time` / `end_time` always bound, never interpolated.
+The SQL runs in the sandbox (see `sandbox`): on a connection of its own whose session user may read
+the tenant-isolated source tables and insert into staging only, scoped to one tenant in a way the
+SQL cannot change, under a statement timeout, with `tenant_id` / `start_time` / `end_time` always
+bound, never interpolated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from feature_store.config import Settings
+from feature_store.errors import FeatureStoreError
 from feature_store.models import FeatureDefinition, TimeWindow, ValueType
-from feature_store.registry import TRANSFORM_ROLE
+from feature_store.sandbox import SandboxSession, sandbox_session
 from feature_store.staging import staging_table
 
 PARAMETERS = ("tenant_id", "start_time", "end_time")
 """The only placeholders a transformation may use: %(tenant_id)s, %(start_time)s, %(end_time)s."""
-
-TENANT_SETTING = "featurepipe.tenant_id"
-"""Session setting row-level-security policies on source tables compare `tenant_id` against."""
 
 REQUIRED_COLUMNS = ("entity_id", "value")
 OPTIONAL_COLUMNS = ("event_time",)
@@ -45,35 +47,45 @@ _VALUE_EXPRESSIONS = {
 }
 
 
-class SqlShapeError(ValueError):
+class SqlShapeError(FeatureStoreError, ValueError):
     """The SQL is not a single SELECT returning entity_id, value[, event_time] of the right types."""
 
 
 @dataclass(frozen=True)
 class SqlShape:
     has_event_time: bool
+    relations: tuple[str, ...]
+    """The tables (`schema.table`) the SQL reads, views resolved to their tables."""
 
 
-def describe(conn: psycopg.Connection, feature: FeatureDefinition, *, timeout_s: float = 10.0) -> SqlShape:
+@dataclass(frozen=True)
+class Staged:
+    rows: int
+    relations: tuple[str, ...]
+
+
+def describe(session: SandboxSession, feature: FeatureDefinition, *, source_schemas: Sequence[str]) -> SqlShape:
     """Check a feature's SQL against the live database without running it, and return its shape.
 
-    The SQL is planned as a subquery of a read-only transaction under the transform role, so
-    anything but one SELECT (several statements, DML, data-modifying CTEs, tables outside the
-    source schemas) is refused by PostgreSQL itself.
+    The SQL is planned as a subquery of a read-only transaction in the sandbox, so anything but one
+    SELECT (several statements, DML, data-modifying CTEs, tables the sandbox may not read) is
+    refused by PostgreSQL itself. Its plan must scan the source schemas only: not the catalog
+    (`pg_catalog`, `information_schema`), whose tables PostgreSQL lets every login read.
     """
     assert feature.transformation_sql is not None
     if "%(tenant_id)s" not in feature.transformation_sql:
         raise SqlShapeError("must filter its sources by the bound %(tenant_id)s parameter (tenant isolation)")
     now = datetime.now(timezone.utc)
     params = {"tenant_id": "", "start_time": now, "end_time": now}
-    query = "SELECT * FROM (\n" + feature.transformation_sql + "\n) AS q LIMIT 0"
+    subquery = "SELECT * FROM (\n" + feature.transformation_sql + "\n) AS q"
+    conn = session.conn
     try:
         with conn.transaction(force_rollback=True):
             conn.execute("SET LOCAL transaction_read_only = on")
-            _restrict(conn, tenant_id="", timeout_s=timeout_s)
-            cur = conn.execute(query, params)
+            cur = session.execute(subquery + " LIMIT 0", params)
             assert cur.description is not None
             columns = {d.name: _type_name(conn, d.type_code) for d in cur.description}
+            plan = session.execute("EXPLAIN (VERBOSE, FORMAT JSON) " + subquery, params).fetchone()
     except psycopg.errors.SyntaxError as exc:
         raise SqlShapeError(f"is not a single SELECT statement: {_pg_message(exc)}") from exc
     except psycopg.errors.FeatureNotSupported as exc:
@@ -91,53 +103,77 @@ def describe(conn: psycopg.Connection, feature: FeatureDefinition, *, timeout_s:
             " write a literal % as %%"
         ) from exc
     _check_columns(columns, feature.value_type)
-    return SqlShape(has_event_time="event_time" in columns)
+    relations = tuple(sorted(set(_relations(plan[0] if plan else []))))
+    outside = [r for r in relations if r.split(".", 1)[0] not in source_schemas]
+    if outside:
+        raise SqlShapeError(
+            f"reads {', '.join(outside)}, outside the declared source schemas ({', '.join(source_schemas) or 'none'})"
+        )
+    return SqlShape(has_event_time="event_time" in columns, relations=relations)
+
+
+def _relations(plan: Any) -> Iterator[str]:
+    """`schema.table` of every scan in an EXPLAIN (VERBOSE, FORMAT JSON) plan."""
+    if isinstance(plan, list):
+        for item in plan:
+            yield from _relations(item)
+    elif isinstance(plan, dict):
+        if "Relation Name" in plan and "Schema" in plan:
+            yield f"{plan['Schema']}.{plan['Relation Name']}"
+        for value in plan.values():
+            if isinstance(value, list | dict):
+                yield from _relations(value)
 
 
 def run(
     conn: psycopg.Connection,
     *,
+    settings: Settings,
     job_id: int,
     tenant_id: str,
     feature: FeatureDefinition,
-    window: TimeWindow,
-    timeout_s: float,
-) -> int:
-    """Replace this feature's staged rows with a fresh run of its SQL; return the number of rows staged.
+    windows: Sequence[TimeWindow],
+    source_schemas: Sequence[str],
+) -> Staged:
+    """Replace this feature's staged rows with fresh runs of its SQL, one per window.
 
-    Rows without an `event_time` column are stamped with the window end: the value as known then.
+    `conn` is the feature store's own connection (it clears the staged rows and records the
+    sandbox's scope); the SQL itself runs in a sandbox session for `tenant_id`. Rows without an
+    `event_time` column are stamped with their window's end: the value as known then.
     """
-    shape = describe(conn, feature)
     table = staging_table(job_id)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE feature_name = %s").format(table), (feature.name,))
+    with sandbox_session(
+        conn,
+        database_url=settings.database_url,
+        password=settings.sandbox_password,
+        tenant_id=tenant_id,
+        timeout_s=settings.statement_timeout_s,
+    ) as session:
+        shape = describe(session, feature, source_schemas=source_schemas)
+        query = _insert_query(session.conn, table, feature, shape)
+        rows = 0
+        for window in windows:
+            params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
+            rows += session.execute(query, params).rowcount
+    # Fresh statistics let the planner pick hash joins and aggregates for the stages that follow.
+    conn.execute(sql.SQL("ANALYZE {}").format(table))
+    return Staged(rows=rows, relations=shape.relations)
+
+
+def _insert_query(conn: psycopg.Connection, table: sql.Composed, feature: FeatureDefinition, shape: SqlShape) -> str:
     event_time = "q.event_time::timestamptz" if shape.has_event_time else "%(end_time)s::timestamptz"
     insert = sql.SQL(
-        "INSERT INTO {table} (feature_name, entity_id, event_time, value)"
-        " SELECT {feature}, q.entity_id::text, {event_time}, {value} FROM (\n"
+        "INSERT INTO {table} (feature_name, entity_id, event_time, value, window_start, window_end)"
+        " SELECT {feature}, q.entity_id::text, {event_time}, {value},"
+        " %(start_time)s::timestamptz, %(end_time)s::timestamptz FROM (\n"
     ).format(
         table=table,
         feature=sql.Literal(feature.name),
         event_time=sql.SQL(event_time),
         value=sql.SQL(_VALUE_EXPRESSIONS[feature.value_type]),
     )
-    query = insert.as_string(conn) + feature.transformation_sql + "\n) AS q"  # type: ignore[operator]
-    params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
-    with conn.transaction():
-        conn.execute(sql.SQL("DELETE FROM {} WHERE feature_name = %s").format(table), (feature.name,))
-        _restrict(conn, tenant_id=tenant_id, timeout_s=timeout_s)
-        rows = conn.execute(query, params).rowcount
-    # Fresh statistics let the planner pick hash joins and aggregates for the stages that follow.
-    conn.execute(sql.SQL("ANALYZE {}").format(table))
-    return rows
-
-
-def _restrict(conn: psycopg.Connection, *, tenant_id: str, timeout_s: float) -> None:
-    """Scope the rest of the transaction: timeout, tenant setting for RLS, restricted role, UTC."""
-    conn.execute(
-        "SELECT set_config('statement_timeout', %s, true), set_config(%s, %s, true),"
-        " set_config('TimeZone', 'UTC', true)",
-        (f"{int(timeout_s * 1000)}ms", TENANT_SETTING, tenant_id),
-    )
-    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(TRANSFORM_ROLE)))
+    return insert.as_string(conn) + feature.transformation_sql + "\n) AS q"  # type: ignore[operator]
 
 
 def _check_columns(columns: dict[str, str], value_type: ValueType) -> None:

@@ -110,13 +110,14 @@ def _row_checks(feature: FeatureDefinition, window: TimeWindow) -> list[_Check]:
     present = sql.SQL("(value IS NOT NULL AND jsonb_typeof(value) <> 'null')")
     checks = [
         _Check("entity_id", sql.SQL("entity_id IS NULL"), sql.Literal("entity_id is null")),
+        # Each row against the window its SQL ran for (full mode runs it once per schedule window).
         _Check(
             "event_time",
-            sql.SQL("event_time IS NULL OR event_time <= {} OR event_time > {}").format(
-                sql.Literal(window.start), sql.Literal(window.end)
-            ),
-            sql.SQL("format('event_time %s is outside the window (%s, %s]', event_time, {}, {})").format(
-                sql.Literal(window.start.isoformat()), sql.Literal(window.end.isoformat())
+            sql.SQL("event_time IS NULL OR event_time <= window_start OR event_time > window_end"),
+            sql.SQL(
+                "format('event_time %s is outside the window (%s, %s]', event_time,"
+                " to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS+00:00'),"
+                " to_char(window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS+00:00'))"
             ),
         ),
     ]

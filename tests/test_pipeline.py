@@ -215,10 +215,16 @@ def test_a_hostile_tenant_id_is_treated_as_data(store: FeatureStore, db: Sql, se
     group = store.registry.get_group("user_engagement")
     feature = group.feature("message_count")
     assert feature is not None
-    rows = transform.run(
-        store.conn, job_id=planned.job_id, tenant_id=hostile, feature=feature, window=HOURS[-1], timeout_s=10
+    staged = transform.run(
+        store.conn,
+        settings=store.settings,
+        job_id=planned.job_id,
+        tenant_id=hostile,
+        feature=feature,
+        windows=[HOURS[-1]],
+        source_schemas=["app"],
     )
-    assert rows == 0
+    assert staged.rows == 0
     assert db.value("SELECT count(*) FROM feature_store.tenants") == 3
     assert db.value("SELECT to_regclass('feature_store.tenants') IS NOT NULL") is True
 
@@ -265,21 +271,28 @@ def test_statement_timeout_fails_the_feature_with_a_clear_message(settings: obje
     assert "exceeded the statement timeout of 0.3s" in message
 
 
-def test_full_mode_recomputes_history_and_replaces_it_offline(store: FeatureStore, db: Sql) -> None:
+def test_full_mode_recomputes_every_hour_of_its_range_like_hourly_runs(store: FeatureStore, db: Sql) -> None:
     for i in range(3):
-        store.materialize(config("acme", "user_engagement", i))
-    hourly = db.value("SELECT count(*) FROM feature_store.feature_values WHERE feature_name = 'message_count'")
-    result = store.materialize(config("acme", "user_engagement", mode=JobType.FULL))
+        assert store.materialize(config("acme", "user_engagement", i)).status is JobStatus.COMPLETED
+    snapshot = "SELECT feature_name, entity_id, event_time, value FROM feature_store.feature_values ORDER BY 1, 2, 3"
+    hourly = db.rows(snapshot)
+    assert len({ts for _, _, ts, _ in hourly}) == 3
+    # Damage the history: full mode must put every hour back as the hourly runs left it.
+    db.execute("UPDATE feature_store.feature_values SET value = '999' WHERE event_time = %s", (HOURS[1].end,))
+    db.execute("DELETE FROM feature_store.feature_values WHERE event_time = %s", (HOURS[0].end,))
+    full = PipelineConfig(
+        tenant_id="acme",
+        feature_group_id="user_engagement",
+        start_time=HOURS[0].start,
+        end_time=HOURS[-1].end,
+        mode=JobType.FULL,
+    )
+    result = store.materialize(full)
     assert result.status is JobStatus.COMPLETED
-    rows = db.rows(
-        "SELECT entity_id, event_time, value FROM feature_store.feature_values WHERE feature_name = 'message_count'"
-    )
-    assert len(rows) < hourly
-    assert {ts for _, ts, _ in rows} == {HOURS[-1].end}
-    totals = dict(
-        db.rows("SELECT user_id, count(*) FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' GROUP BY 1")
-    )
-    assert {entity: value for entity, _, value in rows} == totals
+    assert db.rows(snapshot) == hourly
+    # And a full run is idempotent.
+    store.materialize(full)
+    assert db.rows(snapshot) == hourly
 
 
 def test_online_and_offline_writes_can_each_be_switched_off(store: FeatureStore, db: Sql) -> None:

@@ -1,0 +1,378 @@
+"""What transforms may read: the declared source schemas, tenant isolation of their tables, and expectations.
+
+A table in a source schema is readable by the sandbox role only when it is tenant-isolated (row-level
+security on, and every permissive policy that applies to the sandbox role compares a column with
+`featurepipe_sandbox.current_tenant()`) or declared `shared` in the repo. Isolation therefore never
+rests on the SQL's own `WHERE tenant_id = %(tenant_id)s`: a table without a policy is simply not
+granted. Views must be `security_invoker` (otherwise they read their base tables with their owner's
+rights, past row-level security). Expectations on source rows become a restrictive policy for the
+sandbox role, composed from identifiers and literals only (never from repo SQL text).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from feature_store.db import advisory_xact_lock
+from feature_store.errors import SourceIsolationError
+from feature_store.models import SourceTable, ValidationRules
+from feature_store.sandbox import SANDBOX_ROLE, SCOPE_FUNCTION
+
+EXPECTATION_POLICY = "featurepipe_expectations"
+EXPECTATION_RULE = "expectation"
+"""The rule name quarantined source rows carry."""
+
+# Schemas the sandbox role needs besides the source schemas (see migrations 001 and 003).
+_SANDBOX_SCHEMAS = ("feature_store_staging", "featurepipe_sandbox")
+
+# pg_get_expr's rendering of `col = (SELECT featurepipe_sandbox.current_tenant())` and of the direct call.
+_COLUMN = r'(?:"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)'
+_SCOPE = re.escape(SCOPE_FUNCTION)
+_TENANT_QUAL = re.compile(
+    rf"^\((?:{_COLUMN}|\({_COLUMN}\)::text) = (?:\( SELECT {_SCOPE} AS current_tenant\)|{_SCOPE})\)$"
+)
+
+_KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view", "f": "foreign table"}
+
+
+@dataclass(frozen=True)
+class SourceRelation:
+    """One relation of a source schema and whether transforms may read it."""
+
+    name: str
+    kind: str
+    shared: bool
+    problem: str | None
+    """Why transforms may not read it (None when they may)."""
+
+    @property
+    def readable(self) -> bool:
+        return self.problem is None
+
+
+def audit(conn: psycopg.Connection, schemas: Sequence[str], declared: Sequence[SourceTable]) -> list[SourceRelation]:
+    """Every relation of the source schemas, with the reason transforms may not read it, if any."""
+    shared = {d.table for d in declared if d.shared}
+    rows = conn.execute(
+        "SELECT n.nspname || '.' || c.relname, c.relkind::text, c.relrowsecurity,"
+        " coalesce((SELECT o.option_value FROM pg_options_to_table(c.reloptions) o"
+        "           WHERE o.option_name = 'security_invoker'), 'false') IN ('true', 'on', '1'),"
+        " pg_get_userbyid(c.relowner) = %(role)s,"
+        " coalesce((SELECT array_agg(pg_get_expr(p.polqual, p.polrelid) ORDER BY p.polname)"
+        "           FROM pg_policy p WHERE p.polrelid = c.oid AND p.polpermissive AND p.polcmd IN ('r', '*')"
+        "             AND (0 = ANY(p.polroles)"
+        "                  OR (SELECT oid FROM pg_roles WHERE rolname = %(role)s) = ANY(p.polroles))"
+        "          ), '{}')"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+        " ORDER BY 1",
+        {"role": SANDBOX_ROLE, "schemas": list(schemas)},
+    ).fetchall()
+    result = []
+    for name, kind, rls, invoker, owned_by_sandbox, quals in rows:
+        is_shared = name in shared
+        problem = None if is_shared else _isolation_problem(kind, rls, invoker, owned_by_sandbox, quals)
+        result.append(SourceRelation(name=name, kind=_KINDS[kind], shared=is_shared, problem=problem))
+    return result
+
+
+def _isolation_problem(kind: str, rls: bool, invoker: bool, owned_by_sandbox: bool, quals: list[str]) -> str | None:
+    fix = (
+        f"add `CREATE POLICY featurepipe_tenant ON <table> FOR SELECT TO {SANDBOX_ROLE}"
+        f" USING (tenant_id = (SELECT {SCOPE_FUNCTION}))` (with row-level security enabled),"
+        " or declare it `shared: true` under `sources` in the repo"
+    )
+    if kind == "v":
+        if invoker:
+            return None  # its base tables are checked, with the sandbox's own rights
+        return (
+            "it is a view without security_invoker, so it reads its tables with its owner's rights;"
+            " `ALTER VIEW ... SET (security_invoker = true)`, or declare it shared"
+        )
+    if kind in ("m", "f"):
+        return f"a {_KINDS[kind]} cannot have row-level security; declare it shared if every tenant may read it"
+    if owned_by_sandbox:
+        return f"it is owned by {SANDBOX_ROLE}, which bypasses its row-level security"
+    if not rls:
+        return f"row-level security is not enabled, so it has no tenant isolation; {fix}"
+    if not quals:
+        return f"no policy lets {SANDBOX_ROLE} read it; {fix}"
+    loose = [q for q in quals if not _TENANT_QUAL.match(q or "")]
+    if loose:
+        return (
+            f"a policy that applies to {SANDBOX_ROLE} does not scope rows to the transform's tenant"
+            f" ({loose[0]}): policies are OR-ed, so it widens what transforms see; {fix}"
+        )
+    return None
+
+
+def unsafe_functions(conn: psycopg.Connection) -> list[str]:
+    """SECURITY DEFINER functions the sandbox could call: each would run feature SQL with its owner's rights."""
+    rows = conn.execute(
+        "SELECT p.oid::regprocedure::text || ' (owner ' || pg_get_userbyid(p.proowner) || ')'"
+        " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE p.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'featurepipe_sandbox')"
+        " AND has_schema_privilege(%(role)s, n.oid, 'USAGE') AND has_function_privilege(%(role)s, p.oid, 'EXECUTE')"
+        " ORDER BY 1",
+        {"role": SANDBOX_ROLE},
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def check_declarations(
+    conn: psycopg.Connection, schemas: Sequence[str], declared: Sequence[SourceTable]
+) -> Iterable[tuple[SourceTable, str]]:
+    """Problems with the declared source tables: unknown tables or columns, min/max on non-numbers."""
+    for decl in declared:
+        schema = decl.table.split(".", 1)[0]
+        if schema not in schemas:
+            yield decl, f"table {decl.table} is not in the source schemas ({', '.join(schemas) or 'none'})"
+            continue
+        row = conn.execute("SELECT to_regclass(%s)::oid", (decl.table,)).fetchone()
+        if row is None or row[0] is None:
+            yield decl, f"table {decl.table} does not exist"
+            continue
+        types: dict[str, str] = dict(
+            conn.execute(
+                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+                (row[0],),
+            ).fetchall()
+        )
+        used = [decl.tenant_column, decl.time_column, *decl.expectations]
+        if decl.expectations:
+            used.append(decl.key_column)
+        for column in used:
+            if column is not None and column not in types:
+                yield decl, f"table {decl.table} has no column {column!r}"
+        for column, rules in decl.expectations.items():
+            numeric = types.get(column, "").split("(")[0] in _NUMERIC_TYPES
+            if (rules.min is not None or rules.max is not None) and column in types and not numeric:
+                yield decl, f"expectation on {decl.table}.{column}: min/max need a numeric column, not {types[column]}"
+
+
+_NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric", "real", "double precision"}
+
+
+def sync(conn: psycopg.Connection, schemas: Sequence[str], declared: Sequence[SourceTable]) -> list[SourceRelation]:
+    """Make the sandbox's privileges and expectation policies match the declarations; returns the audit.
+
+    Committed on its own (the sandbox connection that checks feature SQL next must see it); `apply`
+    calls it again with the stored declarations when the repo turns out invalid.
+    """
+    with conn.transaction():
+        advisory_xact_lock(conn, "featurepipe sandbox grants")
+        relations = audit(conn, schemas, declared)
+        readable = {r.name for r in relations if r.readable}
+        role = sql.Identifier(SANDBOX_ROLE)
+        for name in _granted_relations(conn):
+            if name not in readable:
+                conn.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(_qualified(name), role))
+        for schema in _granted_schemas(conn):
+            if schema not in schemas and schema not in _SANDBOX_SCHEMAS:
+                conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(sql.Identifier(schema), role))
+        for schema in schemas:
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
+        for name in sorted(readable - set(_granted_relations(conn, privilege="SELECT"))):
+            conn.execute(sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(_qualified(name), role))
+        _sync_expectation_policies(conn, declared)
+    return relations
+
+
+def verify(conn: psycopg.Connection, schemas: Sequence[str], declared: Sequence[SourceTable]) -> None:
+    """Refuse to run a transform when a table it may read lost its tenant isolation since `apply`."""
+    granted = set(_granted_relations(conn, privilege="SELECT"))
+    broken = [r for r in audit(conn, schemas, declared) if r.name in granted and not r.readable]
+    if broken:
+        first = broken[0]
+        raise SourceIsolationError(
+            f"source {first.kind} {first.name} is readable by transforms but no longer tenant-isolated: "
+            f"{first.problem}; then run `feature-store apply` again"
+        )
+
+
+def _granted_relations(conn: psycopg.Connection, *, privilege: str | None = None) -> list[str]:
+    """Relations outside the staging schema on which the sandbox role holds a privilege of its own."""
+    rows = conn.execute(
+        "SELECT DISTINCT n.nspname || '.' || c.relname FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a"
+        " WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+        " AND (%s::text IS NULL OR a.privilege_type = %s) AND n.nspname <> 'feature_store_staging'",
+        (SANDBOX_ROLE, privilege, privilege),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _granted_schemas(conn: psycopg.Connection) -> list[str]:
+    rows = conn.execute(
+        "SELECT n.nspname FROM pg_namespace n, aclexplode(n.nspacl) a"
+        " WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+        (SANDBOX_ROLE,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _qualified(name: str) -> sql.Composed:
+    schema, table = name.split(".", 1)
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+
+
+# -- expectations on source rows -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Check:
+    column: str
+    condition: sql.Composable
+    """True for a row that passes; never NULL."""
+    reason: sql.Composable
+
+
+def _checks(decl: SourceTable) -> list[_Check]:
+    checks = []
+    for column, rules in sorted(decl.expectations.items()):
+        c = sql.Identifier(column)
+        label = f"{decl.table}.{column}"
+        for check in _column_checks(c, rules):
+            condition, template = check
+            reason = sql.SQL("format({}, {}::text)").format(sql.Literal(template.replace("{col}", label)), c)
+            checks.append(_Check(column, condition, reason))
+    return checks
+
+
+def _column_checks(c: sql.Identifier, rules: ValidationRules) -> list[tuple[sql.Composable, str]]:
+    out: list[tuple[sql.Composable, str]] = []
+    if rules.not_null:
+        out.append((sql.SQL("{} IS NOT NULL").format(c), "{col} is null"))
+    if rules.min is not None:
+        out.append(
+            (
+                sql.SQL("({c} IS NULL OR {c} >= {v})").format(c=c, v=sql.Literal(rules.min)),
+                f"{{col}} %s is below min {rules.min:g}",
+            )
+        )
+    if rules.max is not None:
+        out.append(
+            (
+                sql.SQL("({c} IS NULL OR {c} <= {v})").format(c=c, v=sql.Literal(rules.max)),
+                f"{{col}} %s is above max {rules.max:g}",
+            )
+        )
+    if rules.allowed_values is not None:
+        allowed = sql.Literal([Jsonb(v) for v in rules.allowed_values])
+        shown = ", ".join(repr(v) for v in rules.allowed_values).replace("%", "%%")
+        out.append(
+            (
+                sql.SQL("({c} IS NULL OR to_jsonb({c}) = ANY({v}))").format(c=c, v=allowed),
+                f"{{col}} %s is not one of the allowed values [{shown}]",
+            )
+        )
+    return out
+
+
+def _condition(decl: SourceTable) -> sql.Composable:
+    return sql.SQL(" AND ").join(sql.SQL("({})").format(c.condition) for c in _checks(decl))
+
+
+def _sync_expectation_policies(conn: psycopg.Connection, declared: Sequence[SourceTable]) -> None:
+    """One restrictive policy per table with expectations; dropped from tables that no longer have any.
+
+    Each policy's comment holds the expectations it enforces, so an unchanged one is left alone
+    (CREATE POLICY locks the table).
+    """
+    wanted = {d.table: d for d in declared if d.expectations}
+    existing = {
+        str(r[0]): r[1]
+        for r in conn.execute(
+            "SELECT n.nspname || '.' || c.relname, obj_description(p.oid, 'pg_policy') FROM pg_policy p"
+            " JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE p.polname = %s",
+            (EXPECTATION_POLICY,),
+        ).fetchall()
+    }
+    policy = sql.Identifier(EXPECTATION_POLICY)
+    for table in existing.keys() - wanted.keys():
+        conn.execute(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(policy, _qualified(table)))
+    for table, decl in wanted.items():
+        fingerprint = json.dumps(decl.expectations_data(), sort_keys=True)
+        if existing.get(table) == fingerprint:
+            continue
+        conn.execute(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(policy, _qualified(table)))
+        conn.execute(
+            sql.SQL("CREATE POLICY {} ON {} AS RESTRICTIVE FOR SELECT TO {} USING ({})").format(
+                policy, _qualified(table), sql.Identifier(SANDBOX_ROLE), _condition(decl)
+            )
+        )
+        conn.execute(
+            sql.SQL("COMMENT ON POLICY {} ON {} IS {}").format(policy, _qualified(table), sql.Literal(fingerprint))
+        )
+
+
+def quarantine_source_rows(
+    conn: psycopg.Connection,
+    *,
+    job_id: int,
+    tenant_id: str,
+    group_id: str,
+    feature_name: str,
+    declared: Sequence[SourceTable],
+    relations: Iterable[str],
+    start: datetime,
+    end: datetime,
+) -> int:
+    """Record the window's source rows that break an expectation of a table the feature reads.
+
+    Transforms never saw these rows (the expectation policy hides them); this says which and why.
+    Returns the number of rows quarantined.
+    """
+    read = set(relations)
+    total = 0
+    for decl in declared:
+        if not decl.expectations or decl.table not in read:
+            continue
+        assert decl.tenant_column and decl.time_column
+        checks = _checks(decl)
+        reason = sql.SQL("CASE {} END").format(
+            sql.SQL(" ").join(sql.SQL("WHEN NOT ({}) THEN {}").format(c.condition, c.reason) for c in checks)
+        )
+        columns = sorted({c.column for c in checks})
+        value = sql.SQL("jsonb_build_object({})").format(
+            sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c)) for c in columns)
+        )
+        total += conn.execute(
+            sql.SQL(
+                "INSERT INTO feature_store.quarantined_rows"
+                " (job_id, tenant_id, feature_group_id, feature_name, entity_id, event_time, value, rule, reason)"
+                " SELECT %(job)s, %(tenant)s, %(group)s, %(feature)s, t.{key}::text, t.{time}, {value}, %(rule)s,"
+                " format('source row %%s %%s: %%s (excluded before aggregation)', %(table)s, t.{key}, {reason})"
+                " FROM {table} t WHERE t.{tenant} = %(tenant)s AND t.{time} > %(start)s AND t.{time} <= %(end)s"
+                " AND NOT ({condition})"
+            ).format(
+                key=sql.Identifier(decl.key_column),
+                time=sql.Identifier(decl.time_column),
+                tenant=sql.Identifier(decl.tenant_column),
+                value=value,
+                reason=reason,
+                table=_qualified(decl.table),
+                condition=_condition(decl),
+            ),
+            {
+                "job": job_id,
+                "tenant": tenant_id,
+                "group": group_id,
+                "feature": feature_name,
+                "rule": EXPECTATION_RULE,
+                "table": decl.table,
+                "start": start,
+                "end": end,
+            },
+        ).rowcount
+    return total
