@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -56,12 +57,8 @@ class FeatureStore:
         if redis_client is not None and redis_url is not None:
             raise ValueError("You cannot specify both redis_client and redis_url.")
         base = settings or Settings.from_env()
-        self.settings = Settings(
-            database_url=database_url or base.database_url,
-            redis_url=redis_url or base.redis_url,
-            redis_prefix=base.redis_prefix,
-            statement_timeout_s=base.statement_timeout_s,
-            online_batch_size=base.online_batch_size,
+        self.settings = dataclasses.replace(
+            base, database_url=database_url or base.database_url, redis_url=redis_url or base.redis_url
         )
         self._conn = conn
         self._owns_conn = conn is None
