@@ -3,10 +3,44 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
+
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict
+from redis.connection import parse_url
+
+from feature_store.errors import ConfigurationError, first_line
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/featurepipe"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+DATABASE_URL_FIX = (
+    "set FEATURE_STORE_DATABASE_URL to a URL like postgresql://user:password@host:5432/dbname"
+    " or to key=value pairs like 'host=127.0.0.1 port=5432 user=postgres dbname=featurepipe'"
+)
+REDIS_URL_FIX = "set FEATURE_STORE_REDIS_URL to a URL like redis://host:6379/0 or redis://:password@host:6379/0"
+
+
+def check_database_url(url: str) -> None:
+    """Raise ConfigurationError unless libpq can read `url` (URI or key=value form) and its port is a number."""
+    try:
+        params = conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        raise ConfigurationError("FEATURE_STORE_DATABASE_URL", url, first_line(exc), DATABASE_URL_FIX) from None
+    for port in str(params.get("port") or "").split(","):
+        if port and not (re.fullmatch(r"[0-9]{1,5}", port) and 0 < int(port) < 65536):
+            raise ConfigurationError(
+                "FEATURE_STORE_DATABASE_URL", url, f"port {port!r} is not a number from 1 to 65535", DATABASE_URL_FIX
+            )
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ConfigurationError unless redis-py can read `url`."""
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ConfigurationError("FEATURE_STORE_REDIS_URL", url, first_line(exc), REDIS_URL_FIX) from None
 
 
 def _env_float(name: str, default: float) -> float:
@@ -16,11 +50,13 @@ def _env_float(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+        raise ConfigurationError(name, raw, "not a number", "set it to a number of seconds, e.g. 300") from None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
+    """Everything the feature store is configured with; invalid values raise ConfigurationError on creation."""
+
     database_url: str = DEFAULT_DATABASE_URL
     """PostgreSQL holding the registry, jobs, offline store and the source tables (FEATURE_STORE_DATABASE_URL)."""
 
@@ -35,6 +71,10 @@ class Settings:
 
     online_batch_size: int = field(default=2000)
     """Entities per Lua call when publishing online values: one round trip per batch."""
+
+    def __post_init__(self) -> None:
+        check_database_url(self.database_url)
+        check_redis_url(self.redis_url)
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -10,7 +10,19 @@ class FeatureStoreError(Exception):
     """Base class of all feature-store errors."""
 
 
-# -- Connectivity ------------------------------------------------------------------------------
+# -- Configuration and connectivity ------------------------------------------------------------
+
+
+class ConfigurationError(FeatureStoreError):
+    """A setting (e.g. FEATURE_STORE_DATABASE_URL) has a value the feature store cannot use.
+
+    Names the setting, shows its value with any password hidden, says what is wrong and the fix.
+    """
+
+    def __init__(self, setting: str, value: str, problem: str, fix: str) -> None:
+        problem = problem.rstrip(". ")
+        super().__init__(f"{setting} {redact_url(value)!r} is invalid: {problem}. To fix: {fix}.")
+        self.setting = setting
 
 
 class ConnectionFailedError(FeatureStoreError):
@@ -26,6 +38,12 @@ class ConnectionFailedError(FeatureStoreError):
         super().__init__(f"cannot connect to {service} at {redact_url(url)}: {cause}. To fix: {hint}.")
         self.service = service
         self.url = url
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (drivers' messages can run to several lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def redact_url(url: str) -> str:

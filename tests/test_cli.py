@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from feature_store.cli import main
+from feature_store.demo import demo_repo_path
 from support import HOURS, Sql, admin_connection, url_for
 
 
@@ -188,3 +190,51 @@ def test_an_uninitialised_database_says_to_run_init(monkeypatch: pytest.MonkeyPa
     finally:
         with admin_connection() as admin:
             admin.execute("DROP DATABASE fp_test_empty_cli WITH (FORCE)")
+
+
+def run_failing(*args: str) -> str:
+    """Output of a command that must fail cleanly: exit 1 via `error: ...`, not an escaping exception."""
+    result = CliRunner().invoke(main, list(args))
+    assert isinstance(result.exception, SystemExit), f"{result.exception!r} escaped: {result.output}"
+    assert result.exit_code == 1, result.output
+    return result.output
+
+
+def every_command(tmp_path: Path) -> list[list[str]]:
+    """One valid invocation of each verb that opens the store."""
+    entities = tmp_path / "entities.csv"
+    entities.write_text(f"entity_id,timestamp\nacme-u001,{HOURS[-1].end.isoformat()}\n")
+    feature = ["--feature", "user_engagement:message_count"]
+    return [
+        ["init"],
+        ["apply", str(demo_repo_path())],
+        materialize_args(),
+        ["jobs"],
+        ["quarantine"],
+        ["online", "get", "--tenant", "acme", "--entity-type", "user", "--entity", "acme-u001", *feature],
+        ["historical", "--tenant", "acme", *feature, "--entities", str(entities)],
+        ["demo", "--summary-only"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        ("FEATURE_STORE_DATABASE_URL", "postgresql://postgres@127.0.0.1:notaport/x", "port 'notaport' is not a number"),
+        ("FEATURE_STORE_DATABASE_URL", "not a url at all", 'missing "=" after "not"'),
+        # Readable, but libpq refuses it before connecting.
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 dbname=x sslmode=bogus", 'invalid sslmode value: "bogus"'),
+        ("FEATURE_STORE_REDIS_URL", "http://x", "must specify one of the following schemes"),
+        ("FEATURE_STORE_REDIS_URL", "redis://:6379:99", "'6379:99'"),
+        ("FEATURE_STORE_STATEMENT_TIMEOUT", "soon", "not a number"),
+    ],
+)
+def test_every_command_names_a_malformed_setting_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, setting: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(setting, value)
+    for args in every_command(tmp_path):
+        out = run_failing(*args)
+        assert out.startswith(f"error: {setting} {value!r} is invalid: "), (args, out)
+        assert problem in out and "To fix:" in out, (args, out)
+        assert out.count("\n") == 1, (args, out)
