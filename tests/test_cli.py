@@ -238,3 +238,33 @@ def test_every_command_names_a_malformed_setting_in_one_line(
         assert out.startswith(f"error: {setting} {value!r} is invalid: "), (args, out)
         assert problem in out and "To fix:" in out, (args, out)
         assert out.count("\n") == 1, (args, out)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "command"),
+    [
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 port=1 user=postgres password=s3cret dbname=x", "jobs"),
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 port=1 user=postgres password='s3cret s3cret' dbname=x", "init"),
+        ("FEATURE_STORE_DATABASE_URL", "postgresql://postgres:s3cret@127.0.0.1:1/x?password=s3cret", "jobs"),
+        ("FEATURE_STORE_DATABASE_URL", "postgresql://postgres:s3cret@127.0.0.1:notaport/x", "jobs"),
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 user=postgres password=s3cret sslmode=bogus", "jobs"),
+        # Unquoted, the password's second word reads as a key: libpq's message quotes it.
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 user=postgres password=s3cret s3cret-tail dbname=x", "jobs"),
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 user=postgres password=s3cret dbname=fp_test_nodb", "jobs"),
+        ("FEATURE_STORE_REDIS_URL", "redis://:s3cret@127.0.0.1:1/0", "online"),
+        ("FEATURE_STORE_REDIS_URL", "redis://default:s3cret@127.0.0.1:6379:99", "online"),
+    ],
+)
+def test_no_password_reaches_the_output_of_a_failing_command(
+    env: object, monkeypatch: pytest.MonkeyPatch, setting: str, value: str, command: str
+) -> None:
+    monkeypatch.setenv(setting, value)
+    online = ["online", "get", "--tenant", "acme", "--entity-type", "user", "--entity", "a"]
+    args = {
+        "jobs": ["jobs"],
+        "init": ["init"],
+        "online": [*online, "--feature", "user_engagement:message_count"],
+    }[command]
+    out = run_failing(*args)
+    assert "s3cret" not in out
+    assert "***" in out and "Traceback" not in out
