@@ -41,12 +41,26 @@ _START_HINTS = {
 class ConnectionFailedError(FeatureStoreError):
     """PostgreSQL or Redis could not be reached; says which URL was tried and how to start one."""
 
-    def __init__(self, service: str, url: str, cause: object) -> None:
-        hint = _START_HINTS[service]
+    def __init__(self, service: str, url: str, cause: object, *, hint: str | None = None) -> None:
+        hint = hint or _START_HINTS[service]
         cause = redact_secrets(str(cause), url).rstrip(". ")
         super().__init__(f"cannot connect to {service} at {redact_url(url)}: {cause}. To fix: {hint}.")
         self.service = service
         self.url = redact_url(url)
+
+
+class DatabaseNotFoundError(ConnectionFailedError):
+    """The PostgreSQL server answers, but the database named in the URL does not exist (yet)."""
+
+    def __init__(self, url: str, dbname: str) -> None:
+        super().__init__(
+            "PostgreSQL",
+            url,
+            f"database {dbname!r} does not exist",
+            hint="run `feature-store init`, which creates it (or correct the database name in "
+            "FEATURE_STORE_DATABASE_URL)",
+        )
+        self.dbname = dbname
 
 
 # Where passwords sit in connection strings: URI user info (`scheme://user:pw@host`), URI query

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from feature_store.cli import main
 from feature_store.demo import demo_repo_path
@@ -268,3 +270,18 @@ def test_no_password_reaches_the_output_of_a_failing_command(
     out = run_failing(*args)
     assert "s3cret" not in out
     assert "***" in out and "Traceback" not in out
+
+
+def test_a_missing_database_says_to_run_init_which_creates_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"fp_test_missing_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("FEATURE_STORE_DATABASE_URL", url_for(name))
+    try:
+        out = run_failing("jobs")
+        assert f"database {name!r} does not exist" in out and "run `feature-store init`, which creates it" in out
+        assert "docker compose" not in out  # the server is up: no hint to start it
+        code, out = run("init")
+        assert code == 0 and out.startswith("applied 001_initial.sql"), out
+        assert run("jobs", "--json") == (0, "[]\n")
+    finally:
+        with admin_connection() as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
