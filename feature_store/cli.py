@@ -12,13 +12,14 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import click
+import pydantic
 from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from feature_store import demo as demo_module
-from feature_store.errors import FeatureStoreError
+from feature_store.errors import FeatureStoreError, InvalidInputError
 from feature_store.models import JobStatus, JobType, OnlineFeatureRow, PipelineConfig, PipelineResult
 from feature_store.store import FeatureStore
 
@@ -65,6 +66,28 @@ def _parse_time(value: str, option: str) -> datetime:
     if parsed.tzinfo is None:
         raise click.BadParameter(f"{value!r} has no time zone; add Z or +00:00", param_hint=option)
     return parsed
+
+
+# PipelineConfig fields as the options of `materialize` that set them, for error messages.
+_OPTION_OF_FIELD = {
+    "tenant_id": "--tenant",
+    "feature_group_id": "--group",
+    "start_time": "--start",
+    "end_time": "--end",
+    "mode": "--mode",
+    "features": "--feature",
+}
+
+
+def _invalid_config(exc: pydantic.ValidationError) -> InvalidInputError:
+    """One line naming each invalid value, instead of pydantic's multi-line dump."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        where = ".".join(str(part) for part in error["loc"])
+        where = _OPTION_OF_FIELD.get(where.split(".")[0], where) if where else ""
+        problems.append(f"{where}: {message}" if where else message)
+    return InvalidInputError("; ".join(problems))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -139,19 +162,20 @@ def materialize(
     as_json: bool,
 ) -> None:
     """Run one materialization job without Airflow; exits 1 when the job failed."""
+    start_time, end_time = _parse_time(start, "--start"), _parse_time(end, "--end")
     try:
         config = PipelineConfig(
             tenant_id=tenant_id,
             feature_group_id=group_id,
-            start_time=_parse_time(start, "--start"),
-            end_time=_parse_time(end, "--end"),
+            start_time=start_time,
+            end_time=end_time,
             mode=JobType(mode),
             write_online=not no_online,
             write_offline=not no_offline,
             features=features or None,
         )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    except pydantic.ValidationError as exc:
+        raise _invalid_config(exc) from None
     with FeatureStore.from_env() as store:
         result = store.materialize(config)
     if as_json:

@@ -211,5 +211,9 @@ class WriteError(PipelineError):
     stage = "write"
 
 
+class InvalidInputError(FeatureStoreError):
+    """A request's arguments are invalid: a job window, a line of an entities file."""
+
+
 class JobStateError(FeatureStoreError):
     """A job was asked to do something its state does not allow (e.g. run a feature of a finished job)."""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from pathlib import Path
 
+import pydantic
 import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from feature_store.cli import main
+from feature_store.cli import _invalid_config, main
 from feature_store.demo import demo_repo_path
+from feature_store.models import PipelineConfig
 from support import HOURS, Sql, admin_connection, url_for
 
 
@@ -285,3 +288,23 @@ def test_a_missing_database_says_to_run_init_which_creates_it(monkeypatch: pytes
     finally:
         with admin_connection() as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize(("start", "end"), [(HOURS[-1].end, HOURS[-1].end), (HOURS[-1].end, HOURS[-1].start)])
+def test_materialize_reports_a_window_that_does_not_move_forward_in_one_line(
+    env: object, start: datetime, end: datetime
+) -> None:
+    args = materialize_args()
+    args[args.index("--start") + 1], args[args.index("--end") + 1] = start.isoformat(), end.isoformat()
+    out = run_failing(*args)
+    assert out == f"error: window start {start.isoformat()} is not before end {end.isoformat()}\n"
+
+
+def test_other_invalid_job_values_are_named_by_their_option() -> None:
+    with pytest.raises(pydantic.ValidationError) as raised:
+        window = {"start_time": HOURS[0].start, "end_time": HOURS[0].end}
+        PipelineConfig.model_validate({"tenant_id": 5, "feature_group_id": "g", "features": ["ok", 7], **window})
+    assert (
+        str(_invalid_config(raised.value))
+        == "--tenant: Input should be a valid string; --feature: Input should be a valid string"
+    )
