@@ -58,14 +58,22 @@ def _emit_json(payload: Any) -> None:
     click.echo(json.dumps(payload, default=default, indent=2))
 
 
-def _parse_time(value: str, option: str) -> datetime:
+def _to_time(value: str) -> datetime:
+    """An ISO 8601 timestamp with a time zone; ValueError says what is wrong with `value`."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 timestamp", param_hint=option) from None
+        raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
-        raise click.BadParameter(f"{value!r} has no time zone; add Z or +00:00", param_hint=option)
+        raise ValueError(f"{value!r} has no time zone; add Z or +00:00")
     return parsed
+
+
+def _parse_time(value: str, option: str) -> datetime:
+    try:
+        return _to_time(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 # PipelineConfig fields as the options of `materialize` that set them, for error messages.
@@ -88,6 +96,32 @@ def _invalid_config(exc: pydantic.ValidationError) -> InvalidInputError:
         where = _OPTION_OF_FIELD.get(where.split(".")[0], where) if where else ""
         problems.append(f"{where}: {message}" if where else message)
     return InvalidInputError("; ".join(problems))
+
+
+def _read_entities(entities_file: Any) -> list[tuple[str, datetime]]:
+    """(entity_id, timestamp) rows of an entities CSV; InvalidInputError names the first bad line."""
+    reader = csv.DictReader(entities_file)
+    header = reader.fieldnames or []
+    if "entity_id" not in header or "timestamp" not in header:
+        raise InvalidInputError(
+            f"--entities: the CSV needs a header line with the columns entity_id,timestamp, not {','.join(header)!r}"
+        )
+    rows = []
+    for record in reader:
+        where = f"--entities line {reader.line_num}"
+        if None in record:
+            raise InvalidInputError(f"{where}: more fields than the {len(header)} columns of the header")
+        entity_id, timestamp = record["entity_id"], record["timestamp"]
+        for column, value in (("entity_id", entity_id), ("timestamp", timestamp)):
+            if value is None:
+                raise InvalidInputError(f"{where}: no {column} (fewer fields than the {len(header)} of the header)")
+            if not value.strip():
+                raise InvalidInputError(f"{where}: {column} is empty")
+        try:
+            rows.append((entity_id, _to_time(timestamp.strip())))
+        except ValueError as exc:
+            raise InvalidInputError(f"{where}: timestamp {exc}") from None
+    return rows
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -276,11 +310,7 @@ def online_get(
 @_handle_errors
 def historical(tenant_id: str, features: tuple[str, ...], entities_file: Any, as_json: bool) -> None:
     """Point-in-time-correct feature values for (entity, timestamp) rows: never a value from the future."""
-    entity_rows = []
-    for line_no, record in enumerate(csv.DictReader(entities_file), start=2):
-        if "entity_id" not in record or "timestamp" not in record:
-            raise click.UsageError("the entities CSV needs a header with entity_id,timestamp")
-        entity_rows.append((record["entity_id"], _parse_time(record["timestamp"], f"--entities line {line_no}")))
+    entity_rows = _read_entities(entities_file)
     with FeatureStore.from_env() as store:
         rows = store.get_historical_features(tenant_id, entity_rows, list(features))
     if as_json:

@@ -308,3 +308,25 @@ def test_other_invalid_job_values_are_named_by_their_option() -> None:
         str(_invalid_config(raised.value))
         == "--tenant: Input should be a valid string; --feature: Input should be a valid string"
     )
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "message"),
+    [
+        ("entity_id,timestamp\nacme-u001\n", "--entities line 2: no timestamp"),
+        ("entity_id,timestamp\nacme-u001,\n", "--entities line 2: timestamp is empty"),
+        ("entity_id,timestamp\nacme-u001,2026-01-01T00:00:00Z\n,2026-01-01T00:00:00Z\n", "line 3: entity_id is empty"),
+        ("entity_id,timestamp\nacme-u001,yesterday\n", "line 2: timestamp 'yesterday' is not an ISO 8601 timestamp"),
+        ("entity_id,timestamp\n\nacme-u001,2026-01-01T00:00:00\n", "line 3: timestamp '2026-01-01T00:00:00' has no"),
+        ("entity_id,timestamp\nacme-u001,2026-01-01T00:00:00Z,x\n", "line 2: more fields than the 2 columns"),
+        ("id,ts\nacme-u001,2026-01-01T00:00:00Z\n", "--entities: the CSV needs a header line"),
+        ("", "--entities: the CSV needs a header line"),
+    ],
+)
+def test_historical_names_the_bad_line_of_the_entities_file(tmp_path: Path, csv_text: str, message: str) -> None:
+    path = tmp_path / "entities.csv"
+    path.write_text(csv_text)
+    out = run_failing(
+        "historical", "--tenant", "acme", "--feature", "user_engagement:message_count", "--entities", str(path)
+    )
+    assert out.startswith("error: --entities") and message in out and out.count("\n") == 1, out
