@@ -66,7 +66,8 @@ class FeatureStore:
         self._owns_redis = redis_client is None
         self._online: RedisOnlineStore | None = None
         self._groups: dict[str, FeatureGroup] = {}
-        self._groups_loaded_at = 0.0
+        self._tenants: set[str] = set()
+        self._groups_loaded_at = 0.0  # when _groups and _tenants were loaded
         self._schema_checked = False
 
     @classmethod
@@ -191,7 +192,11 @@ class FeatureStore:
         Returns:
             One row per entity id, in order; every requested feature is present in each row, with
             status `missing` or `expired` where there is no servable value.
+
+        Raises:
+            TenantNotFoundError: the tenant is not registered.
         """
+        self._require_tenant(tenant_id)
         specs = [self._spec(ref, entity_type) for ref in features]
         values = self.online.read(tenant_id=tenant_id, entity_ids=list(entity_ids), features=specs)
         return [
@@ -202,7 +207,12 @@ class FeatureStore:
     def get_historical_features(
         self, tenant_id: str, entity_rows: Sequence[tuple[str, datetime]], features: Sequence[FeatureRef]
     ) -> list[HistoricalRow]:
-        """Point-in-time-correct training rows: each gets the latest value at or before its timestamp."""
+        """Point-in-time-correct training rows: each gets the latest value at or before its timestamp.
+
+        Raises:
+            TenantNotFoundError: the tenant is not registered.
+        """
+        self._require_tenant(tenant_id)
         specs = [self._spec(ref, None) for ref in features]
         return offline_store.get_historical_features(
             self.conn,
@@ -226,13 +236,23 @@ class FeatureStore:
         return FeatureSpec(group_id=group.id, name=name, value_type=feature.value_type, ttl_seconds=group.ttl_seconds)
 
     def _group(self, group_id: str) -> FeatureGroup:
-        now = time.monotonic()
-        if now - self._groups_loaded_at > _REGISTRY_CACHE_S:
-            self._groups = {g.id: g for g in self.registry.list_groups()}
-            self._groups_loaded_at = now
+        self._refresh_registry_cache()
         if group_id not in self._groups:
             return self.registry.get_group(group_id)  # raises FeatureGroupNotFoundError
         return self._groups[group_id]
+
+    def _require_tenant(self, tenant_id: str) -> None:
+        self._refresh_registry_cache()
+        if tenant_id not in self._tenants:
+            self.registry.get_tenant(tenant_id)  # raises TenantNotFoundError
+
+    def _refresh_registry_cache(self) -> None:
+        now = time.monotonic()
+        if now - self._groups_loaded_at > _REGISTRY_CACHE_S:
+            registry = self.registry
+            self._groups = {g.id: g for g in registry.list_groups()}
+            self._tenants = {t.id for t in registry.list_tenants()}
+            self._groups_loaded_at = now
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -200,8 +200,7 @@ def test_an_uninitialised_database_says_to_run_init(monkeypatch: pytest.MonkeyPa
 def run_failing(*args: str) -> str:
     """Output of a command that must fail cleanly: exit 1 via `error: ...`, not an escaping exception."""
     result = CliRunner().invoke(main, list(args))
-    assert isinstance(result.exception, SystemExit), f"{result.exception!r} escaped: {result.output}"
-    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, (result.exception, result.output)
     return result.output
 
 
@@ -330,3 +329,10 @@ def test_historical_names_the_bad_line_of_the_entities_file(tmp_path: Path, csv_
         "historical", "--tenant", "acme", "--feature", "user_engagement:message_count", "--entities", str(path)
     )
     assert out.startswith("error: --entities") and message in out and out.count("\n") == 1, out
+
+
+def test_reads_of_an_unknown_tenant_fail(env: object, tmp_path: Path) -> None:
+    for args in every_command(tmp_path)[5:7]:  # online get, historical
+        args[args.index("--tenant") + 1] = "nobody"
+        out = run_failing(*args)
+        assert out.startswith("error: tenant 'nobody' does not exist"), (args, out)
