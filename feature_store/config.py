@@ -14,12 +14,17 @@ from feature_store.errors import ConfigurationError, first_line
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/featurepipe"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_REDIS_PREFIX = "fs"
 
 DATABASE_URL_FIX = (
     "set FEATURE_STORE_DATABASE_URL to a URL like postgresql://user:password@host:5432/dbname"
     " or to key=value pairs like 'host=127.0.0.1 port=5432 user=postgres dbname=featurepipe'"
 )
 REDIS_URL_FIX = "set FEATURE_STORE_REDIS_URL to a URL like redis://host:6379/0 or redis://:password@host:6379/0"
+
+REDIS_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
+"""Online-store key prefixes: no `:` (the key separator) and no glob character (`*?[]\\`), so the
+pattern `{prefix}:*` that clears a store can only ever match that store's keys."""
 
 
 def check_database_url(url: str) -> None:
@@ -43,6 +48,18 @@ def check_redis_url(url: str) -> None:
         raise ConfigurationError("FEATURE_STORE_REDIS_URL", url, first_line(exc), REDIS_URL_FIX) from None
 
 
+def check_redis_prefix(prefix: str) -> None:
+    """Raise ConfigurationError unless `prefix` is a safe online-store key prefix (see REDIS_PREFIX_PATTERN)."""
+    if not REDIS_PREFIX_PATTERN.fullmatch(prefix):
+        raise ConfigurationError(
+            "FEATURE_STORE_REDIS_PREFIX",
+            prefix,
+            "a key prefix is 1 to 63 letters, digits, '_', '.' or '-' (starting with a letter or digit),"
+            " without ':' or glob characters, so that one store's keys can never match another's",
+            "choose a prefix like 'fs' or 'fs-staging'",
+        )
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -63,7 +80,7 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     """Redis holding the online store (FEATURE_STORE_REDIS_URL)."""
 
-    redis_prefix: str = "fs"
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
     """Prefix of every online-store key, so several stores can share one Redis (FEATURE_STORE_REDIS_PREFIX)."""
 
     statement_timeout_s: float = 300.0
@@ -75,6 +92,7 @@ class Settings:
     def __post_init__(self) -> None:
         check_database_url(self.database_url)
         check_redis_url(self.redis_url)
+        check_redis_prefix(self.redis_prefix)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -82,6 +100,6 @@ class Settings:
         return cls(
             database_url=env.get("FEATURE_STORE_DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=env.get("FEATURE_STORE_REDIS_URL") or DEFAULT_REDIS_URL,
-            redis_prefix=env.get("FEATURE_STORE_REDIS_PREFIX") or "fs",
+            redis_prefix=env.get("FEATURE_STORE_REDIS_PREFIX") or DEFAULT_REDIS_PREFIX,
             statement_timeout_s=_env_float("FEATURE_STORE_STATEMENT_TIMEOUT", 300.0),
         )

@@ -230,6 +230,7 @@ def every_command(tmp_path: Path) -> list[list[str]]:
         ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 dbname=x sslmode=bogus", 'invalid sslmode value: "bogus"'),
         ("FEATURE_STORE_REDIS_URL", "http://x", "must specify one of the following schemes"),
         ("FEATURE_STORE_REDIS_URL", "redis://:6379:99", "'6379:99'"),
+        ("FEATURE_STORE_REDIS_PREFIX", "fs:staging", "without ':' or glob characters"),
         ("FEATURE_STORE_STATEMENT_TIMEOUT", "soon", "not a number"),
     ],
 )

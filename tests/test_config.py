@@ -17,6 +17,7 @@ from feature_store.errors import ConfigurationError, ConnectionFailedError, reda
         ("FEATURE_STORE_DATABASE_URL", "host=h password='s3cret", "unterminated quoted string"),
         ("FEATURE_STORE_REDIS_URL", "http://x", "must specify one of the following schemes"),
         ("FEATURE_STORE_REDIS_URL", "redis://:6379:99", "'6379:99'"),
+        ("FEATURE_STORE_REDIS_PREFIX", "fs:a", "without ':' or glob characters"),
         ("FEATURE_STORE_STATEMENT_TIMEOUT", "soon", "not a number"),
     ],
 )
@@ -33,7 +34,7 @@ def test_a_malformed_setting_names_itself_and_the_problem(
 def test_valid_settings_in_either_form_are_accepted() -> None:
     Settings(database_url="host=127.0.0.1 port=5432,5433 user=postgres password='a b' dbname=x")
     Settings(database_url="postgresql://u:p%40ss@h1:5432,h2:5433/x?sslmode=prefer", redis_url="unix:///tmp/r.sock")
-    Settings(redis_url="rediss://:pw@h:6380/2")
+    Settings(redis_url="rediss://:pw@h:6380/2", redis_prefix="fs-staging.v2_1")
 
 
 @pytest.mark.parametrize(
