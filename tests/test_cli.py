@@ -337,3 +337,8 @@ def test_reads_of_an_unknown_tenant_fail(env: object, tmp_path: Path) -> None:
         args[args.index("--tenant") + 1] = "nobody"
         out = run_failing(*args)
         assert out.startswith("error: tenant 'nobody' does not exist"), (args, out)
+
+
+def test_error_messages_are_printed_as_they_are_not_as_markup(env: object) -> None:
+    out = run_failing(*materialize_args(tenant="[red]nobody"))
+    assert "tenant '[red]nobody' does not exist" in out
