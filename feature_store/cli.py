@@ -12,13 +12,15 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import click
+import pydantic
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from feature_store import demo as demo_module
-from feature_store.errors import FeatureStoreError
+from feature_store.errors import FeatureStoreError, InvalidInputError
 from feature_store.models import JobStatus, JobType, OnlineFeatureRow, PipelineConfig, PipelineResult
 from feature_store.store import FeatureStore
 
@@ -40,7 +42,7 @@ def _handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except FeatureStoreError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -57,14 +59,70 @@ def _emit_json(payload: Any) -> None:
     click.echo(json.dumps(payload, default=default, indent=2))
 
 
-def _parse_time(value: str, option: str) -> datetime:
+def _to_time(value: str) -> datetime:
+    """An ISO 8601 timestamp with a time zone; ValueError says what is wrong with `value`."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 timestamp", param_hint=option) from None
+        raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
-        raise click.BadParameter(f"{value!r} has no time zone; add Z or +00:00", param_hint=option)
+        raise ValueError(f"{value!r} has no time zone; add Z or +00:00")
     return parsed
+
+
+def _parse_time(value: str, option: str) -> datetime:
+    try:
+        return _to_time(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+# PipelineConfig fields as the options of `materialize` that set them, for error messages.
+_OPTION_OF_FIELD = {
+    "tenant_id": "--tenant",
+    "feature_group_id": "--group",
+    "start_time": "--start",
+    "end_time": "--end",
+    "mode": "--mode",
+    "features": "--feature",
+}
+
+
+def _invalid_config(exc: pydantic.ValidationError) -> InvalidInputError:
+    """One line naming each invalid value, instead of pydantic's multi-line dump."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        where = ".".join(str(part) for part in error["loc"])
+        where = _OPTION_OF_FIELD.get(where.split(".")[0], where) if where else ""
+        problems.append(f"{where}: {message}" if where else message)
+    return InvalidInputError("; ".join(problems))
+
+
+def _read_entities(entities_file: Any) -> list[tuple[str, datetime]]:
+    """(entity_id, timestamp) rows of an entities CSV; InvalidInputError names the first bad line."""
+    reader = csv.DictReader(entities_file)
+    header = reader.fieldnames or []
+    if "entity_id" not in header or "timestamp" not in header:
+        raise InvalidInputError(
+            f"--entities: the CSV needs a header line with the columns entity_id,timestamp, not {','.join(header)!r}"
+        )
+    rows = []
+    for record in reader:
+        where = f"--entities line {reader.line_num}"
+        if None in record:
+            raise InvalidInputError(f"{where}: more fields than the {len(header)} columns of the header")
+        entity_id, timestamp = record["entity_id"], record["timestamp"]
+        for column, value in (("entity_id", entity_id), ("timestamp", timestamp)):
+            if value is None:
+                raise InvalidInputError(f"{where}: no {column} (fewer fields than the {len(header)} of the header)")
+            if not value.strip():
+                raise InvalidInputError(f"{where}: {column} is empty")
+        try:
+            rows.append((entity_id, _to_time(timestamp.strip())))
+        except ValueError as exc:
+            raise InvalidInputError(f"{where}: timestamp {exc}") from None
+    return rows
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -139,19 +197,20 @@ def materialize(
     as_json: bool,
 ) -> None:
     """Run one materialization job without Airflow; exits 1 when the job failed."""
+    start_time, end_time = _parse_time(start, "--start"), _parse_time(end, "--end")
     try:
         config = PipelineConfig(
             tenant_id=tenant_id,
             feature_group_id=group_id,
-            start_time=_parse_time(start, "--start"),
-            end_time=_parse_time(end, "--end"),
+            start_time=start_time,
+            end_time=end_time,
             mode=JobType(mode),
             write_online=not no_online,
             write_offline=not no_offline,
             features=features or None,
         )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    except pydantic.ValidationError as exc:
+        raise _invalid_config(exc) from None
     with FeatureStore.from_env() as store:
         result = store.materialize(config)
     if as_json:
@@ -252,11 +311,7 @@ def online_get(
 @_handle_errors
 def historical(tenant_id: str, features: tuple[str, ...], entities_file: Any, as_json: bool) -> None:
     """Point-in-time-correct feature values for (entity, timestamp) rows: never a value from the future."""
-    entity_rows = []
-    for line_no, record in enumerate(csv.DictReader(entities_file), start=2):
-        if "entity_id" not in record or "timestamp" not in record:
-            raise click.UsageError("the entities CSV needs a header with entity_id,timestamp")
-        entity_rows.append((record["entity_id"], _parse_time(record["timestamp"], f"--entities line {line_no}")))
+    entity_rows = _read_entities(entities_file)
     with FeatureStore.from_env() as store:
         rows = store.get_historical_features(tenant_id, entity_rows, list(features))
     if as_json:

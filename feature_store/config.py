@@ -3,10 +3,61 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
+
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict
+from redis.connection import parse_url
+
+from feature_store.errors import ConfigurationError, first_line
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/featurepipe"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_REDIS_PREFIX = "fs"
+
+DATABASE_URL_FIX = (
+    "set FEATURE_STORE_DATABASE_URL to a URL like postgresql://user:password@host:5432/dbname"
+    " or to key=value pairs like 'host=127.0.0.1 port=5432 user=postgres dbname=featurepipe'"
+)
+REDIS_URL_FIX = "set FEATURE_STORE_REDIS_URL to a URL like redis://host:6379/0 or redis://:password@host:6379/0"
+
+REDIS_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
+"""Online-store key prefixes: no `:` (the key separator) and no glob character (`*?[]\\`), so the
+pattern `{prefix}:*` that clears a store can only ever match that store's keys."""
+
+
+def check_database_url(url: str) -> None:
+    """Raise ConfigurationError unless libpq can read `url` (URI or key=value form) and its port is a number."""
+    try:
+        params = conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        raise ConfigurationError("FEATURE_STORE_DATABASE_URL", url, first_line(exc), DATABASE_URL_FIX) from None
+    for port in str(params.get("port") or "").split(","):
+        if port and not (re.fullmatch(r"[0-9]{1,5}", port) and 0 < int(port) < 65536):
+            raise ConfigurationError(
+                "FEATURE_STORE_DATABASE_URL", url, f"port {port!r} is not a number from 1 to 65535", DATABASE_URL_FIX
+            )
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ConfigurationError unless redis-py can read `url`."""
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ConfigurationError("FEATURE_STORE_REDIS_URL", url, first_line(exc), REDIS_URL_FIX) from None
+
+
+def check_redis_prefix(prefix: str) -> None:
+    """Raise ConfigurationError unless `prefix` is a safe online-store key prefix (see REDIS_PREFIX_PATTERN)."""
+    if not REDIS_PREFIX_PATTERN.fullmatch(prefix):
+        raise ConfigurationError(
+            "FEATURE_STORE_REDIS_PREFIX",
+            prefix,
+            "a key prefix is 1 to 63 letters, digits, '_', '.' or '-' (starting with a letter or digit),"
+            " without ':' or glob characters, so that one store's keys can never match another's",
+            "choose a prefix like 'fs' or 'fs-staging'",
+        )
 
 
 def _env_float(name: str, default: float) -> float:
@@ -16,18 +67,20 @@ def _env_float(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+        raise ConfigurationError(name, raw, "not a number", "set it to a number of seconds, e.g. 300") from None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
+    """Everything the feature store is configured with; invalid values raise ConfigurationError on creation."""
+
     database_url: str = DEFAULT_DATABASE_URL
     """PostgreSQL holding the registry, jobs, offline store and the source tables (FEATURE_STORE_DATABASE_URL)."""
 
     redis_url: str = DEFAULT_REDIS_URL
     """Redis holding the online store (FEATURE_STORE_REDIS_URL)."""
 
-    redis_prefix: str = "fs"
+    redis_prefix: str = DEFAULT_REDIS_PREFIX
     """Prefix of every online-store key, so several stores can share one Redis (FEATURE_STORE_REDIS_PREFIX)."""
 
     statement_timeout_s: float = 300.0
@@ -46,13 +99,18 @@ class Settings:
     max_full_windows: int = 24 * 400
     """Most schedule windows (hours) one full-mode job may recompute (FEATURE_STORE_MAX_FULL_WINDOWS)."""
 
+    def __post_init__(self) -> None:
+        check_database_url(self.database_url)
+        check_redis_url(self.redis_url)
+        check_redis_prefix(self.redis_prefix)
+
     @classmethod
     def from_env(cls) -> Settings:
         env = os.environ
         return cls(
             database_url=env.get("FEATURE_STORE_DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=env.get("FEATURE_STORE_REDIS_URL") or DEFAULT_REDIS_URL,
-            redis_prefix=env.get("FEATURE_STORE_REDIS_PREFIX") or "fs",
+            redis_prefix=env.get("FEATURE_STORE_REDIS_PREFIX") or DEFAULT_REDIS_PREFIX,
             statement_timeout_s=_env_float("FEATURE_STORE_STATEMENT_TIMEOUT", 300.0),
             sandbox_password=env.get("FEATURE_STORE_SANDBOX_PASSWORD") or None,
             max_clock_skew_s=_env_float("FEATURE_STORE_MAX_CLOCK_SKEW", 300.0),

@@ -5,37 +5,124 @@ Messages name the tenant / group / feature / rule involved and, where there is o
 
 from __future__ import annotations
 
+import re
+from urllib.parse import unquote, unquote_plus
+
+from psycopg.conninfo import conninfo_to_dict
+
 
 class FeatureStoreError(Exception):
     """Base class of all feature-store errors."""
 
 
-# -- Connectivity ------------------------------------------------------------------------------
+# -- Configuration and connectivity ------------------------------------------------------------
+
+
+class ConfigurationError(FeatureStoreError):
+    """A setting (e.g. FEATURE_STORE_DATABASE_URL) has a value the feature store cannot use.
+
+    Names the setting, shows its value with any password hidden, says what is wrong and the fix.
+    """
+
+    def __init__(self, setting: str, value: str, problem: str, fix: str) -> None:
+        problem = redact_secrets(problem, value).rstrip(". ")
+        super().__init__(f"{setting} {redact_url(value)!r} is invalid: {problem}. To fix: {fix}.")
+        self.setting = setting
+
+
+_START_HINTS = {
+    "PostgreSQL": "start one with `docker compose up -d postgres` or your distribution's "
+    "packages (`pg_ctlcluster <version> main start`), or set FEATURE_STORE_DATABASE_URL",
+    "Redis": "start one with `docker compose up -d redis` or `redis-server --daemonize yes`, "
+    "or set FEATURE_STORE_REDIS_URL",
+}
 
 
 class ConnectionFailedError(FeatureStoreError):
     """PostgreSQL or Redis could not be reached; says which URL was tried and how to start one."""
 
-    def __init__(self, service: str, url: str, cause: object) -> None:
-        hint = {
-            "PostgreSQL": "start one with `docker compose up -d postgres` or your distribution's "
-            "packages (`pg_ctlcluster <version> main start`), or set FEATURE_STORE_DATABASE_URL",
-            "Redis": "start one with `docker compose up -d redis` or `redis-server --daemonize yes`, "
-            "or set FEATURE_STORE_REDIS_URL",
-        }[service]
+    def __init__(self, service: str, url: str, cause: object, *, hint: str | None = None) -> None:
+        hint = hint or _START_HINTS[service]
+        cause = redact_secrets(str(cause), url).rstrip(". ")
         super().__init__(f"cannot connect to {service} at {redact_url(url)}: {cause}. To fix: {hint}.")
         self.service = service
-        self.url = url
+        self.url = redact_url(url)
+
+
+class DatabaseNotFoundError(ConnectionFailedError):
+    """The PostgreSQL server answers, but the database named in the URL does not exist (yet)."""
+
+    def __init__(self, url: str, dbname: str) -> None:
+        super().__init__(
+            "PostgreSQL",
+            url,
+            f"database {dbname!r} does not exist",
+            hint="run `feature-store init`, which creates it (or correct the database name in "
+            "FEATURE_STORE_DATABASE_URL)",
+        )
+        self.dbname = dbname
+
+
+# Where passwords sit in connection strings: URI user info (`scheme://user:pw@host`), URI query
+# parameters (`?password=pw`) and libpq key=value pairs (`password=pw`, `password='p w'`).
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)([^&#]*)")
+_KV_PASSWORD = re.compile(r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (drivers' messages can run to several lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def redact_url(url: str) -> str:
-    """Hide the password of a connection URL so it can be printed."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    """Hide the passwords of a connection string, URI or key=value form, so it can be printed."""
+    match = _URI_SCHEME.match(url)
+    if not match:
+        password = _KV_PASSWORD.search(url)
+        if password and not _readable(url):  # where the password ends is unknown: hide all that follows
+            return url[: password.start(2)] + "***"
+        return _KV_PASSWORD.sub(r"\1***", url)
+    scheme, rest = match.group(), url[match.end() :]
+    creds, at, host = rest.rpartition("@")
+    if at and ":" in creds:
+        rest = f"{creds.split(':', 1)[0]}:***@{host}"
+    return scheme + _QUERY_PASSWORD.sub(r"\1***", rest)
+
+
+def _readable(url: str) -> bool:
+    """Whether libpq can split `url` into its parameters."""
+    try:
+        conninfo_to_dict(url)
+    except Exception:
+        return False
+    return True
+
+
+def redact_secrets(text: str, url: str) -> str:
+    """`text` (e.g. a driver's error message about `url`) without any password of `url` in it."""
+    secrets: set[str] = set()
+    match = _URI_SCHEME.match(url)
+    if match:
+        creds, at, _ = url[match.end() :].rpartition("@")
+        if at and ":" in creds:
+            secrets.add(creds.split(":", 1)[1])
+        secrets.update(m.group(2) for m in _QUERY_PASSWORD.finditer(url))
+    else:
+        for m in _KV_PASSWORD.finditer(url):
+            secrets.update((m.group(2), m.group(2).strip("'")))
+    secrets.update([unquote(s) for s in secrets] + [unquote_plus(s) for s in secrets])
+    if _readable(url):
+        parsed = conninfo_to_dict(url)
+        secrets.update(str(parsed[k]) for k in ("password", "sslpassword") if parsed.get(k))
+    elif re.search(r"password", url, re.IGNORECASE):  # libpq's messages may quote any part of it
+        text = re.sub(r'"([^"]*)"', lambda m: m.group() if m.group(1) == "=" else '"***"', text)
+    if url:
+        text = text.replace(url, redact_url(url))
+    for secret in sorted((s for s in secrets if s and s != "***"), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 class SchemaNotInitializedError(FeatureStoreError):
@@ -140,6 +227,10 @@ class SourceIsolationError(FeatureStoreError):
 
 class WindowError(FeatureStoreError):
     """A materialization window is not allowed (it ends in the future, or full mode spans too many windows)."""
+
+
+class InvalidInputError(FeatureStoreError):
+    """A request's arguments are invalid: a job window, a line of an entities file."""
 
 
 class JobStateError(FeatureStoreError):

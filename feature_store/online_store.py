@@ -9,6 +9,7 @@ atomically, so concurrent writers cannot race the way a read-then-write from Pyt
 from __future__ import annotations
 
 import json
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from importlib import resources
 
 import redis
 
+from feature_store.config import check_redis_prefix
 from feature_store.models import OnlineValue, OnlineValueStatus, ValueType
 from feature_store.values import coerce
 
@@ -80,6 +82,7 @@ class RedisOnlineStore(OnlineStore):
     """
 
     def __init__(self, client: redis.Redis, *, prefix: str = "fs") -> None:
+        check_redis_prefix(prefix)  # no `:` or glob characters: teardown's SCAN pattern stays in this store
         self._client = client
         self._prefix = prefix
         self._script = client.register_script(
@@ -131,7 +134,8 @@ class RedisOnlineStore(OnlineStore):
         return result
 
     def teardown(self, *, tenant_id: str | None = None) -> int:
-        pattern = f"{self._prefix}:{tenant_id}:*" if tenant_id else f"{self._prefix}:*"
+        # Escaped, so a tenant id like `a*` clears tenant `a*` and never `ab`.
+        pattern = _glob_escape(f"{self._prefix}:{tenant_id}:" if tenant_id is not None else f"{self._prefix}:") + "*"
         removed = 0
         batch: list[str] = []
         for key in self._client.scan_iter(match=pattern, count=1000):
@@ -153,6 +157,11 @@ def _decode(raw: bytes | None, spec: FeatureSpec, now_us: int) -> OnlineValue:
         return OnlineValue(event_time=event_time, status=OnlineValueStatus.EXPIRED)
     value = coerce(json.loads(value_json), spec.value_type)
     return OnlineValue(value=value, event_time=event_time, status=OnlineValueStatus.PRESENT)
+
+
+def _glob_escape(text: str) -> str:
+    """`text` as a literal in a Redis MATCH pattern (`*`, `?`, `[`, `]` and `\\` escaped)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def _escape(entity_id: str) -> str:

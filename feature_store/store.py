@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -57,15 +58,8 @@ class FeatureStore:
         if redis_client is not None and redis_url is not None:
             raise ValueError("You cannot specify both redis_client and redis_url.")
         base = settings or Settings.from_env()
-        self.settings = Settings(
-            database_url=database_url or base.database_url,
-            redis_url=redis_url or base.redis_url,
-            redis_prefix=base.redis_prefix,
-            statement_timeout_s=base.statement_timeout_s,
-            online_batch_size=base.online_batch_size,
-            sandbox_password=base.sandbox_password,
-            max_clock_skew_s=base.max_clock_skew_s,
-            max_full_windows=base.max_full_windows,
+        self.settings = dataclasses.replace(
+            base, database_url=database_url or base.database_url, redis_url=redis_url or base.redis_url
         )
         self._conn = conn
         self._owns_conn = conn is None
@@ -73,7 +67,8 @@ class FeatureStore:
         self._owns_redis = redis_client is None
         self._online: RedisOnlineStore | None = None
         self._groups: dict[str, FeatureGroup] = {}
-        self._groups_loaded_at = 0.0
+        self._tenants: set[str] = set()
+        self._groups_loaded_at = 0.0  # when _groups and _tenants were loaded
         self._schema_checked = False
 
     @classmethod
@@ -200,7 +195,11 @@ class FeatureStore:
         Returns:
             One row per entity id, in order; every requested feature is present in each row, with
             status `missing` or `expired` where there is no servable value.
+
+        Raises:
+            TenantNotFoundError: the tenant is not registered.
         """
+        self._require_tenant(tenant_id)
         specs = [self._spec(ref, entity_type) for ref in features]
         values = self.online.read(tenant_id=tenant_id, entity_ids=list(entity_ids), features=specs)
         return [
@@ -211,7 +210,12 @@ class FeatureStore:
     def get_historical_features(
         self, tenant_id: str, entity_rows: Sequence[tuple[str, datetime]], features: Sequence[FeatureRef]
     ) -> list[HistoricalRow]:
-        """Point-in-time-correct training rows: each gets the latest value at or before its timestamp."""
+        """Point-in-time-correct training rows: each gets the latest value at or before its timestamp.
+
+        Raises:
+            TenantNotFoundError: the tenant is not registered.
+        """
+        self._require_tenant(tenant_id)
         specs = [self._spec(ref, None) for ref in features]
         return offline_store.get_historical_features(
             self.conn,
@@ -235,13 +239,23 @@ class FeatureStore:
         return FeatureSpec(group_id=group.id, name=name, value_type=feature.value_type, ttl_seconds=group.ttl_seconds)
 
     def _group(self, group_id: str) -> FeatureGroup:
-        now = time.monotonic()
-        if now - self._groups_loaded_at > _REGISTRY_CACHE_S:
-            self._groups = {g.id: g for g in self.registry.list_groups()}
-            self._groups_loaded_at = now
+        self._refresh_registry_cache()
         if group_id not in self._groups:
             return self.registry.get_group(group_id)  # raises FeatureGroupNotFoundError
         return self._groups[group_id]
+
+    def _require_tenant(self, tenant_id: str) -> None:
+        self._refresh_registry_cache()
+        if tenant_id not in self._tenants:
+            self.registry.get_tenant(tenant_id)  # raises TenantNotFoundError
+
+    def _refresh_registry_cache(self) -> None:
+        now = time.monotonic()
+        if now - self._groups_loaded_at > _REGISTRY_CACHE_S:
+            registry = self.registry
+            self._groups = {g.id: g for g in registry.list_groups()}
+            self._tenants = {t.id for t in registry.list_tenants()}
+            self._groups_loaded_at = now
 
     # -- helpers -------------------------------------------------------------------------------
 

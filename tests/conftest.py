@@ -56,10 +56,11 @@ def database_url(template_db: str) -> Iterator[str]:
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
-    prefix = f"fptest:{RUN_ID}:{uuid.uuid4().hex[:6]}"
+    """A key prefix of this test alone (no `:`, see Settings); keys of `{prefix}<more>` stores are cleared too."""
+    prefix = f"fptest-{RUN_ID}-{uuid.uuid4().hex[:6]}"
     yield prefix
     client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
     if keys:
         client.unlink(*keys)
     client.close()

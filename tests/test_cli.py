@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import datetime
+from pathlib import Path
 
+import pydantic
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
-from feature_store.cli import main
+from feature_store.cli import _invalid_config, main
+from feature_store.demo import demo_repo_path
+from feature_store.models import PipelineConfig
 from support import HOURS, Sql, admin_connection, url_for
 
 
@@ -188,3 +195,150 @@ def test_an_uninitialised_database_says_to_run_init(monkeypatch: pytest.MonkeyPa
     finally:
         with admin_connection() as admin:
             admin.execute("DROP DATABASE fp_test_empty_cli WITH (FORCE)")
+
+
+def run_failing(*args: str) -> str:
+    """Output of a command that must fail cleanly: exit 1 via `error: ...`, not an escaping exception."""
+    result = CliRunner().invoke(main, list(args))
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, (result.exception, result.output)
+    return result.output
+
+
+def every_command(tmp_path: Path) -> list[list[str]]:
+    """One valid invocation of each verb that opens the store."""
+    entities = tmp_path / "entities.csv"
+    entities.write_text(f"entity_id,timestamp\nacme-u001,{HOURS[-1].end.isoformat()}\n")
+    feature = ["--feature", "user_engagement:message_count"]
+    return [
+        ["init"],
+        ["apply", str(demo_repo_path())],
+        materialize_args(),
+        ["jobs"],
+        ["quarantine"],
+        ["online", "get", "--tenant", "acme", "--entity-type", "user", "--entity", "acme-u001", *feature],
+        ["historical", "--tenant", "acme", *feature, "--entities", str(entities)],
+        ["demo", "--summary-only"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        ("FEATURE_STORE_DATABASE_URL", "postgresql://postgres@127.0.0.1:notaport/x", "port 'notaport' is not a number"),
+        ("FEATURE_STORE_DATABASE_URL", "not a url at all", 'missing "=" after "not"'),
+        # Readable, but libpq refuses it before connecting.
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 dbname=x sslmode=bogus", 'invalid sslmode value: "bogus"'),
+        ("FEATURE_STORE_REDIS_URL", "http://x", "must specify one of the following schemes"),
+        ("FEATURE_STORE_REDIS_URL", "redis://:6379:99", "'6379:99'"),
+        ("FEATURE_STORE_REDIS_PREFIX", "fs:staging", "without ':' or glob characters"),
+        ("FEATURE_STORE_STATEMENT_TIMEOUT", "soon", "not a number"),
+    ],
+)
+def test_every_command_names_a_malformed_setting_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, setting: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(setting, value)
+    for args in every_command(tmp_path):
+        out = run_failing(*args)
+        assert out.startswith(f"error: {setting} {value!r} is invalid: "), (args, out)
+        assert problem in out and "To fix:" in out, (args, out)
+        assert out.count("\n") == 1, (args, out)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "command"),
+    [
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 port=1 user=postgres password=s3cret dbname=x", "jobs"),
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 port=1 user=postgres password='s3cret s3cret' dbname=x", "init"),
+        ("FEATURE_STORE_DATABASE_URL", "postgresql://postgres:s3cret@127.0.0.1:1/x?password=s3cret", "jobs"),
+        ("FEATURE_STORE_DATABASE_URL", "postgresql://postgres:s3cret@127.0.0.1:notaport/x", "jobs"),
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 user=postgres password=s3cret sslmode=bogus", "jobs"),
+        # Unquoted, the password's second word reads as a key: libpq's message quotes it.
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 user=postgres password=s3cret s3cret-tail dbname=x", "jobs"),
+        ("FEATURE_STORE_DATABASE_URL", "host=127.0.0.1 user=postgres password=s3cret dbname=fp_test_nodb", "jobs"),
+        ("FEATURE_STORE_REDIS_URL", "redis://:s3cret@127.0.0.1:1/0", "online"),
+        ("FEATURE_STORE_REDIS_URL", "redis://default:s3cret@127.0.0.1:6379:99", "online"),
+    ],
+)
+def test_no_password_reaches_the_output_of_a_failing_command(
+    env: object, monkeypatch: pytest.MonkeyPatch, setting: str, value: str, command: str
+) -> None:
+    monkeypatch.setenv(setting, value)
+    online = ["online", "get", "--tenant", "acme", "--entity-type", "user", "--entity", "a"]
+    args = {
+        "jobs": ["jobs"],
+        "init": ["init"],
+        "online": [*online, "--feature", "user_engagement:message_count"],
+    }[command]
+    out = run_failing(*args)
+    assert "s3cret" not in out
+    assert "***" in out and "Traceback" not in out
+
+
+def test_a_missing_database_says_to_run_init_which_creates_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"fp_test_missing_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("FEATURE_STORE_DATABASE_URL", url_for(name))
+    try:
+        out = run_failing("jobs")
+        assert f"database {name!r} does not exist" in out and "run `feature-store init`, which creates it" in out
+        assert "docker compose" not in out  # the server is up: no hint to start it
+        code, out = run("init")
+        assert code == 0 and out.startswith("applied 001_initial.sql"), out
+        assert run("jobs", "--json") == (0, "[]\n")
+    finally:
+        with admin_connection() as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize(("start", "end"), [(HOURS[-1].end, HOURS[-1].end), (HOURS[-1].end, HOURS[-1].start)])
+def test_materialize_reports_a_window_that_does_not_move_forward_in_one_line(
+    env: object, start: datetime, end: datetime
+) -> None:
+    args = materialize_args()
+    args[args.index("--start") + 1], args[args.index("--end") + 1] = start.isoformat(), end.isoformat()
+    out = run_failing(*args)
+    assert out == f"error: window start {start.isoformat()} is not before end {end.isoformat()}\n"
+
+
+def test_other_invalid_job_values_are_named_by_their_option() -> None:
+    with pytest.raises(pydantic.ValidationError) as raised:
+        window = {"start_time": HOURS[0].start, "end_time": HOURS[0].end}
+        PipelineConfig.model_validate({"tenant_id": 5, "feature_group_id": "g", "features": ["ok", 7], **window})
+    assert (
+        str(_invalid_config(raised.value))
+        == "--tenant: Input should be a valid string; --feature: Input should be a valid string"
+    )
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "message"),
+    [
+        ("entity_id,timestamp\nacme-u001\n", "--entities line 2: no timestamp"),
+        ("entity_id,timestamp\nacme-u001,\n", "--entities line 2: timestamp is empty"),
+        ("entity_id,timestamp\nacme-u001,2026-01-01T00:00:00Z\n,2026-01-01T00:00:00Z\n", "line 3: entity_id is empty"),
+        ("entity_id,timestamp\nacme-u001,yesterday\n", "line 2: timestamp 'yesterday' is not an ISO 8601 timestamp"),
+        ("entity_id,timestamp\n\nacme-u001,2026-01-01T00:00:00\n", "line 3: timestamp '2026-01-01T00:00:00' has no"),
+        ("entity_id,timestamp\nacme-u001,2026-01-01T00:00:00Z,x\n", "line 2: more fields than the 2 columns"),
+        ("id,ts\nacme-u001,2026-01-01T00:00:00Z\n", "--entities: the CSV needs a header line"),
+        ("", "--entities: the CSV needs a header line"),
+    ],
+)
+def test_historical_names_the_bad_line_of_the_entities_file(tmp_path: Path, csv_text: str, message: str) -> None:
+    path = tmp_path / "entities.csv"
+    path.write_text(csv_text)
+    out = run_failing(
+        "historical", "--tenant", "acme", "--feature", "user_engagement:message_count", "--entities", str(path)
+    )
+    assert out.startswith("error: --entities") and message in out and out.count("\n") == 1, out
+
+
+def test_reads_of_an_unknown_tenant_fail(env: object, tmp_path: Path) -> None:
+    for args in every_command(tmp_path)[5:7]:  # online get, historical
+        args[args.index("--tenant") + 1] = "nobody"
+        out = run_failing(*args)
+        assert out.startswith("error: tenant 'nobody' does not exist"), (args, out)
+
+
+def test_error_messages_are_printed_as_they_are_not_as_markup(env: object) -> None:
+    out = run_failing(*materialize_args(tenant="[red]nobody"))
+    assert "tenant '[red]nobody' does not exist" in out

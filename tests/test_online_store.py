@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from feature_store import Settings
+from feature_store.errors import ConfigurationError
 from feature_store.models import OnlineValueStatus, ValueType
 from feature_store.online_store import FeatureSpec, RedisOnlineStore
 
@@ -121,3 +122,35 @@ def test_teardown_removes_only_this_tenants_keys(online: RedisOnlineStore) -> No
     assert online.teardown(tenant_id="t") == 1
     assert read(online, "e")[0]["g:count"] == "missing"
     assert online.client.exists(online.key("other", "g", "e")) == 1
+
+
+def test_teardown_never_removes_another_stores_or_another_tenants_keys(settings: Settings) -> None:
+    """Like stores `fs` and `fs2` sharing a Redis, with tenant ids that are glob patterns of each other."""
+    client = redis.Redis.from_url(settings.redis_url)
+    short = RedisOnlineStore(client, prefix=settings.redis_prefix)
+    longer = RedisOnlineStore(client, prefix=settings.redis_prefix + "2")
+    tenants = ["a*", "a?", "a[b]", "ab"]
+    for store in (short, longer):
+        for tenant in tenants:
+            store.write_batch(
+                tenant_id=tenant, group_id="g", rows=[("e", fields(("count", 1, 1)))], ttl_seconds=None, write_time_us=1
+            )
+
+    def alive(store: RedisOnlineStore) -> list[str]:
+        return [t for t in tenants if store.client.exists(store.key(t, "g", "e"))]
+
+    for removed, tenant in enumerate(tenants[:3], start=1):
+        assert short.teardown(tenant_id=tenant) == 1
+        assert alive(short) == tenants[removed:]
+    assert short.teardown(tenant_id="") == 0  # an empty tenant id is no tenant, not "all tenants"
+    assert short.teardown() == 1
+    assert alive(short) == [] and alive(longer) == tenants
+    assert longer.teardown() == 4
+
+
+@pytest.mark.parametrize("prefix", ["fs:staging", "fs*", "f?", "fs[1]", "", "-fs", "fs\\"])
+def test_a_prefix_that_could_match_another_stores_keys_is_refused(settings: Settings, prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"FEATURE_STORE_REDIS_PREFIX .* is invalid: a key prefix is"):
+        Settings(redis_prefix=prefix)
+    with pytest.raises(ConfigurationError, match="without ':' or glob characters"):
+        RedisOnlineStore(redis.Redis.from_url(settings.redis_url), prefix=prefix)
