@@ -221,6 +221,12 @@ class StatementTimeoutError(FeatureStoreError):
         self.timeout_s = timeout_s
 
 
+class OnlineStoreLostDataError(FeatureStoreError):
+    """The online store lost values during a publish (restarted, flushed, evicted): publishing again fixes it."""
+
+    retryable = True
+
+
 class SourceIsolationError(FeatureStoreError):
     """A source table a transform may read is no longer tenant-isolated (changed after `apply`)."""
 

@@ -29,7 +29,7 @@ from feature_store.staging import create_staging, drop_staging
 JOB_COLUMNS = (
     "id, tenant_id, feature_group_id, job_type, start_time, end_time, status, progress, error_message,"
     " rows_processed, rows_failed, duration_ms, created_at, started_at, completed_at, dag_id, run_id,"
-    " try_number, write_online, write_offline, features_total"
+    " try_number, write_online, write_offline, features_total, online_overwrite, overwrite_reason"
 )
 
 # Share of a feature's work done once it reaches each status (three stages: transform, validate, write).
@@ -59,8 +59,12 @@ def create_job(
     write_online: bool,
     write_offline: bool,
     run: RunInfo | None = None,
+    overwrite_online: str | None = None,
 ) -> int:
     """Create a pending job for `features` of the group and its staging table.
+
+    `overwrite_online` is the recorded reason of a corrective rerun whose publish replaces newer
+    online values too.
 
     For an orchestrator run that already has this job (a cleared or retried planning task), the
     job is reset and reused instead of duplicated.
@@ -77,12 +81,15 @@ def create_job(
         "dag_id": run.dag_id if run else None,
         "run_id": run.run_id if run else None,
         "try_number": run.try_number if run else None,
+        "overwrite": overwrite_online is not None,
+        "reason": overwrite_online,
     }
     insert = (
         "INSERT INTO feature_store.materialization_jobs (tenant_id, feature_group_id, job_type, start_time,"
-        " end_time, write_online, write_offline, features_total, dag_id, run_id, try_number)"
+        " end_time, write_online, write_offline, features_total, dag_id, run_id, try_number,"
+        " online_overwrite, overwrite_reason)"
         " VALUES (%(tenant_id)s, %(group_id)s, %(job_type)s, %(start)s, %(end)s, %(write_online)s,"
-        " %(write_offline)s, %(total)s, %(dag_id)s, %(run_id)s, %(try_number)s)"
+        " %(write_offline)s, %(total)s, %(dag_id)s, %(run_id)s, %(try_number)s, %(overwrite)s, %(reason)s)"
     )
     if run is not None:
         # A cleared or retried planning task starts the same job over instead of adding a second one.
@@ -91,6 +98,7 @@ def create_job(
             " job_type = excluded.job_type, start_time = excluded.start_time, end_time = excluded.end_time,"
             " write_online = excluded.write_online, write_offline = excluded.write_offline,"
             " features_total = excluded.features_total, try_number = excluded.try_number,"
+            " online_overwrite = excluded.online_overwrite, overwrite_reason = excluded.overwrite_reason,"
             " status = 'pending', progress = 0, error_message = NULL, rows_processed = 0, rows_failed = 0,"
             " duration_ms = NULL, started_at = NULL, completed_at = NULL"
         )

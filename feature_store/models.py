@@ -267,6 +267,8 @@ class PipelineConfig(_Strict):
     write_online: bool = True
     write_offline: bool = True
     features: tuple[str, ...] | None = None
+    overwrite_online: str | None = Field(default=None, min_length=1)
+    """Why this corrective rerun may replace newer online values too (recorded on the job); None: newer-only."""
 
     _utc_start = field_validator("start_time")(_require_utc)
     _utc_end = field_validator("end_time")(_require_utc)
@@ -334,6 +336,8 @@ class MaterializationJob(BaseModel):
     write_online: bool
     write_offline: bool
     features_total: int
+    online_overwrite: bool = False
+    overwrite_reason: str | None = None
 
 
 class QuarantinedRow(BaseModel):
@@ -378,3 +382,20 @@ class HistoricalRow(BaseModel):
     timestamp: datetime
     values: dict[str, FeatureValue]
     event_times: dict[str, datetime | None]
+
+
+class ReconcileResult(BaseModel):
+    """What `reconcile_online` restored for one (tenant, group)."""
+
+    tenant_id: str
+    feature_group_id: str
+    entities: int
+    values: int
+
+
+class OnlineCheck(BaseModel):
+    """Outcome of `check_online`: the server seen, and what was reconciled because it changed."""
+
+    instance_id: str
+    previous_instance_id: str | None
+    reconciled: list[ReconcileResult] = Field(default_factory=list)

@@ -10,7 +10,7 @@ from psycopg import sql
 
 from feature_store.db import advisory_xact_lock
 from feature_store.models import HistoricalRow, TimeWindow, ValueType
-from feature_store.staging import staging_table
+from feature_store.staging import replaced_table, staging_table
 from feature_store.types import FeatureValue
 from feature_store.values import coerce
 
@@ -33,11 +33,17 @@ def write_window(
         # Two runs writing the same feature at once (a backfill over a scheduled hour) take turns, so
         # the second one's DELETE sees, and replaces, what the first inserted.
         advisory_xact_lock(conn, f"featurepipe offline {tenant_id}\x1f{group_id}\x1f{feature_name}")
+        # The entities whose rows of this window go: the publish re-checks their online value (it may have
+        # to fall back to an earlier one, or go).
         conn.execute(
-            "DELETE FROM feature_store.feature_values"
-            " WHERE tenant_id = %s AND feature_group_id = %s AND feature_name = %s"
-            " AND event_time > %s AND event_time <= %s",
-            (tenant_id, group_id, feature_name, window.start, window.end),
+            sql.SQL(
+                "WITH gone AS (DELETE FROM feature_store.feature_values"
+                "  WHERE tenant_id = %s AND feature_group_id = %s AND feature_name = %s"
+                "  AND event_time > %s AND event_time <= %s RETURNING entity_id)"
+                " INSERT INTO {} (feature_name, entity_id) SELECT DISTINCT %s, entity_id FROM gone"
+                " ON CONFLICT DO NOTHING"
+            ).format(replaced_table(job_id)),
+            (tenant_id, group_id, feature_name, window.start, window.end, feature_name),
         )
         cur = conn.execute(
             sql.SQL(

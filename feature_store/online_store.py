@@ -20,7 +20,7 @@ from importlib import resources
 import redis
 
 from feature_store.config import check_redis_prefix
-from feature_store.models import OnlineValue, OnlineValueStatus, ValueType
+from feature_store.models import OnlineValue, OnlineValueStatus, TimeWindow, ValueType
 from feature_store.values import coerce
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -48,15 +48,29 @@ class OnlineStore(ABC):
         rows: Sequence[tuple[str, str]],
         ttl_seconds: int | None,
         write_time_us: int,
+        replaces: TimeWindow | None = None,
+        force: bool = False,
     ) -> int:
-        """Write one batch newer-only.
+        """Write one batch so that each entity ends with its latest valid value.
 
         Args:
-            rows: (entity_id, fields) pairs, `fields` a JSON array of [feature, event_time_us, value_json].
+            rows: (entity_id, fields) pairs, `fields` a JSON array of [feature, event_time_us, value_json]
+                to write or [feature] to remove.
+            replaces: the window whose values were recomputed: stored values inside it give way to
+                incoming ones even when those are older (a fallback), and may be removed.
+            force: overwrite (or remove) whatever is stored: an audited corrective rerun.
 
         Returns:
-            The number of feature values written (older ones are skipped).
+            The number of feature values written or removed (older ones are skipped).
         """
+
+    @abstractmethod
+    def instance_id(self) -> str:
+        """Identity of the running server: it changes when a restart may have lost data."""
+
+    @abstractmethod
+    def count_present(self, *, tenant_id: str, group_id: str, entity_ids: Sequence[str]) -> int:
+        """How many of these entities have a stored value of the group, in one round trip."""
 
     @abstractmethod
     def read(
@@ -104,13 +118,25 @@ class RedisOnlineStore(OnlineStore):
         rows: Sequence[tuple[str, str]],
         ttl_seconds: int | None,
         write_time_us: int,
+        replaces: TimeWindow | None = None,
+        force: bool = False,
     ) -> int:
         if not rows:
             return 0
         keys = [self.key(tenant_id, group_id, entity_id) for entity_id, _ in rows]
         payload = "[" + ",".join(fields for _, fields in rows) + "]"
         ttl_ms = (ttl_seconds or 0) * 1000
-        return int(self._script(keys=keys, args=[str(write_time_us), str(ttl_ms), payload]))
+        window = [str(_epoch_us(replaces.start)), str(_epoch_us(replaces.end))] if replaces else ["", ""]
+        args = [str(write_time_us), str(ttl_ms), *window, "1" if force else "0", payload]
+        return int(self._script(keys=keys, args=args))
+
+    def instance_id(self) -> str:
+        return str(self._client.info("server")["run_id"])
+
+    def count_present(self, *, tenant_id: str, group_id: str, entity_ids: Sequence[str]) -> int:
+        if not entity_ids:
+            return 0
+        return int(self._client.exists(*(self.key(tenant_id, group_id, e) for e in entity_ids)))
 
     def read(
         self, *, tenant_id: str, entity_ids: Sequence[str], features: Sequence[FeatureSpec]
@@ -146,6 +172,10 @@ class RedisOnlineStore(OnlineStore):
         if batch:
             removed += int(self._client.unlink(*batch))
         return removed
+
+
+def _epoch_us(value: datetime) -> int:
+    return (value - EPOCH) // timedelta(microseconds=1)
 
 
 def _decode(raw: bytes | None, spec: FeatureSpec, now_us: int) -> OnlineValue:

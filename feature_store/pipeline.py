@@ -8,11 +8,11 @@ error is recorded on the job and its siblings carry on.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 from psycopg import sql
@@ -24,9 +24,9 @@ from feature_store.errors import (
     FeatureStoreError,
     JobStateError,
     PipelineError,
-    StatementTimeoutError,
     TransformError,
     ValidationError,
+    WindowError,
     WriteError,
 )
 from feature_store.jobs import RunInfo
@@ -41,6 +41,7 @@ from feature_store.models import (
     TimeWindow,
 )
 from feature_store.online_store import OnlineStore
+from feature_store.publish import publish_job
 from feature_store.registry import Registry
 from feature_store.staging import create_staging, drop_staging, staging_exists, staging_table
 from feature_store.types import ProgressCallback
@@ -113,8 +114,10 @@ class FeaturePipeline:
         tenant_ids: Sequence[str] | None = None,
         group_ids: Sequence[str] | None = None,
         run: RunInfo | None = None,
+        overwrite_online: str | None = None,
     ) -> list[PlannedJob]:
         """Create one pending job per active tenant x active feature group (optionally filtered)."""
+        self._check_window(window, mode)
         tenants = self._registry.list_tenants(active_only=True)
         groups = [g for g in self._registry.list_groups(active_only=True) if g.online_enabled or g.offline_enabled]
         if tenant_ids:
@@ -139,6 +142,7 @@ class FeaturePipeline:
                     write_online=write_online,
                     write_offline=write_offline,
                     run=run,
+                    overwrite_online=overwrite_online,
                 )
                 planned.append(PlannedJob(job_id, tenant.id, group.id, features))
         return planned
@@ -153,16 +157,19 @@ class FeaturePipeline:
                 if name not in names:
                     raise FeatureNotFoundError(group.id, name)
             names = tuple(config.features)
+        window = TimeWindow(start=config.start_time, end=config.end_time)
+        self._check_window(window, config.mode)
         job_id = jobs.create_job(
             self._conn,
             tenant_id=config.tenant_id,
             group=group,
             features=names,
-            window=TimeWindow(start=config.start_time, end=config.end_time),
+            window=window,
             mode=config.mode,
             write_online=config.write_online,
             write_offline=config.write_offline,
             run=run,
+            overwrite_online=config.overwrite_online,
         )
         return PlannedJob(job_id, config.tenant_id, group.id, names)
 
@@ -350,6 +357,25 @@ class FeaturePipeline:
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _check_window(self, window: TimeWindow, mode: JobType) -> None:
+        """Windows never end in the future (their values would be stamped there), nor span too much in full mode."""
+        now = datetime.now(timezone.utc)
+        skew = self._settings.max_clock_skew_s
+        if window.end > now + timedelta(seconds=skew):
+            raise WindowError(
+                f"window ({window.start.isoformat()}, {window.end.isoformat()}] ends in the future (now is"
+                f" {now.isoformat(timespec='seconds')}, allowed clock skew {skew:g}s, FEATURE_STORE_MAX_CLOCK_SKEW):"
+                " its values would be stamped after now; choose a window that has ended"
+            )
+        if mode is JobType.FULL:
+            count = window.schedule_window_count()
+            if count > self._settings.max_full_windows:
+                raise WindowError(
+                    f"full mode would recompute {count} hourly windows from {window.start.isoformat()} to"
+                    f" {window.end.isoformat()}, more than FEATURE_STORE_MAX_FULL_WINDOWS"
+                    f" ({self._settings.max_full_windows}); split the range or raise the limit"
+                )
+
     def _context(self, job_id: int) -> _JobContext:
         job = jobs.get_job(self._conn, job_id)
         return _JobContext(job=job, group=self._registry.get_group(job.feature_group_id))
@@ -407,48 +433,20 @@ class FeaturePipeline:
         return int(row[0]) if row else 0
 
     def _publish_online(self, ctx: _JobContext, features: Sequence[str]) -> int:
-        """Stream the latest valid value per (entity, feature) from staging to the online store.
-
-        PostgreSQL builds each entity's fields as JSON text, so Python only joins strings; the next
-        batch is fetched while a worker thread writes the current one to Redis.
-        """
         online = self._online
         assert online is not None
-        write_time_us = time.time_ns() // 1000
-        query = sql.SQL(
-            "SELECT entity_id, json_agg(json_build_array(feature_name,"
-            "   (extract(epoch FROM event_time) * 1000000)::bigint::text, coalesce(value::text, 'null')))::text"
-            " FROM (SELECT DISTINCT ON (entity_id, feature_name) entity_id, feature_name, event_time, value"
-            "       FROM {} WHERE feature_name = ANY(%s) AND rejected_rule IS NULL"
-            "       ORDER BY entity_id, feature_name, event_time DESC) latest"
-            " GROUP BY entity_id"
-        ).format(staging_table(ctx.job.id))
-
-        def write(rows: list[tuple[str, str]]) -> int:
-            return online.write_batch(
-                tenant_id=ctx.job.tenant_id,
-                group_id=ctx.group.id,
-                rows=rows,
-                ttl_seconds=ctx.group.ttl_seconds,
-                write_time_us=write_time_us,
-            )
-
-        written = 0
-        pending: Future[int] | None = None
-        with (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-publish") as writer,
-            self._conn.transaction(),
-            self._conn.cursor(name=f"publish_job_{ctx.job.id}") as cur,
-        ):
-            self._conn.execute("SET LOCAL work_mem = '64MB'")  # sort in memory up to ~1M values
-            cur.execute(query, (list(features),))
-            while batch := cur.fetchmany(self._settings.online_batch_size):
-                if pending is not None:
-                    written += pending.result()
-                pending = writer.submit(write, batch)
-            if pending is not None:
-                written += pending.result()
-        return written
+        return publish_job(
+            self._conn,
+            online,
+            job_id=ctx.job.id,
+            tenant_id=ctx.job.tenant_id,
+            group=ctx.group,
+            features=features,
+            window=ctx.window,
+            offline_written=ctx.job.write_offline and ctx.group.offline_enabled,
+            force=ctx.job.online_overwrite,
+            batch_size=self._settings.online_batch_size,
+        ).values
 
     def _result(self, job: MaterializationJob, rows_online: int) -> PipelineResult:
         results = jobs.feature_results(self._conn, job.id)
@@ -472,8 +470,8 @@ _TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, StatementTimeoutError):
-        return True
+    if isinstance(exc, FeatureStoreError):
+        return bool(getattr(exc, "retryable", False))
     if isinstance(exc, psycopg.Error):
         if exc.sqlstate:
             return exc.sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES

@@ -19,17 +19,22 @@ def staging_table(job_id: int) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}"))
 
 
+def replaced_table(job_id: int) -> sql.Composed:
+    """(feature, entity) pairs whose offline rows in the window were replaced: the publish re-checks them."""
+    return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_replaced"))
+
+
 def create_staging(conn: psycopg.Connection, job_id: int) -> None:
-    """Create the job's staging table unless it exists; safe when parallel tasks of the job all call it."""
-    table = staging_table(job_id)
+    """Create the job's staging tables unless they exist; safe when parallel tasks of the job all call it."""
     with conn.transaction():
         # Concurrent GRANTs on one table fail with "tuple concurrently updated": take turns.
         advisory_xact_lock(conn, f"featurepipe staging {int(job_id)}")
         if not staging_exists(conn, job_id):
-            _create(conn, table)
+            _create(conn, job_id)
 
 
-def _create(conn: psycopg.Connection, table: sql.Composed) -> None:
+def _create(conn: psycopg.Connection, job_id: int) -> None:
+    table = staging_table(job_id)
     conn.execute(
         sql.SQL(
             "CREATE UNLOGGED TABLE IF NOT EXISTS {} ("
@@ -38,12 +43,18 @@ def _create(conn: psycopg.Connection, table: sql.Composed) -> None:
             " rejected_rule text, rejected_reason text)"
         ).format(table)
     )
+    conn.execute(
+        sql.SQL(
+            "CREATE UNLOGGED TABLE IF NOT EXISTS {}"
+            " (feature_name text, entity_id text, PRIMARY KEY (feature_name, entity_id))"
+        ).format(replaced_table(job_id))
+    )
     # Transformation SQL runs as the restricted role: it may add rows here and nothing else.
     conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(table, sql.Identifier(SANDBOX_ROLE)))
 
 
 def drop_staging(conn: psycopg.Connection, job_id: int) -> None:
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging_table(job_id)))
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(staging_table(job_id), replaced_table(job_id)))
 
 
 def staging_exists(conn: psycopg.Connection, job_id: int) -> bool:

@@ -21,13 +21,16 @@ from feature_store.models import (
     FeatureGroup,
     HistoricalRow,
     MaterializationJob,
+    OnlineCheck,
     OnlineFeatureRow,
     PipelineConfig,
     PipelineResult,
     QuarantinedRow,
+    ReconcileResult,
 )
 from feature_store.online_store import FeatureSpec, RedisOnlineStore
 from feature_store.pipeline import FeaturePipeline
+from feature_store.publish import reconcile_group
 from feature_store.registry import Registry
 from feature_store.repo import ApplyReport, apply_repo, load_repo
 from feature_store.sandbox import set_password as set_sandbox_password
@@ -184,6 +187,57 @@ class FeatureStore:
             " ORDER BY quarantined_at DESC, id DESC LIMIT %(limit)s",
             {"job": job_id, "tenant": tenant_id, "since": since, "limit": limit},
         )
+
+    # -- online consistency --------------------------------------------------------------------
+
+    def reconcile_online(self, *, tenant_id: str | None = None, group_id: str | None = None) -> list[ReconcileResult]:
+        """Restore online values from the offline store's latest valid values, set-wise (newer-only).
+
+        For after the online store lost data (restarted without persistence, restored an older
+        snapshot, was flushed). Groups without online or offline storage are skipped.
+        """
+        self._require_schema()
+        tenants = [self.registry.get_tenant(tenant_id)] if tenant_id else self.registry.list_tenants(active_only=True)
+        groups = [self.registry.get_group(group_id)] if group_id else self.registry.list_groups(active_only=True)
+        results = []
+        for tenant in tenants:
+            for group in groups:
+                if not (group.online_enabled and group.offline_enabled):
+                    continue
+                published = reconcile_group(
+                    self.conn,
+                    self.online,
+                    tenant_id=tenant.id,
+                    group=group,
+                    features=[f.name for f in group.batch_features],
+                    batch_size=self.settings.online_batch_size,
+                )
+                results.append(
+                    ReconcileResult(
+                        tenant_id=tenant.id,
+                        feature_group_id=group.id,
+                        entities=published.entities,
+                        values=published.values,
+                    )
+                )
+        return results
+
+    def check_online(self) -> OnlineCheck:
+        """Reconcile everything when the online server changed since the last check (it may have lost data)."""
+        self._require_schema()
+        current = self.online.instance_id()
+        row = self.conn.execute(
+            "SELECT instance_id FROM feature_store.online_instances WHERE redis_prefix = %s",
+            (self.settings.redis_prefix,),
+        ).fetchone()
+        previous = str(row[0]) if row else None
+        reconciled = [] if previous == current else self.reconcile_online()
+        self.conn.execute(
+            "INSERT INTO feature_store.online_instances (redis_prefix, instance_id) VALUES (%s, %s)"
+            " ON CONFLICT (redis_prefix) DO UPDATE SET instance_id = excluded.instance_id, checked_at = now()",
+            (self.settings.redis_prefix, current),
+        )
+        return OnlineCheck(instance_id=current, previous_instance_id=previous, reconciled=reconciled)
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -1,0 +1,210 @@
+"""Publish: make each affected entity's online value its latest valid offline value.
+
+After a window is written, the entities it touched are: those with staged rows (valid or
+quarantined) and those whose offline rows of the window were replaced. Each gets its latest valid
+staged value; an entity without one falls back to its latest offline value before the window, or
+loses its online value when it has none. The online store applies this newer-only, except that a
+stored value inside the recomputed window always gives way (see online_write.lua).
+
+PostgreSQL builds each entity's fields as JSON text, so Python only joins strings; the next batch is
+fetched while a worker thread writes the current one. A publish checks that the server did not
+restart meanwhile and that a sample of what it wrote is there; `reconcile` restores online values
+from the offline store after the online store lost data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from feature_store.errors import OnlineStoreLostDataError
+from feature_store.models import FeatureGroup, TimeWindow
+from feature_store.online_store import OnlineStore
+from feature_store.staging import replaced_table, staging_table
+
+SAMPLE_SIZE = 50
+"""Entities of the first and of the last batch checked for presence after a publish."""
+
+# One entity's fields as the online store's Lua script takes them: [feature, event_us, value] or [feature].
+_FIELDS = (
+    "json_agg(CASE WHEN x.event_time IS NULL THEN json_build_array(x.feature_name)"
+    " ELSE json_build_array(x.feature_name, (extract(epoch FROM x.event_time) * 1000000)::bigint::text,"
+    " coalesce(x.value::text, 'null')) END)::text, bool_or(x.event_time IS NOT NULL)"
+)
+
+
+@dataclass(frozen=True)
+class Published:
+    values: int
+    """Feature values written or removed online."""
+
+    entities: int
+
+
+def publish_job(
+    conn: psycopg.Connection,
+    online: OnlineStore,
+    *,
+    job_id: int,
+    tenant_id: str,
+    group: FeatureGroup,
+    features: Sequence[str],
+    window: TimeWindow,
+    offline_written: bool,
+    force: bool,
+    batch_size: int,
+) -> Published:
+    """Publish the job's written features; raises OnlineStoreLostDataError (retryable) if the store lost data."""
+    staging, replaced = staging_table(job_id), replaced_table(job_id)
+    # Features with offline rows after this window (a backfill): their latest value is not staged.
+    later = [f for f in features if offline_written and _has_rows_after(conn, tenant_id, group.id, f, window)]
+    fresh = [f for f in features if f not in later]
+    query = sql.SQL(
+        "WITH latest AS ("
+        "  SELECT DISTINCT ON (entity_id, feature_name) entity_id, feature_name, event_time, value FROM {staging}"
+        "  WHERE feature_name = ANY(%(fresh)s) AND rejected_rule IS NULL AND entity_id IS NOT NULL"
+        "  ORDER BY entity_id, feature_name, event_time DESC),"
+        " recheck AS ("
+        "  SELECT s.feature_name, s.entity_id FROM {staging} s WHERE s.feature_name = ANY(%(features)s)"
+        "   AND s.entity_id IS NOT NULL AND (s.rejected_rule IS NOT NULL OR s.feature_name = ANY(%(later)s))"
+        "  UNION SELECT r.feature_name, r.entity_id FROM {replaced} r WHERE r.feature_name = ANY(%(features)s)),"
+        " fallback AS ("
+        "  SELECT m.entity_id, m.feature_name, f.event_time, f.value FROM recheck m"
+        "  LEFT JOIN LATERAL (SELECT v.event_time, v.value FROM feature_store.feature_values v"
+        "    WHERE %(offline)s AND v.tenant_id = %(tenant)s AND v.feature_group_id = %(group)s"
+        "      AND v.feature_name = m.feature_name AND v.entity_id = m.entity_id"
+        "    ORDER BY v.event_time DESC LIMIT 1) f ON true"
+        "  WHERE NOT EXISTS (SELECT 1 FROM {staging} s WHERE s.feature_name = m.feature_name"
+        "    AND s.entity_id = m.entity_id AND s.rejected_rule IS NULL AND s.feature_name = ANY(%(fresh)s)))"
+        " SELECT x.entity_id, {fields} FROM (SELECT * FROM latest UNION ALL SELECT * FROM fallback) x"
+        " GROUP BY x.entity_id"
+    ).format(staging=staging, replaced=replaced, fields=sql.SQL(_FIELDS))
+    params = {
+        "features": list(features),
+        "fresh": fresh,
+        "later": later,
+        "offline": offline_written,
+        "tenant": tenant_id,
+        "group": group.id,
+    }
+    write_time_us = time.time_ns() // 1000
+
+    def write(rows: list[tuple[str, str]]) -> int:
+        return online.write_batch(
+            tenant_id=tenant_id,
+            group_id=group.id,
+            rows=rows,
+            ttl_seconds=group.ttl_seconds,
+            write_time_us=write_time_us,
+            replaces=window,
+            force=force,
+        )
+
+    return _stream(conn, online, query, params, write, batch_size=batch_size, tenant_id=tenant_id, group_id=group.id)
+
+
+def reconcile_group(
+    conn: psycopg.Connection,
+    online: OnlineStore,
+    *,
+    tenant_id: str,
+    group: FeatureGroup,
+    features: Sequence[str],
+    batch_size: int,
+) -> Published:
+    """Write each entity's latest valid offline value of the group's features online, newer-only.
+
+    Values whose last write is older than the group's TTL stay out: online they would have expired.
+    """
+    query = sql.SQL(
+        "SELECT x.entity_id, {fields} FROM ("
+        "  SELECT DISTINCT ON (entity_id, feature_name) entity_id, feature_name, event_time, value, created_at"
+        "  FROM feature_store.feature_values"
+        "  WHERE tenant_id = %(tenant)s AND feature_group_id = %(group)s AND feature_name = ANY(%(features)s)"
+        "  ORDER BY entity_id, feature_name, event_time DESC) x"
+        " WHERE %(ttl)s::int IS NULL OR x.created_at > now() - make_interval(secs => %(ttl)s::int)"
+        " GROUP BY x.entity_id"
+    ).format(fields=sql.SQL(_FIELDS))
+    params = {"tenant": tenant_id, "group": group.id, "features": list(features), "ttl": group.ttl_seconds}
+    write_time_us = time.time_ns() // 1000
+
+    def write(rows: list[tuple[str, str]]) -> int:
+        return online.write_batch(
+            tenant_id=tenant_id,
+            group_id=group.id,
+            rows=rows,
+            ttl_seconds=group.ttl_seconds,
+            write_time_us=write_time_us,
+        )
+
+    return _stream(conn, online, query, params, write, batch_size=batch_size, tenant_id=tenant_id, group_id=group.id)
+
+
+def _stream(
+    conn: psycopg.Connection,
+    online: OnlineStore,
+    query: sql.Composed,
+    params: dict[str, Any],
+    write: Callable[[list[tuple[str, str]]], int],
+    *,
+    batch_size: int,
+    tenant_id: str,
+    group_id: str,
+) -> Published:
+    """Stream (entity, fields, has_value) rows to `write` in batches, then check the store kept them."""
+    instance = online.instance_id()
+    written = entities = 0
+    samples: list[str] = []
+    pending: Future[int] | None = None
+    last: list[tuple[Any, ...]] = []
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-publish") as writer,
+        conn.transaction(),
+        conn.cursor(name="featurepipe_publish") as cur,
+    ):
+        conn.execute("SET LOCAL work_mem = '64MB'")  # sort in memory up to ~1M values
+        cur.execute(query, params)
+        while batch := cur.fetchmany(batch_size):
+            if not samples:
+                samples = [r[0] for r in batch if r[2]][:SAMPLE_SIZE]
+            last = batch
+            entities += len(batch)
+            if pending is not None:
+                written += pending.result()
+            pending = writer.submit(write, [(r[0], r[1]) for r in batch])
+        if pending is not None:
+            written += pending.result()
+    samples += [r[0] for r in last if r[2]][-SAMPLE_SIZE:]
+    _check_kept(online, tenant_id, group_id, instance, samples)
+    return Published(values=written, entities=entities)
+
+
+def _check_kept(online: OnlineStore, tenant_id: str, group_id: str, instance: str, samples: list[str]) -> None:
+    label = f"{tenant_id}/{group_id}"
+    if online.instance_id() != instance:
+        raise OnlineStoreLostDataError(
+            f"the online store restarted while {label} was being published (server id changed), so values"
+            " written before the restart may be lost; publish again"
+        )
+    unique = sorted(set(samples))
+    present = online.count_present(tenant_id=tenant_id, group_id=group_id, entity_ids=unique)
+    if present != len(unique):
+        raise OnlineStoreLostDataError(
+            f"{len(unique) - present} of {len(unique)} sampled entities of {label} are missing online right"
+            " after being published (flushed or evicted?); publish again"
+        )
+
+
+def _has_rows_after(conn: psycopg.Connection, tenant_id: str, group_id: str, feature: str, window: TimeWindow) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM feature_store.feature_values WHERE tenant_id = %s AND feature_group_id = %s"
+        " AND feature_name = %s AND event_time > %s)",
+        (tenant_id, group_id, feature, window.end),
+    ).fetchone()
+    return bool(row and row[0])
