@@ -109,15 +109,16 @@ def _row_checks(feature: FeatureDefinition, window: TimeWindow) -> list[_Check]:
     value_type = feature.value_type
     present = sql.SQL("(value IS NOT NULL AND jsonb_typeof(value) <> 'null')")
     checks = [
-        _Check("entity_id", sql.SQL("entity_id IS NULL"), sql.Literal("entity_id is null")),
+        _Check("entity_id", sql.SQL("entity_id IS NULL"), _reason("entity_id is null (value %s)")),
         _Check(
             "event_time",
             sql.SQL("event_time IS NULL OR event_time <= {} OR event_time > {}").format(
                 sql.Literal(window.start), sql.Literal(window.end)
             ),
-            sql.SQL("format('event_time %s is outside the window (%s, %s]', event_time, {}, {})").format(
-                sql.Literal(window.start.isoformat()), sql.Literal(window.end.isoformat())
-            ),
+            sql.SQL(
+                "CASE WHEN event_time IS NULL THEN 'event_time is null'"
+                " ELSE format('event_time %s is outside the window (%s, %s]', event_time, {}, {}) END"
+            ).format(sql.Literal(window.start.isoformat()), sql.Literal(window.end.isoformat())),
         ),
     ]
     if rules.not_null:

@@ -1,0 +1,272 @@
+"""One test per validation rule: rows breaking exactly that rule are quarantined with the rule and a
+readable reason, never written; the valid rows of the same feature land offline and online as they are.
+
+Each feature here is a literal VALUES list (scoped by the bound tenant), in a one-feature group
+registered from a YAML repo written to tmp_path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from feature_store import FeatureStore, JobStatus, PipelineConfig, PipelineResult
+from feature_store.models import OnlineValueStatus
+from feature_store.validate import RULES
+from support import HOURS, Sql
+
+WINDOW = HOURS[-1]
+INSIDE = WINDOW.start + timedelta(minutes=30)
+GROUP = "rules"
+FEATURE = "f"
+
+
+@dataclass
+class Run:
+    result: PipelineResult
+    quarantined: set[tuple[Any, ...]]
+    """(entity_id, event_time, value, rule, reason) of each quarantined row."""
+    offline: dict[tuple[str, datetime], Any]
+    """(entity_id, event_time) -> value of each row written offline."""
+    online: dict[str, Any]
+    """entity_id -> value of each entity asked for that has a value online."""
+
+
+def values_feature(rows: str, *, columns: str = "entity_id, value") -> str:
+    """Transformation SQL returning literal rows; it filters by the bound tenant, as every feature must."""
+    return f"SELECT {columns} FROM (VALUES {rows}) AS v({columns}) WHERE %(tenant_id)s = 'acme'"
+
+
+def run_feature(
+    store: FeatureStore,
+    db: Sql,
+    tmp_path: Path,
+    *,
+    value_type: str,
+    transformation_sql: str,
+    validation: dict[str, Any] | None = None,
+    online_entities: Sequence[str] = (),
+) -> Run:
+    feature: dict[str, Any] = {"name": FEATURE, "value_type": value_type, "transformation_sql": transformation_sql}
+    if validation:
+        feature["validation"] = validation
+    repo = {
+        "source_schemas": ["app"],
+        "tenants": [{"id": "acme", "name": "Acme Corp"}],
+        "feature_groups": [
+            {"id": GROUP, "entity_type": "thing", "max_failure_rate": 0.9, "features": [feature]},
+        ],
+    }
+    (tmp_path / "features.yaml").write_text(yaml.safe_dump(repo, sort_keys=False))
+    store.apply(tmp_path)
+    result = store.materialize(
+        PipelineConfig(tenant_id="acme", feature_group_id=GROUP, start_time=WINDOW.start, end_time=WINDOW.end)
+    )
+    quarantined = {
+        tuple(r)
+        for r in db.rows(
+            "SELECT entity_id, event_time, value, rule, reason FROM feature_store.quarantined_rows WHERE job_id = %s",
+            (result.job_id,),
+        )
+    }
+    offline = {
+        (entity, ts): value
+        for entity, ts, value in db.rows(
+            "SELECT entity_id, event_time, value FROM feature_store.feature_values"
+            " WHERE tenant_id = 'acme' AND feature_group_id = %s AND feature_name = %s",
+            (GROUP, FEATURE),
+        )
+    }
+    online = {}
+    if online_entities:
+        ref = f"{GROUP}:{FEATURE}"
+        for row in store.get_online_features("acme", "thing", list(online_entities), [ref]):
+            value = row.features[ref]
+            if value.status is OnlineValueStatus.PRESENT:
+                online[row.entity_id] = value.value
+    return Run(result=result, quarantined=quarantined, offline=offline, online=online)
+
+
+def assert_landed(run: Run, good: dict[tuple[str, datetime], Any]) -> None:
+    """The job completed, exactly the good rows are offline, and each good entity's value is online."""
+    assert run.result.status is JobStatus.COMPLETED, run.result.errors
+    assert run.offline == good
+    assert run.result.rows_failed == len(run.quarantined)
+    assert run.online == {entity: value for (entity, _), value in good.items()}
+
+
+def test_the_rules_are_the_ones_tested_here() -> None:
+    assert RULES == ("entity_id", "event_time", "not_null", "value_type", "min", "max", "allowed_values", "unique")
+
+
+def test_entity_id_rule_quarantines_rows_without_an_entity(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="int64",
+        transformation_sql=values_feature("('a', 1), (NULL, 2), ('b', 3), (NULL, 4)"),
+        online_entities=["a", "b"],
+    )
+    assert run.quarantined == {
+        (None, WINDOW.end, 2, "entity_id", "entity_id is null (value 2)"),
+        (None, WINDOW.end, 4, "entity_id", "entity_id is null (value 4)"),
+    }
+    assert_landed(run, {("a", WINDOW.end): 1, ("b", WINDOW.end): 3})
+
+
+def test_event_time_rule_quarantines_rows_outside_the_window(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    before = WINDOW.start - timedelta(hours=5)
+    after = WINDOW.end + timedelta(seconds=1)
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="int64",
+        transformation_sql=values_feature(
+            f"('in', 1, '{INSIDE.isoformat()}'::timestamptz), ('at_end', 2, '{WINDOW.end.isoformat()}'),"
+            f" ('before', 3, '{before.isoformat()}'), ('at_start', 4, '{WINDOW.start.isoformat()}'),"
+            f" ('after', 5, '{after.isoformat()}'), ('no_time', 6, NULL)",
+            columns="entity_id, value, event_time",
+        ),
+        online_entities=["in", "at_end", "before", "at_start", "after", "no_time"],
+    )
+    outside = f"is outside the window ({WINDOW.start.isoformat()}, {WINDOW.end.isoformat()}]"
+    assert run.quarantined == {
+        ("before", before, 3, "event_time", f"event_time 2026-11-02 06:00:00+00 {outside}"),
+        ("at_start", WINDOW.start, 4, "event_time", f"event_time 2026-11-02 11:00:00+00 {outside}"),
+        ("after", after, 5, "event_time", f"event_time 2026-11-02 12:00:01+00 {outside}"),
+        ("no_time", None, 6, "event_time", "event_time is null"),
+    }
+    assert_landed(run, {("in", INSIDE): 1, ("at_end", WINDOW.end): 2})
+
+
+def test_not_null_rule_quarantines_null_values(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="int64",
+        transformation_sql=values_feature("('a', 7), ('nothing', NULL), ('b', 0)"),
+        validation={"not_null": True},
+        online_entities=["a", "nothing", "b"],
+    )
+    assert run.quarantined == {("nothing", WINDOW.end, None, "not_null", "value is null")}
+    assert_landed(run, {("a", WINDOW.end): 7, ("b", WINDOW.end): 0})
+
+
+def test_without_not_null_a_null_value_is_written(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="int64",
+        transformation_sql=values_feature("('a', 7), ('nothing', NULL)"),
+    )
+    assert run.quarantined == set()
+    assert run.result.status is JobStatus.COMPLETED
+    assert run.offline == {("a", WINDOW.end): 7, ("nothing", WINDOW.end): None}
+
+
+def test_value_type_rule_quarantines_values_that_are_not_int64(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="int64",
+        transformation_sql=values_feature(
+            "('a', 42::numeric), ('fraction', 1.5), ('too_big', 9223372036854775808), ('max', 9223372036854775807),"
+            " ('too_small', -9223372036854775809), ('min', -9223372036854775808), ('whole', 3.0)"
+        ),
+        online_entities=["a", "fraction", "too_big", "max", "too_small", "min", "whole"],
+    )
+    assert {(e, v, rule) for e, _, v, rule, _ in run.quarantined} == {
+        ("fraction", 1.5, "value_type"),
+        ("too_big", 9223372036854775808, "value_type"),
+        ("too_small", -9223372036854775809, "value_type"),
+    }
+    reasons = {e: reason for e, _, _, _, reason in run.quarantined}
+    assert "1.5" in reasons["fraction"] and "int64" in reasons["fraction"]
+    assert "9223372036854775808" in reasons["too_big"] and "int64" in reasons["too_big"]
+    assert "-9223372036854775809" in reasons["too_small"] and "int64" in reasons["too_small"]
+    assert_landed(
+        run,
+        {
+            ("a", WINDOW.end): 42,
+            ("max", WINDOW.end): 9223372036854775807,
+            ("min", WINDOW.end): -9223372036854775808,
+            ("whole", WINDOW.end): 3.0,
+        },
+    )
+
+
+def test_min_rule_quarantines_values_below_min(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="float64",
+        transformation_sql=values_feature("('a', 0.5::float8), ('low', -0.25), ('edge', 0)"),
+        validation={"min": 0},
+        online_entities=["a", "low", "edge"],
+    )
+    assert run.quarantined == {("low", WINDOW.end, -0.25, "min", "value -0.25 is below min 0")}
+    assert_landed(run, {("a", WINDOW.end): 0.5, ("edge", WINDOW.end): 0})
+
+
+def test_max_rule_quarantines_values_above_max(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="int64",
+        transformation_sql=values_feature("('a', 5), ('high', 6), ('low', -3)"),
+        validation={"max": 5},
+        online_entities=["a", "high", "low"],
+    )
+    assert run.quarantined == {("high", WINDOW.end, 6, "max", "value 6 is above max 5")}
+    assert_landed(run, {("a", WINDOW.end): 5, ("low", WINDOW.end): -3})
+
+
+def test_allowed_values_rule_quarantines_values_outside_the_set(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="string",
+        transformation_sql=values_feature("('a', 'billing'), ('odd', 'gibberish'), ('b', 'sales'), ('case', 'Sales')"),
+        validation={"allowed_values": ["billing", "sales"]},
+        online_entities=["a", "odd", "b", "case"],
+    )
+    allowed = "is not one of the allowed values ['billing', 'sales']"
+    assert run.quarantined == {
+        ("odd", WINDOW.end, "gibberish", "allowed_values", f'value "gibberish" {allowed}'),
+        ("case", WINDOW.end, "Sales", "allowed_values", f'value "Sales" {allowed}'),
+    }
+    assert_landed(run, {("a", WINDOW.end): "billing", ("b", WINDOW.end): "sales"})
+
+
+def test_unique_rule_quarantines_every_row_of_a_duplicated_key(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    later = INSIDE + timedelta(minutes=10)
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="int64",
+        transformation_sql=values_feature(
+            f"('dup', 1, '{INSIDE}'::timestamptz), ('dup', 2, '{INSIDE}'), ('ok', 3, '{INSIDE}'),"
+            f" ('twice', 4, '{INSIDE}'), ('twice', 5, '{later}')",
+            columns="entity_id, value, event_time",
+        ),
+        online_entities=["dup", "ok", "twice"],
+    )
+    reason = "entity dup has 2 rows at event_time 2026-11-02 11:30:00+00; (entity_id, event_time) must be unique"
+    assert run.quarantined == {("dup", INSIDE, 1, "unique", reason), ("dup", INSIDE, 2, "unique", reason)}
+    assert run.result.status is JobStatus.COMPLETED
+    assert run.offline == {("ok", INSIDE): 3, ("twice", INSIDE): 4, ("twice", later): 5}
+    assert run.online == {"ok": 3, "twice": 5}
