@@ -36,6 +36,12 @@ class Settings:
     online_batch_size: int = field(default=2000)
     """Entities per Lua call when publishing online values: one round trip per batch."""
 
+    max_entity_id_length: int = 256
+    """Longest entity id, in characters; longer (and empty) ids are quarantined (FEATURE_STORE_MAX_ENTITY_ID_LENGTH)."""
+
+    max_value_bytes: int = 64 * 1024
+    """Longest string value, in UTF-8 bytes; longer ones are quarantined (FEATURE_STORE_MAX_VALUE_BYTES)."""
+
     @classmethod
     def from_env(cls) -> Settings:
         env = os.environ
@@ -44,4 +50,19 @@ class Settings:
             redis_url=env.get("FEATURE_STORE_REDIS_URL") or DEFAULT_REDIS_URL,
             redis_prefix=env.get("FEATURE_STORE_REDIS_PREFIX") or "fs",
             statement_timeout_s=_env_float("FEATURE_STORE_STATEMENT_TIMEOUT", 300.0),
+            max_entity_id_length=_env_positive_int("FEATURE_STORE_MAX_ENTITY_ID_LENGTH", 256),
+            max_value_bytes=_env_positive_int("FEATURE_STORE_MAX_VALUE_BYTES", 64 * 1024),
         )
+
+
+def _env_positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value

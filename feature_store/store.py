@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -56,12 +57,9 @@ class FeatureStore:
         if redis_client is not None and redis_url is not None:
             raise ValueError("You cannot specify both redis_client and redis_url.")
         base = settings or Settings.from_env()
-        self.settings = Settings(
-            database_url=database_url or base.database_url,
-            redis_url=redis_url or base.redis_url,
-            redis_prefix=base.redis_prefix,
-            statement_timeout_s=base.statement_timeout_s,
-            online_batch_size=base.online_batch_size,
+        # Every other setting (timeouts, batch size, validation limits) carries over as given.
+        self.settings = replace(
+            base, database_url=database_url or base.database_url, redis_url=redis_url or base.redis_url
         )
         self._conn = conn
         self._owns_conn = conn is None

@@ -7,7 +7,6 @@ registered from a YAML repo written to tmp_path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -50,8 +49,11 @@ def run_feature(
     value_type: str,
     transformation_sql: str,
     validation: dict[str, Any] | None = None,
-    online_entities: Sequence[str] = (),
 ) -> Run:
+    """Register a one-feature group, materialize WINDOW for acme, and collect what landed where.
+
+    Online values are read for every entity id seen offline or in quarantine.
+    """
     feature: dict[str, Any] = {"name": FEATURE, "value_type": value_type, "transformation_sql": transformation_sql}
     if validation:
         feature["validation"] = validation
@@ -82,13 +84,13 @@ def run_feature(
             (GROUP, FEATURE),
         )
     }
+    entities = sorted({e for e, _ in offline} | {q[0] for q in quarantined if q[0] is not None})
+    ref = f"{GROUP}:{FEATURE}"
     online = {}
-    if online_entities:
-        ref = f"{GROUP}:{FEATURE}"
-        for row in store.get_online_features("acme", "thing", list(online_entities), [ref]):
-            value = row.features[ref]
-            if value.status is OnlineValueStatus.PRESENT:
-                online[row.entity_id] = value.value
+    for row in store.get_online_features("acme", "thing", entities, [ref]):
+        value = row.features[ref]
+        if value.status is OnlineValueStatus.PRESENT:
+            online[row.entity_id] = value.value
     return Run(result=result, quarantined=quarantined, offline=offline, online=online)
 
 
@@ -101,23 +103,48 @@ def assert_landed(run: Run, good: dict[tuple[str, datetime], Any]) -> None:
 
 
 def test_the_rules_are_the_ones_tested_here() -> None:
-    assert RULES == ("entity_id", "event_time", "not_null", "value_type", "min", "max", "allowed_values", "unique")
+    assert RULES == (
+        "entity_id",
+        "event_time",
+        "not_null",
+        "value_type",
+        "value_size",
+        "min",
+        "max",
+        "allowed_values",
+        "unique",
+    )
 
 
-def test_entity_id_rule_quarantines_rows_without_an_entity(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+def test_entity_id_rule_quarantines_null_empty_and_too_long_ids(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    assert store.settings.max_entity_id_length == 256
+    at_limit, wide_at_limit, too_long = "y" * 256, "é" * 256, "x" * 257  # the limit counts characters
     run = run_feature(
         store,
         db,
         tmp_path,
         value_type="int64",
-        transformation_sql=values_feature("('a', 1), (NULL, 2), ('b', 3), (NULL, 4)"),
-        online_entities=["a", "b"],
+        transformation_sql=values_feature(
+            f"('a', 1), (NULL, 2), ('b', 3), (NULL, 4), ('', 5), ('{too_long}', 6), ('{at_limit}', 7),"
+            f" ('{wide_at_limit}', 8)"
+        ),
     )
+    shown = "'" + "x" * 64 + "…'"
     assert run.quarantined == {
         (None, WINDOW.end, 2, "entity_id", "entity_id is null (value 2)"),
         (None, WINDOW.end, 4, "entity_id", "entity_id is null (value 4)"),
+        ("", WINDOW.end, 5, "entity_id", "entity_id is empty (value 5)"),
+        (
+            too_long,
+            WINDOW.end,
+            6,
+            "entity_id",
+            f"entity_id {shown} has 257 characters, more than the limit of 256 (FEATURE_STORE_MAX_ENTITY_ID_LENGTH)",
+        ),
     }
-    assert_landed(run, {("a", WINDOW.end): 1, ("b", WINDOW.end): 3})
+    assert_landed(
+        run, {("a", WINDOW.end): 1, ("b", WINDOW.end): 3, (at_limit, WINDOW.end): 7, (wide_at_limit, WINDOW.end): 8}
+    )
 
 
 def test_event_time_rule_quarantines_rows_outside_the_window(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
@@ -134,7 +161,6 @@ def test_event_time_rule_quarantines_rows_outside_the_window(store: FeatureStore
             f" ('after', 5, '{after.isoformat()}'), ('no_time', 6, NULL)",
             columns="entity_id, value, event_time",
         ),
-        online_entities=["in", "at_end", "before", "at_start", "after", "no_time"],
     )
     outside = f"is outside the window ({WINDOW.start.isoformat()}, {WINDOW.end.isoformat()}]"
     assert run.quarantined == {
@@ -154,7 +180,6 @@ def test_not_null_rule_quarantines_null_values(store: FeatureStore, db: Sql, tmp
         value_type="int64",
         transformation_sql=values_feature("('a', 7), ('nothing', NULL), ('b', 0)"),
         validation={"not_null": True},
-        online_entities=["a", "nothing", "b"],
     )
     assert run.quarantined == {("nothing", WINDOW.end, None, "not_null", "value is null")}
     assert_landed(run, {("a", WINDOW.end): 7, ("b", WINDOW.end): 0})
@@ -181,19 +206,30 @@ def test_value_type_rule_quarantines_values_that_are_not_int64(store: FeatureSto
         value_type="int64",
         transformation_sql=values_feature(
             "('a', 42::numeric), ('fraction', 1.5), ('too_big', 9223372036854775808), ('max', 9223372036854775807),"
-            " ('too_small', -9223372036854775809), ('min', -9223372036854775808), ('whole', 3.0)"
+            " ('too_small', -9223372036854775809), ('min', -9223372036854775808), ('whole', 3.0),"
+            " ('huge', 1e400), ('nan', 'NaN')"
         ),
-        online_entities=["a", "fraction", "too_big", "max", "too_small", "min", "whole"],
     )
-    assert {(e, v, rule) for e, _, v, rule, _ in run.quarantined} == {
-        ("fraction", 1.5, "value_type"),
-        ("too_big", 9223372036854775808, "value_type"),
-        ("too_small", -9223372036854775809, "value_type"),
+    int64_range = "[-9223372036854775808, 9223372036854775807]"
+    assert run.quarantined == {
+        ("fraction", WINDOW.end, 1.5, "value_type", "value 1.5 is not a whole number (int64)"),
+        (
+            "too_big",
+            WINDOW.end,
+            9223372036854775808,
+            "value_type",
+            f"value 9223372036854775808 is out of int64 range {int64_range}",
+        ),
+        (
+            "too_small",
+            WINDOW.end,
+            -9223372036854775809,
+            "value_type",
+            f"value -9223372036854775809 is out of int64 range {int64_range}",
+        ),
+        ("huge", WINDOW.end, 10**400, "value_type", f"value 1e400 is out of int64 range {int64_range}"),
+        ("nan", WINDOW.end, "NaN", "value_type", 'value "NaN" is not an int64'),
     }
-    reasons = {e: reason for e, _, _, _, reason in run.quarantined}
-    assert "1.5" in reasons["fraction"] and "int64" in reasons["fraction"]
-    assert "9223372036854775808" in reasons["too_big"] and "int64" in reasons["too_big"]
-    assert "-9223372036854775809" in reasons["too_small"] and "int64" in reasons["too_small"]
     assert_landed(
         run,
         {
@@ -205,6 +241,52 @@ def test_value_type_rule_quarantines_values_that_are_not_int64(store: FeatureSto
     )
 
 
+def test_value_size_rule_quarantines_strings_over_the_limit(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    limit = store.settings.max_value_bytes
+    assert limit == 64 * 1024
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="string",
+        transformation_sql=values_feature(
+            f"('ok', 'fine'), ('at_limit', repeat('a', {limit})), ('wide', repeat('é', {limit // 2 + 1})),"
+            f" ('ten_mb', repeat('x', {10 * 1024 * 1024})), ('chars_at_limit', repeat('b', {limit - 1}) || 'c')"
+        ),
+    )
+    over = f"more than the limit of {limit} bytes (FEATURE_STORE_MAX_VALUE_BYTES)"
+    # Quarantine keeps a 1024-character prefix of an oversized value; the reason gives its full size.
+    assert run.quarantined == {
+        (
+            "wide",
+            WINDOW.end,
+            "é" * 1024 + "…",
+            "value_size",
+            f'value "{"é" * 99}… has {limit + 2} bytes, {over}',
+        ),
+        (
+            "ten_mb",
+            WINDOW.end,
+            "x" * 1024 + "…",
+            "value_size",
+            f'value "{"x" * 99}… has {10 * 1024 * 1024} bytes, {over}',
+        ),
+    }
+    assert_landed(
+        run,
+        {
+            ("ok", WINDOW.end): "fine",
+            ("at_limit", WINDOW.end): "a" * limit,
+            ("chars_at_limit", WINDOW.end): "b" * (limit - 1) + "c",
+        },
+    )
+    # Nothing of the 10 MB string reached Redis.
+    assert not store.online.client.exists(store.online.key("acme", GROUP, "ten_mb"))
+    assert max(len(v) for v in store.online.client.hgetall(store.online.key("acme", GROUP, "at_limit")).values()) < (
+        limit + 100
+    )
+
+
 def test_min_rule_quarantines_values_below_min(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
     run = run_feature(
         store,
@@ -213,7 +295,6 @@ def test_min_rule_quarantines_values_below_min(store: FeatureStore, db: Sql, tmp
         value_type="float64",
         transformation_sql=values_feature("('a', 0.5::float8), ('low', -0.25), ('edge', 0)"),
         validation={"min": 0},
-        online_entities=["a", "low", "edge"],
     )
     assert run.quarantined == {("low", WINDOW.end, -0.25, "min", "value -0.25 is below min 0")}
     assert_landed(run, {("a", WINDOW.end): 0.5, ("edge", WINDOW.end): 0})
@@ -227,7 +308,6 @@ def test_max_rule_quarantines_values_above_max(store: FeatureStore, db: Sql, tmp
         value_type="int64",
         transformation_sql=values_feature("('a', 5), ('high', 6), ('low', -3)"),
         validation={"max": 5},
-        online_entities=["a", "high", "low"],
     )
     assert run.quarantined == {("high", WINDOW.end, 6, "max", "value 6 is above max 5")}
     assert_landed(run, {("a", WINDOW.end): 5, ("low", WINDOW.end): -3})
@@ -241,7 +321,6 @@ def test_allowed_values_rule_quarantines_values_outside_the_set(store: FeatureSt
         value_type="string",
         transformation_sql=values_feature("('a', 'billing'), ('odd', 'gibberish'), ('b', 'sales'), ('case', 'Sales')"),
         validation={"allowed_values": ["billing", "sales"]},
-        online_entities=["a", "odd", "b", "case"],
     )
     allowed = "is not one of the allowed values ['billing', 'sales']"
     assert run.quarantined == {
@@ -263,10 +342,34 @@ def test_unique_rule_quarantines_every_row_of_a_duplicated_key(store: FeatureSto
             f" ('twice', 4, '{INSIDE}'), ('twice', 5, '{later}')",
             columns="entity_id, value, event_time",
         ),
-        online_entities=["dup", "ok", "twice"],
     )
     reason = "entity dup has 2 rows at event_time 2026-11-02 11:30:00+00; (entity_id, event_time) must be unique"
     assert run.quarantined == {("dup", INSIDE, 1, "unique", reason), ("dup", INSIDE, 2, "unique", reason)}
     assert run.result.status is JobStatus.COMPLETED
     assert run.offline == {("ok", INSIDE): 3, ("twice", INSIDE): 4, ("twice", later): 5}
     assert run.online == {"ok": 3, "twice": 5}
+
+
+def test_reasons_show_long_numbers_and_nulls_readably(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="int64",
+        transformation_sql=values_feature(
+            "('zero', 0.0000000000000000000000000::numeric), ('tiny', 0.000000000000000000000000000001),"
+            " ('negative_big', -123456789012345678901234567890), (NULL, NULL), ('one', 1)"
+        ),
+        validation={"min": 1},
+    )
+    assert {(e, rule, reason) for e, _, _, rule, reason in run.quarantined} == {
+        ("zero", "min", "value 0.0000000000000000000000000 is below min 1"),
+        ("tiny", "value_type", "value 1e-30 is not a whole number (int64)"),
+        (
+            "negative_big",
+            "value_type",
+            "value -1.2345678901234568e29 is out of int64 range [-9223372036854775808, 9223372036854775807]",
+        ),
+        (None, "entity_id", "entity_id is null (value null)"),
+    }
+    assert_landed(run, {("one", WINDOW.end): 1})
