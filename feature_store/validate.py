@@ -17,6 +17,9 @@ from feature_store.models import FeatureDefinition, TimeWindow, ValueType
 from feature_store.staging import staging_table
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT64_MAX = "1.7976931348623157e308"
+"""The largest finite double, as a numeric literal: staged numbers beyond it cannot be a float64."""
+
 QUARANTINE_KEEP_CHARS = 1024
 """Quarantine keeps an entity id or value (as JSON text) whole up to this many characters, a prefix beyond."""
 
@@ -238,6 +241,11 @@ def _type_test(value_type: ValueType) -> sql.Composable:
             " THEN value::numeric = trunc(value::numeric) AND value::numeric BETWEEN {} AND {}"
             " ELSE false END)"
         ).format(sql.Literal(INT64_MIN), sql.Literal(INT64_MAX))
+    if value_type is ValueType.FLOAT64:
+        # Transform stages numbers a double cannot hold (1e400) as they are, and NaN/Infinity as strings.
+        return sql.SQL(
+            "(CASE WHEN jsonb_typeof(value) = 'number' THEN abs(value::numeric) <= {} ELSE false END)"
+        ).format(sql.SQL(FLOAT64_MAX))
     return sql.SQL("(jsonb_typeof(value) = {})").format(json_type)
 
 
@@ -251,6 +259,16 @@ def _type_reason(value_type: ValueType) -> sql.Composable:
             not_int=_reason("value %s is not an int64"),
             fraction=_reason("value %s is not a whole number (int64)"),
             out_of_range=_reason(f"value %s is out of int64 range [{INT64_MIN}, {INT64_MAX}]"),
+        )
+    if value_type is ValueType.FLOAT64:
+        return sql.SQL(
+            "CASE WHEN jsonb_typeof(value) = 'number' THEN {out_of_range}"
+            " WHEN value #>> '{{}}' IN ('NaN', 'Infinity', '-Infinity')"
+            "  THEN format('value %s is not a finite float64', value #>> '{{}}')"
+            " ELSE {other} END"
+        ).format(
+            out_of_range=_reason("value %s is out of float64 range"),
+            other=_reason("value %s is not a float64"),
         )
     return _reason(f"value %s is not a {value_type.value}")
 

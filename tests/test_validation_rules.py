@@ -241,6 +241,72 @@ def test_value_type_rule_quarantines_values_that_are_not_int64(store: FeatureSto
     )
 
 
+def test_value_type_rule_quarantines_numerics_out_of_float64_range(
+    store: FeatureStore, db: Sql, tmp_path: Path
+) -> None:
+    # A numeric a double cannot hold used to fail the whole feature (the float8 cast overflowed).
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="float64",
+        transformation_sql=values_feature(
+            "('ok', 1.5::numeric), ('huge', 1e400), ('negative_huge', -1.5e400), ('max', 1.7976931348623157e308),"
+            " ('past_max', 1.7976931348623159e308), ('nan', 'NaN'), ('inf', 'Infinity'), ('ninf', '-Infinity'),"
+            " ('long', 2 / 3.0), ('tiny', 1e-400)"
+        ),
+    )
+    assert {q[:4] for q in run.quarantined} == {
+        ("huge", WINDOW.end, 10**400, "value_type"),
+        ("negative_huge", WINDOW.end, -15 * 10**399, "value_type"),
+        ("past_max", WINDOW.end, 17976931348623159 * 10**292, "value_type"),
+        ("nan", WINDOW.end, "NaN", "value_type"),
+        ("inf", WINDOW.end, "Infinity", "value_type"),
+        ("ninf", WINDOW.end, "-Infinity", "value_type"),
+    }
+    assert {q[0]: q[4] for q in run.quarantined} == {
+        "huge": "value 1e400 is out of float64 range",
+        "negative_huge": "value -1.5e400 is out of float64 range",
+        "past_max": "value 1.7976931348623159e308 is out of float64 range",
+        "nan": "value NaN is not a finite float64",
+        "inf": "value Infinity is not a finite float64",
+        "ninf": "value -Infinity is not a finite float64",
+    }
+    assert run.result.status is JobStatus.COMPLETED, run.result.errors
+    # Valid values are staged as doubles, as before; below the smallest normal double, as they are.
+    assert {k: float(v) for k, v in run.offline.items()} == {
+        ("ok", WINDOW.end): 1.5,
+        ("max", WINDOW.end): 1.7976931348623157e308,
+        ("long", WINDOW.end): 2 / 3,
+        ("tiny", WINDOW.end): 0.0,
+    }
+    assert db.value("SELECT value::text FROM feature_store.feature_values WHERE entity_id = 'long'") == str(2 / 3)
+    assert db.value("SELECT value::numeric = 1e-400 FROM feature_store.feature_values WHERE entity_id = 'tiny'")
+    assert run.online == {"ok": 1.5, "max": 1.7976931348623157e308, "long": 2 / 3, "tiny": 0.0}
+
+
+def test_value_type_rule_quarantines_nan_and_infinite_doubles(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="float64",
+        transformation_sql=values_feature(
+            "('ok', -2.5::float8), ('nan', 'NaN'), ('inf', 'Infinity'), ('ninf', '-Infinity'), ('zero', 0),"
+            " ('max', 1.7976931348623157e308), ('subnormal', 5e-324)"
+        ),
+    )
+    assert run.quarantined == {
+        ("nan", WINDOW.end, "NaN", "value_type", "value NaN is not a finite float64"),
+        ("inf", WINDOW.end, "Infinity", "value_type", "value Infinity is not a finite float64"),
+        ("ninf", WINDOW.end, "-Infinity", "value_type", "value -Infinity is not a finite float64"),
+    }
+    assert run.result.status is JobStatus.COMPLETED, run.result.errors
+    good = {"ok": -2.5, "zero": 0.0, "max": 1.7976931348623157e308, "subnormal": 5e-324}
+    assert {k: float(v) for k, v in run.offline.items()} == {(e, WINDOW.end): v for e, v in good.items()}
+    assert run.online == good
+
+
 def test_value_size_rule_quarantines_strings_over_the_limit(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
     limit = store.settings.max_value_bytes
     assert limit == 64 * 1024
