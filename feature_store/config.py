@@ -99,6 +99,12 @@ class Settings:
     max_full_windows: int = 24 * 400
     """Most schedule windows (hours) one full-mode job may recompute (FEATURE_STORE_MAX_FULL_WINDOWS)."""
 
+    max_entity_id_length: int = 256
+    """Longest entity id, in characters; longer (and empty) ids are quarantined (FEATURE_STORE_MAX_ENTITY_ID_LENGTH)."""
+
+    max_value_bytes: int = 64 * 1024
+    """Longest string value, in UTF-8 bytes; longer ones are quarantined (FEATURE_STORE_MAX_VALUE_BYTES)."""
+
     def __post_init__(self) -> None:
         check_database_url(self.database_url)
         check_redis_url(self.redis_url)
@@ -114,5 +120,20 @@ class Settings:
             statement_timeout_s=_env_float("FEATURE_STORE_STATEMENT_TIMEOUT", 300.0),
             sandbox_password=env.get("FEATURE_STORE_SANDBOX_PASSWORD") or None,
             max_clock_skew_s=_env_float("FEATURE_STORE_MAX_CLOCK_SKEW", 300.0),
-            max_full_windows=int(_env_float("FEATURE_STORE_MAX_FULL_WINDOWS", 24 * 400)),
+            max_full_windows=_env_positive_int("FEATURE_STORE_MAX_FULL_WINDOWS", 24 * 400),
+            max_entity_id_length=_env_positive_int("FEATURE_STORE_MAX_ENTITY_ID_LENGTH", 256),
+            max_value_bytes=_env_positive_int("FEATURE_STORE_MAX_VALUE_BYTES", 64 * 1024),
         )
+
+
+def _env_positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(name, raw, "not a whole number", "set it to a whole number of at least 1") from None
+    if value < 1:
+        raise ConfigurationError(name, raw, "below 1", "set it to a whole number of at least 1")
+    return value

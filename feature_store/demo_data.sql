@@ -15,16 +15,20 @@ SELECT t.id || '-u' || lpad(n::text, 3, '0'), t.id, t.id || '.user' || n || '@ex
        %(start)s::timestamptz - interval '30 days'
 FROM app.tenants t, generate_series(1, %(users)s) n;
 
--- Each user opens 1-4 conversations spread over the range.
+-- Each user opens 1-4 conversations spread over the range. The count is drawn per user in a
+-- subquery (volatile, so never flattened) and fed to a LATERAL generate_series: a random() filter
+-- on a plain generate_series would be evaluated once and reused for every user.
 INSERT INTO app.conversations (id, tenant_id, user_id, title, created_at)
 SELECT u.id || '-c' || k, u.tenant_id, u.id,
        (ARRAY['Billing question', 'Reset my password', 'Plan upgrade', 'API error 500', 'Export data',
               'Feature request', 'Integration help'])[1 + floor(random() * 7)::int],
        %(start)s::timestamptz + random() * (%(end)s::timestamptz - %(start)s::timestamptz) * 0.9
-FROM app.users u, generate_series(1, 4) k
-WHERE k <= 1 + floor(random() * 4);
+FROM (SELECT id, tenant_id, 1 + floor(random() * 4)::int AS conversations FROM app.users ORDER BY id) u
+CROSS JOIN LATERAL generate_series(1, u.conversations) k
+ORDER BY u.id, k;
 
--- Conversations alternate user / assistant turns, a few minutes apart, never past the range end.
+-- Conversations have 2-24 messages (drawn per conversation, as above), alternating user / assistant
+-- turns a few minutes apart, never past the range end.
 INSERT INTO app.messages (id, tenant_id, conversation_id, user_id, role, content, token_count, intent, created_at)
 SELECT c.id || '-m' || i, c.tenant_id, c.id, c.user_id,
        CASE WHEN mod(i, 2) = 1 THEN 'user' ELSE 'assistant' END,
@@ -42,8 +46,10 @@ SELECT c.id || '-m' || i, c.tenant_id, c.id, c.user_id,
             ELSE (ARRAY['billing', 'account', 'technical', 'sales', 'other'])[1 + floor(random() * 5)::int] END,
        least(c.created_at + (i - 1) * interval '3 minutes' + random() * interval '90 seconds',
              %(end)s::timestamptz - interval '1 second')
-FROM app.conversations c, generate_series(1, 24) i
-WHERE i <= 2 + floor(random() * 22);
+FROM (SELECT id, tenant_id, user_id, created_at, 2 + floor(random() * 23)::int AS messages
+      FROM app.conversations ORDER BY id) c
+CROSS JOIN LATERAL generate_series(1, c.messages) i
+ORDER BY c.id, i;
 
 -- About a third of assistant answers get rated 1-5; a few ratings are broken (0 or 42).
 INSERT INTO app.feedback (id, tenant_id, message_id, user_id, rating, comment, created_at)

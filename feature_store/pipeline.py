@@ -234,6 +234,8 @@ class FeaturePipeline:
                 group_id=ctx.group.id,
                 feature=feature,
                 window=ctx.window,
+                max_entity_id_length=self._settings.max_entity_id_length,
+                max_value_bytes=self._settings.max_value_bytes,
             )
             if outcome.failure_rate > ctx.group.max_failure_rate:
                 by_rule = ", ".join(f"{rule}: {n}" for rule, n in sorted(outcome.failures_by_rule.items()))

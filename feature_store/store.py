@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -61,7 +61,8 @@ class FeatureStore:
         if redis_client is not None and redis_url is not None:
             raise ValueError("You cannot specify both redis_client and redis_url.")
         base = settings or Settings.from_env()
-        self.settings = dataclasses.replace(
+        # Every other setting (timeouts, batch size, validation limits) carries over as given.
+        self.settings = replace(
             base, database_url=database_url or base.database_url, redis_url=redis_url or base.redis_url
         )
         self._conn = conn

@@ -38,10 +38,17 @@ _ACCEPTED_VALUE_TYPES: dict[ValueType, set[str] | None] = {
 }
 _EVENT_TIME_TYPES = {"timestamptz", "timestamp", "date"}
 
-# How the staged jsonb value is built from the SQL's `value`, per declared type.
+# How the staged jsonb value is built from the SQL's `value`, per declared type. A float64 value a
+# double can hold is staged as one; anything else (1e400, NaN, Infinity) as it is, never failing the
+# cast, for validate's value_type rule to quarantine. (Tiny numerics below the smallest normal double
+# are also kept as they are: they are in range and round towards zero when read.) The comparisons
+# are against numeric literals, so a float input is compared as a double and a numeric as a numeric.
 _VALUE_EXPRESSIONS = {
     ValueType.INT64: "to_jsonb(q.value)",
-    ValueType.FLOAT64: "to_jsonb(q.value::float8)",
+    ValueType.FLOAT64: (
+        "CASE WHEN abs(q.value) BETWEEN 2.2250738585072014e-308 AND 1.7976931348623157e308 OR q.value = 0"
+        " THEN to_jsonb(q.value::float8) ELSE to_jsonb(q.value) END"
+    ),
     ValueType.BOOL: "to_jsonb(q.value)",
     ValueType.STRING: "to_jsonb(q.value::text)",
 }

@@ -17,6 +17,11 @@ from feature_store.models import FeatureDefinition, TimeWindow, ValueType
 from feature_store.staging import staging_table
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT64_MAX = "1.7976931348623157e308"
+"""The largest finite double, as a numeric literal: staged numbers beyond it cannot be a float64."""
+
+QUARANTINE_KEEP_CHARS = 1024
+"""Quarantine keeps an entity id or value (as JSON text) whole up to this many characters, a prefix beyond."""
 
 # jsonb type a value of each declared type has (jsonb_typeof).
 _JSON_TYPES = {
@@ -26,8 +31,34 @@ _JSON_TYPES = {
     ValueType.BOOL: "boolean",
 }
 
-RULES = ("entity_id", "event_time", "not_null", "value_type", "min", "max", "allowed_values", "unique")
+RULES = (
+    "entity_id",
+    "event_time",
+    "not_null",
+    "value_type",
+    "value_size",
+    "min",
+    "max",
+    "allowed_values",
+    "unique",
+)
 """Every rule a row can be quarantined for, in the order they are checked."""
+
+# A value as shown in a reason: very large or small numbers in scientific notation (1e400, not 401
+# digits), anything else cut short after 100 characters. Nested CASEs: a cast only ever sees a number.
+_TEXT = "coalesce(value::text, 'null')"
+_CUT = f"CASE WHEN length({_TEXT}) > 100 THEN left({_TEXT}, 100) || '…' ELSE {_TEXT} END"
+_SHOWN = (
+    "CASE WHEN jsonb_typeof(value) = 'number' AND length(value::text) > 24 THEN"
+    "  CASE WHEN value::numeric <> 0 AND abs(value::numeric) NOT BETWEEN 1e-6 AND 1e21"
+    "   THEN trim_scale(round(CASE WHEN abs(value::numeric) >= 1"
+    "     THEN value::numeric / 10::numeric ^ floor(log(abs(value::numeric)))"
+    "     ELSE value::numeric * 10::numeric ^ -floor(log(abs(value::numeric))) END, 16))"
+    "    || 'e' || floor(log(abs(value::numeric)))"
+    f"   ELSE {_CUT} END"
+    f" ELSE {_CUT} END"
+)
+_SHOWN_ENTITY = "CASE WHEN char_length(entity_id) > 64 THEN left(entity_id, 64) || '…' ELSE entity_id END"
 
 
 @dataclass(frozen=True)
@@ -57,8 +88,15 @@ def run(
     group_id: str,
     feature: FeatureDefinition,
     window: TimeWindow,
+    max_entity_id_length: int,
+    max_value_bytes: int,
 ) -> ValidationOutcome:
-    """Mark and quarantine the failing rows of one feature; safe to rerun (it starts from a clean slate)."""
+    """Mark and quarantine the failing rows of one feature; safe to rerun (it starts from a clean slate).
+
+    Args:
+        max_entity_id_length: longest entity id, in characters (`Settings.max_entity_id_length`).
+        max_value_bytes: longest string value, in UTF-8 bytes (`Settings.max_value_bytes`).
+    """
     table = staging_table(job_id)
     name = feature.name
     with conn.transaction():
@@ -73,7 +111,9 @@ def run(
             "DELETE FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = %s",
             (job_id, name),
         )
-        checks = _row_checks(feature, window)
+        checks = _row_checks(
+            feature, window, max_entity_id_length=max_entity_id_length, max_value_bytes=max_value_bytes
+        )
         rule_case = sql.SQL(" ").join(
             sql.SQL("WHEN {} THEN {}").format(c.condition, sql.Literal(c.rule)) for c in checks
         )
@@ -92,32 +132,54 @@ def run(
             )
         )
         _mark_duplicates(conn, table, name)
+        # Oversized entity ids and values are evidence enough as a prefix (a 10 MB string stays in staging).
+        keep = sql.Literal(QUARANTINE_KEEP_CHARS)
         conn.execute(
             sql.SQL(
                 "INSERT INTO feature_store.quarantined_rows"
                 " (job_id, tenant_id, feature_group_id, feature_name, entity_id, event_time, value, rule, reason)"
-                " SELECT %s, %s, %s, feature_name, entity_id, event_time, value, rejected_rule, rejected_reason"
-                " FROM {} WHERE feature_name = %s AND rejected_rule IS NOT NULL"
-            ).format(table),
+                " SELECT %s, %s, %s, feature_name,"
+                "  CASE WHEN char_length(entity_id) > {keep} THEN left(entity_id, {keep}) || '…' ELSE entity_id END,"
+                "  event_time,"
+                "  CASE WHEN value IS NULL OR length(value::text) <= {keep} THEN value"
+                "       WHEN jsonb_typeof(value) = 'string' THEN to_jsonb(left(value #>> '{{}}', {keep}) || '…')"
+                "       ELSE to_jsonb({shown}) END,"
+                "  rejected_rule, rejected_reason"
+                " FROM {table} WHERE feature_name = %s AND rejected_rule IS NOT NULL"
+            ).format(table=table, keep=keep, shown=sql.SQL(_SHOWN)),
             (job_id, tenant_id, group_id, name),
         )
         return _outcome(conn, table, name)
 
 
-def _row_checks(feature: FeatureDefinition, window: TimeWindow) -> list[_Check]:
+def _row_checks(
+    feature: FeatureDefinition, window: TimeWindow, *, max_entity_id_length: int, max_value_bytes: int
+) -> list[_Check]:
     rules = feature.validation
     value_type = feature.value_type
     present = sql.SQL("(value IS NOT NULL AND jsonb_typeof(value) <> 'null')")
+    max_id = sql.Literal(max_entity_id_length)
     checks = [
-        _Check("entity_id", sql.SQL("entity_id IS NULL"), sql.Literal("entity_id is null")),
+        _Check(
+            "entity_id",
+            sql.SQL("entity_id IS NULL OR entity_id = '' OR char_length(entity_id) > {}").format(max_id),
+            sql.SQL(
+                "CASE WHEN entity_id IS NULL THEN format('entity_id is null (value %s)', {shown})"
+                " WHEN entity_id = '' THEN format('entity_id is empty (value %s)', {shown})"
+                " ELSE format('entity_id %s has %s characters, more than the limit of %s"
+                " (FEATURE_STORE_MAX_ENTITY_ID_LENGTH)', quote_literal({entity}), char_length(entity_id), {max_id})"
+                " END"
+            ).format(shown=sql.SQL(_SHOWN), entity=sql.SQL(_SHOWN_ENTITY), max_id=max_id),
+        ),
         # Each row against the window its SQL ran for (full mode runs it once per schedule window).
         _Check(
             "event_time",
             sql.SQL("event_time IS NULL OR event_time <= window_start OR event_time > window_end"),
             sql.SQL(
-                "format('event_time %s is outside the window (%s, %s]', event_time,"
+                "CASE WHEN event_time IS NULL THEN 'event_time is null'"
+                " ELSE format('event_time %s is outside the window (%s, %s]', event_time,"
                 " to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS+00:00'),"
-                " to_char(window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS+00:00'))"
+                " to_char(window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS+00:00')) END"
             ),
         ),
     ]
@@ -127,9 +189,21 @@ def _row_checks(feature: FeatureDefinition, window: TimeWindow) -> list[_Check]:
         _Check(
             "value_type",
             sql.SQL("{} AND NOT {}").format(present, _type_test(value_type)),
-            _reason(f"value %s is not a {value_type.value}"),
+            _type_reason(value_type),
         )
     )
+    if value_type is ValueType.STRING:
+        max_bytes = sql.Literal(max_value_bytes)
+        checks.append(
+            _Check(
+                "value_size",
+                sql.SQL("jsonb_typeof(value) = 'string' AND octet_length(value #>> '{{}}') > {}").format(max_bytes),
+                sql.SQL(
+                    "format('value %s has %s bytes, more than the limit of %s bytes"
+                    " (FEATURE_STORE_MAX_VALUE_BYTES)', {shown}, octet_length(value #>> '{{}}'), {max_bytes})"
+                ).format(shown=sql.SQL(_SHOWN), max_bytes=max_bytes),
+            )
+        )
     number = "CASE WHEN jsonb_typeof(value) = 'number' THEN value::numeric END"
     if rules.min is not None:
         checks.append(
@@ -168,7 +242,36 @@ def _type_test(value_type: ValueType) -> sql.Composable:
             " THEN value::numeric = trunc(value::numeric) AND value::numeric BETWEEN {} AND {}"
             " ELSE false END)"
         ).format(sql.Literal(INT64_MIN), sql.Literal(INT64_MAX))
+    if value_type is ValueType.FLOAT64:
+        # Transform stages numbers a double cannot hold (1e400) as they are, and NaN/Infinity as strings.
+        return sql.SQL(
+            "(CASE WHEN jsonb_typeof(value) = 'number' THEN abs(value::numeric) <= {} ELSE false END)"
+        ).format(sql.SQL(FLOAT64_MAX))
     return sql.SQL("(jsonb_typeof(value) = {})").format(json_type)
+
+
+def _type_reason(value_type: ValueType) -> sql.Composable:
+    if value_type is ValueType.INT64:
+        return sql.SQL(
+            "CASE WHEN jsonb_typeof(value) <> 'number' THEN {not_int}"
+            " WHEN value::numeric <> trunc(value::numeric) THEN {fraction}"
+            " ELSE {out_of_range} END"
+        ).format(
+            not_int=_reason("value %s is not an int64"),
+            fraction=_reason("value %s is not a whole number (int64)"),
+            out_of_range=_reason(f"value %s is out of int64 range [{INT64_MIN}, {INT64_MAX}]"),
+        )
+    if value_type is ValueType.FLOAT64:
+        return sql.SQL(
+            "CASE WHEN jsonb_typeof(value) = 'number' THEN {out_of_range}"
+            " WHEN value #>> '{{}}' IN ('NaN', 'Infinity', '-Infinity')"
+            "  THEN format('value %s is not a finite float64', value #>> '{{}}')"
+            " ELSE {other} END"
+        ).format(
+            out_of_range=_reason("value %s is out of float64 range"),
+            other=_reason("value %s is not a float64"),
+        )
+    return _reason(f"value %s is not a {value_type.value}")
 
 
 def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str) -> None:
@@ -197,9 +300,9 @@ def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str)
 def _outcome(conn: psycopg.Connection, table: sql.Composable, name: str) -> ValidationOutcome:
     rows = conn.execute(
         sql.SQL(
-            "SELECT rejected_rule, count(*), min(format('entity %%s: %%s', entity_id, rejected_reason))"
-            " FROM {} WHERE feature_name = %s GROUP BY rejected_rule"
-        ).format(table),
+            "SELECT rejected_rule, count(*), min(format('entity %%s: %%s', {entity}, rejected_reason))"
+            " FROM {table} WHERE feature_name = %s GROUP BY rejected_rule"
+        ).format(table=table, entity=sql.SQL(_SHOWN_ENTITY)),
         (name,),
     ).fetchall()
     total = sum(int(r[1]) for r in rows)
@@ -211,5 +314,5 @@ def _outcome(conn: psycopg.Connection, table: sql.Composable, name: str) -> Vali
 
 
 def _reason(template: str) -> sql.Composable:
-    """A reason built by PostgreSQL's format() with the row's value in place of the template's %s."""
-    return sql.SQL("format({}, value)").format(sql.Literal(template))
+    """A reason built by PostgreSQL's format() with the row's value (as shown) in place of the template's %s."""
+    return sql.SQL("format({}, {})").format(sql.Literal(template), sql.SQL(_SHOWN))

@@ -140,7 +140,11 @@ def test_online_is_the_latest_offline_value_after_runs_reruns_and_backfills(stor
 
 def test_a_corrective_rerun_may_replace_newer_online_values_and_says_so(store: FeatureStore, db: Sql) -> None:
     store.materialize(config("acme", "user_engagement"))
-    user = "acme-u001"
+    user = db.value(
+        "SELECT min(entity_id) FROM feature_store.feature_values"
+        " WHERE feature_name = 'message_count' AND event_time = %s",
+        (HOURS[-1].end,),
+    )
     # A bad value stamped far in the future (as a run with a wrong clock would have left it).
     future_us = int(datetime(2031, 1, 1, tzinfo=timezone.utc).timestamp() * 1_000_000)
     store.online.write_batch(

@@ -111,10 +111,18 @@ def test_a_rerun_drops_offline_rows_whose_source_rows_are_gone(store: FeatureSto
 
 
 def test_an_older_window_never_overwrites_newer_online_values(store: FeatureStore, db: Sql) -> None:
+    # A user who wrote in both the oldest and the newest hour, so the backfill has a value to offer.
+    user = db.value(
+        "SELECT user_id FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' GROUP BY user_id"
+        " HAVING bool_or(created_at > %(h0)s AND created_at <= %(h0_end)s) AND bool_or(created_at > %(h2)s)"
+        " ORDER BY user_id LIMIT 1",
+        {"h0": HOURS[0].start, "h0_end": HOURS[0].end, "h2": HOURS[-1].start},
+    )
+    assert user, "the demo data should hold a user active in the first and the last hour"
     store.materialize(config("acme", "user_engagement", -1))
-    before = store.get_online_features("acme", "user", ["acme-u001"], ["user_engagement:message_count"])
+    before = store.get_online_features("acme", "user", [user], ["user_engagement:message_count"])
     store.materialize(config("acme", "user_engagement", 0))  # a backfill of an older hour
-    after = store.get_online_features("acme", "user", ["acme-u001"], ["user_engagement:message_count"])
+    after = store.get_online_features("acme", "user", [user], ["user_engagement:message_count"])
     value = after[0].features["user_engagement:message_count"]
     assert value == before[0].features["user_engagement:message_count"]
     assert value.status is OnlineValueStatus.PRESENT
@@ -122,19 +130,24 @@ def test_an_older_window_never_overwrites_newer_online_values(store: FeatureStor
 
 
 def test_invalid_rows_are_quarantined_with_reasons_while_valid_rows_land(store: FeatureStore, db: Sql) -> None:
-    result = store.materialize(config("acme", "message_features", window_index=1))
+    def invalid(condition: str, hour: int) -> int:
+        return int(
+            db.value(
+                f"SELECT count(*) FROM app.messages WHERE tenant_id = 'acme' AND {condition}"
+                " AND created_at > %s AND created_at <= %s",
+                (HOURS[hour].start, HOURS[hour].end),
+            )
+        )
+
+    # The first hour whose demo data holds invalid rows (about 1% of messages are broken on purpose).
+    hour = next(
+        (h for h in range(len(HOURS)) if invalid("token_count < 0", h) or invalid("intent = 'gibberish'", h)), None
+    )
+    assert hour is not None, "the demo data should hold invalid rows"
+    result = store.materialize(config("acme", "message_features", window_index=hour))
     assert result.status is JobStatus.COMPLETED
-    bad_tokens = db.value(
-        "SELECT count(*) FROM app.messages WHERE tenant_id = 'acme' AND token_count < 0"
-        " AND created_at > %s AND created_at <= %s",
-        (HOURS[1].start, HOURS[1].end),
-    )
-    bad_intents = db.value(
-        "SELECT count(*) FROM app.messages WHERE tenant_id = 'acme' AND intent = 'gibberish'"
-        " AND created_at > %s AND created_at <= %s",
-        (HOURS[1].start, HOURS[1].end),
-    )
-    assert bad_tokens or bad_intents, "the demo data should hold invalid rows in this hour"
+    bad_tokens = invalid("token_count < 0", hour)
+    bad_intents = invalid("intent = 'gibberish'", hour)
     quarantined = store.quarantined_rows(job_id=result.job_id, limit=1000)
     assert sorted((q.feature_name, q.rule) for q in quarantined) == sorted(
         [("token_count", "min")] * bad_tokens + [("intent", "allowed_values")] * bad_intents
