@@ -198,7 +198,7 @@ class FeaturePipeline:
                 "DELETE FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = %s AND rule = %s",
                 (job_id, feature_name, sources.EXPECTATION_RULE),
             )
-            sources.quarantine_source_rows(
+            excluded = sources.quarantine_source_rows(
                 self._conn,
                 job_id=job_id,
                 tenant_id=ctx.job.tenant_id,
@@ -215,7 +215,7 @@ class FeaturePipeline:
             feature_name,
             FeatureStatus.TRANSFORMED,
             rows_processed=rows,
-            rows_failed=0,
+            rows_failed=excluded,
             try_number=try_number,
         )
         return rows
@@ -256,7 +256,7 @@ class FeaturePipeline:
             feature_name,
             FeatureStatus.VALIDATED,
             rows_processed=outcome.rows_total,
-            rows_failed=outcome.rows_failed,
+            rows_failed=outcome.rows_failed + self._excluded_source_rows(job_id, feature_name),
             try_number=try_number,
         )
         return outcome
@@ -417,6 +417,14 @@ class FeaturePipeline:
                 f"the staged rows of job {ctx.job.id} are gone (the job was finished); rerun transform for"
                 f" {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}"
             )
+
+    def _excluded_source_rows(self, job_id: int, feature_name: str) -> int:
+        """Source rows the transform quarantined for breaking an expectation (they count as failed rows)."""
+        row = self._conn.execute(
+            "SELECT count(*) FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = %s AND rule = %s",
+            (job_id, feature_name, sources.EXPECTATION_RULE),
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def _feature_status(self, job_id: int, feature_name: str) -> FeatureStatus:
         row = self._conn.execute(

@@ -347,15 +347,24 @@ def quarantine_source_rows(
         value = sql.SQL("jsonb_build_object({})").format(
             sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c)) for c in columns)
         )
+        # No bound parameters: the reason templates hold `%s` for format(), which psycopg would take as one.
         total += conn.execute(
             sql.SQL(
                 "INSERT INTO feature_store.quarantined_rows"
                 " (job_id, tenant_id, feature_group_id, feature_name, entity_id, event_time, value, rule, reason)"
-                " SELECT %(job)s, %(tenant)s, %(group)s, %(feature)s, t.{key}::text, t.{time}, {value}, %(rule)s,"
-                " format('source row %%s %%s: %%s (excluded before aggregation)', %(table)s, t.{key}, {reason})"
-                " FROM {table} t WHERE t.{tenant} = %(tenant)s AND t.{time} > %(start)s AND t.{time} <= %(end)s"
+                " SELECT {job}, {tenant_id}, {group}, {feature}, t.{key}::text, t.{time}, {value}, {rule},"
+                " format('source row %s %s: %s (excluded before aggregation)', {table_name}, t.{key}, {reason})"
+                " FROM {table} t WHERE t.{tenant} = {tenant_id} AND t.{time} > {start} AND t.{time} <= {end}"
                 " AND NOT ({condition})"
             ).format(
+                job=sql.Literal(job_id),
+                tenant_id=sql.Literal(tenant_id),
+                group=sql.Literal(group_id),
+                feature=sql.Literal(feature_name),
+                rule=sql.Literal(EXPECTATION_RULE),
+                table_name=sql.Literal(decl.table),
+                start=sql.Literal(start),
+                end=sql.Literal(end),
                 key=sql.Identifier(decl.key_column),
                 time=sql.Identifier(decl.time_column),
                 tenant=sql.Identifier(decl.tenant_column),
@@ -363,16 +372,6 @@ def quarantine_source_rows(
                 reason=reason,
                 table=_qualified(decl.table),
                 condition=_condition(decl),
-            ),
-            {
-                "job": job_id,
-                "tenant": tenant_id,
-                "group": group_id,
-                "feature": feature_name,
-                "rule": EXPECTATION_RULE,
-                "table": decl.table,
-                "start": start,
-                "end": end,
-            },
+            )
         ).rowcount
     return total

@@ -14,6 +14,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from feature_store.models import FeatureDefinition, TimeWindow, ValueType
+from feature_store.sources import EXPECTATION_RULE
 from feature_store.staging import staging_table
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -108,8 +109,9 @@ def run(
             (name,),
         )
         conn.execute(
-            "DELETE FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = %s",
-            (job_id, name),
+            # Source rows quarantined by the transform's expectations stay: they are that stage's record.
+            "DELETE FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = %s AND rule <> %s",
+            (job_id, name, EXPECTATION_RULE),
         )
         checks = _row_checks(
             feature, window, max_entity_id_length=max_entity_id_length, max_value_bytes=max_value_bytes

@@ -35,11 +35,12 @@ def test_offline_values_equal_an_independent_sql_computation(store: FeatureStore
         assert store.materialize(config("acme", "message_features", i)).status is JobStatus.COMPLETED
 
     # Hourly message counts per user, computed here without the feature store, windows (start, end].
+    # Messages with a negative token count break the repo's expectation on app.messages: no feature sees them.
     expected_counts = {
         (user, hour_end): count
         for user, hour_end, count in db.rows(
             "SELECT user_id, date_trunc('hour', created_at - interval '1 microsecond') + interval '1 hour', count(*)"
-            " FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' GROUP BY 1, 2"
+            " FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' AND token_count >= 0 GROUP BY 1, 2"
         )
     }
     assert expected_counts
@@ -49,7 +50,8 @@ def test_offline_values_equal_an_independent_sql_computation(store: FeatureStore
         (user, hour_end): pytest.approx(float(avg))
         for user, hour_end, avg in db.rows(
             "SELECT user_id, date_trunc('hour', created_at - interval '1 microsecond') + interval '1 hour',"
-            " avg(length(content)) FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' GROUP BY 1, 2"
+            " avg(length(content)) FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' AND token_count >= 0"
+            " GROUP BY 1, 2"
         )
     }
     assert offline(db, "acme", "user_engagement", "avg_message_length") == expected_lengths
@@ -146,14 +148,24 @@ def test_invalid_rows_are_quarantined_with_reasons_while_valid_rows_land(store: 
     assert hour is not None, "the demo data should hold invalid rows"
     result = store.materialize(config("acme", "message_features", window_index=hour))
     assert result.status is JobStatus.COMPLETED
+    # A negative token count breaks the expectation on app.messages: the row is hidden from every feature
+    # and each feature's transform quarantines it; a bad intent breaks the intent feature's own rule.
     bad_tokens = invalid("token_count < 0", hour)
-    bad_intents = invalid("intent = 'gibberish'", hour)
+    bad_intents = invalid("intent = 'gibberish' AND token_count >= 0", hour)
     quarantined = store.quarantined_rows(job_id=result.job_id, limit=1000)
+    features = ("intent", "is_question", "length", "token_count")
     assert sorted((q.feature_name, q.rule) for q in quarantined) == sorted(
-        [("token_count", "min")] * bad_tokens + [("intent", "allowed_values")] * bad_intents
+        [(f, "expectation") for f in features] * bad_tokens + [("intent", "allowed_values")] * bad_intents
     )
     for q in quarantined:
-        assert q.reason in ("value -1 is below min 0",) or "is not one of the allowed values" in q.reason
+        if q.rule == "expectation":
+            assert q.reason == (
+                f"source row app.messages {q.entity_id}: app.messages.token_count {q.value['token_count']}"
+                " is below min 0 (excluded before aggregation)"
+            )
+            assert q.value["token_count"] < 0
+        else:
+            assert "is not one of the allowed values" in q.reason
         assert (
             db.value(
                 "SELECT count(*) FROM feature_store.feature_values WHERE feature_name = %s AND entity_id = %s",
@@ -161,40 +173,41 @@ def test_invalid_rows_are_quarantined_with_reasons_while_valid_rows_land(store: 
             )
             == 0
         )
-    assert result.rows_failed == bad_tokens + bad_intents
+    assert result.rows_failed == len(features) * bad_tokens + bad_intents
     token_feature = next(f for f in result.features if f.feature == "token_count")
     assert token_feature.rows_failed == bad_tokens
     written = db.value(
         "SELECT count(*) FROM feature_store.feature_values WHERE feature_name = 'token_count' AND job_id = %s",
         (result.job_id,),
     )
-    assert written == token_feature.rows_processed - bad_tokens > 0
+    assert written == token_feature.rows_processed > 0
 
 
 def test_too_many_invalid_rows_fail_only_that_feature(store: FeatureStore, db: Sql) -> None:
-    db.execute("UPDATE app.messages SET token_count = -5 WHERE tenant_id = 'acme'")
+    db.execute("UPDATE app.messages SET intent = 'gibberish' WHERE tenant_id = 'acme' AND role = 'user'")
     result = store.materialize(config("acme", "message_features"))
     assert result.status is JobStatus.FAILED
     by_name = {f.feature: f for f in result.features}
-    assert by_name["token_count"].status is FeatureStatus.FAILED
-    assert "max_failure_rate" in (by_name["token_count"].error_message or "")
-    assert "tenant 'acme', group 'message_features', feature 'token_count'" in (
-        by_name["token_count"].error_message or ""
-    )
-    for sibling in ("length", "intent", "is_question"):
+    assert by_name["intent"].status is FeatureStatus.FAILED
+    assert "max_failure_rate" in (by_name["intent"].error_message or "")
+    assert "tenant 'acme', group 'message_features', feature 'intent'" in (by_name["intent"].error_message or "")
+    for sibling in ("length", "token_count", "is_question"):
         assert by_name[sibling].status is FeatureStatus.WRITTEN
-    assert db.value("SELECT count(*) FROM feature_store.feature_values WHERE feature_name = 'token_count'") == 0
+    assert db.value("SELECT count(*) FROM feature_store.feature_values WHERE feature_name = 'intent'") == 0
     assert db.value("SELECT count(*) FROM feature_store.feature_values WHERE feature_name = 'length'") > 0
     job = store.get_job(result.job_id)
     assert job.status is JobStatus.FAILED and job.progress == 1
-    assert job.error_message and job.error_message.startswith("token_count: validate failed")
+    assert job.error_message and job.error_message.startswith("intent: validate failed")
     # The siblings still went online; the failed feature did not.
-    some_message = db.value("SELECT entity_id FROM feature_store.feature_values WHERE feature_name = 'length' LIMIT 1")
+    some_message = db.value(
+        "SELECT v.entity_id FROM feature_store.feature_values v JOIN app.messages m ON m.id = v.entity_id"
+        " WHERE v.feature_name = 'length' AND m.role = 'user' LIMIT 1"
+    )
     row = store.get_online_features(
-        "acme", "message", [str(some_message)], ["message_features:length", "message_features:token_count"]
+        "acme", "message", [str(some_message)], ["message_features:length", "message_features:intent"]
     )[0]
     assert row.features["message_features:length"].status is OnlineValueStatus.PRESENT
-    assert row.features["message_features:token_count"].status is OnlineValueStatus.MISSING
+    assert row.features["message_features:intent"].status is OnlineValueStatus.MISSING
 
 
 def test_a_feature_failing_at_run_time_fails_alone(store: FeatureStore, db: Sql) -> None:
@@ -319,12 +332,18 @@ def test_online_and_offline_writes_can_each_be_switched_off(store: FeatureStore,
     assert keys == []
 
 
-def test_job_row_records_the_run(store: FeatureStore) -> None:
+def test_job_row_records_the_run(store: FeatureStore, db: Sql) -> None:
     result = store.materialize(config("acme", "conversation_stats"))
     job = store.get_job(result.job_id)
     assert job.status is JobStatus.COMPLETED
     assert job.progress == 1 and job.features_total == 3
-    assert job.rows_processed == result.rows_processed > 0 and job.rows_failed == 0
+    # Source rows hidden by an expectation count as failed rows of each of the 3 features that read them.
+    hidden = db.value(
+        "SELECT count(*) FROM app.messages WHERE tenant_id = 'acme' AND token_count < 0"
+        " AND created_at > %s AND created_at <= %s",
+        (HOURS[-1].start, HOURS[-1].end),
+    )
+    assert job.rows_processed == result.rows_processed > 0 and job.rows_failed == 3 * hidden
     assert job.started_at and job.completed_at and job.started_at <= job.completed_at
     assert job.duration_ms is not None and job.duration_ms >= 0
     assert job.end_time - job.start_time == timedelta(hours=1)
@@ -342,7 +361,10 @@ def test_stages_are_idempotent_when_retried(store: FeatureStore, db: Sql) -> Non
         written = pipeline.write(planned.job_id, "token_count")
     assert written == rows - outcome.rows_failed
     assert db.value("SELECT count(*) FROM feature_store.feature_values") == written
-    assert db.value("SELECT count(*) FROM feature_store.quarantined_rows") == outcome.rows_failed
+    assert (
+        db.value("SELECT count(*) FROM feature_store.quarantined_rows WHERE rule <> 'expectation'")
+        == outcome.rows_failed
+    )
 
 
 def test_concurrent_runs_of_the_same_window_end_with_one_copy_of_each_row(settings: object, db: Sql) -> None:
@@ -363,7 +385,11 @@ def test_concurrent_runs_of_the_same_window_end_with_one_copy_of_each_row(settin
     for t in threads:
         t.join()
     assert [r.status for r in results] == [JobStatus.COMPLETED] * 3
-    written = results[0].rows_processed - results[0].rows_failed
+    rejected = db.value(
+        "SELECT count(*) FROM feature_store.quarantined_rows WHERE job_id = %s AND rule <> 'expectation'",
+        (results[0].job_id,),
+    )
+    written = results[0].rows_processed - rejected
     assert db.value("SELECT count(*) FROM feature_store.feature_values") == written > 0
 
 

@@ -116,7 +116,9 @@ def test_transforms_run_as_a_session_user_without_privileges(store: FeatureStore
     result = store.materialize(
         ALL_TIME.model_copy(update={"feature_group_id": "message_features", "features": ("intent",)})
     )
-    values = {r[0] for r in db.rows("SELECT value #>> '{}' FROM feature_store.quarantined_rows")}
+    values = {
+        r[0] for r in db.rows("SELECT value #>> '{}' FROM feature_store.quarantined_rows WHERE rule <> 'expectation'")
+    }
     # Not an allowed intent, so quarantined with its value: which is who the SQL ran as.
     assert values == {"featurepipe_transform/featurepipe_transform/off"}, result
     assert (
@@ -169,7 +171,7 @@ def test_feature_sql_cannot_switch_its_tenant(store: FeatureStore, db: Sql, sql:
     if status is FeatureStatus.WRITTEN:
         # Whatever the SQL did, it saw acme's messages and nothing else.
         expected = db.rows(
-            "SELECT user_id, count(*)::int FROM app.messages WHERE tenant_id = 'acme'"
+            "SELECT user_id, count(*)::int FROM app.messages WHERE tenant_id = 'acme' AND token_count >= 0"
             " AND created_at > %s AND created_at <= %s GROUP BY 1 ORDER BY 1",
             (ALL_TIME.start_time, ALL_TIME.end_time),
         )
