@@ -178,11 +178,16 @@ def apply(path: str, as_json: bool) -> None:
     type=click.Choice([m.value for m in JobType]),
     default=JobType.INCREMENTAL.value,
     show_default=True,
-    help="full recomputes all history up to --end and replaces it offline.",
+    help="full recomputes every hour of the window as hourly runs would (keeping hourly history).",
 )
 @click.option("--feature", "features", multiple=True, help="Only these features (repeatable).")
 @click.option("--no-online", is_flag=True, help="Do not write the online store.")
 @click.option("--no-offline", is_flag=True, help="Do not write the offline store.")
+@click.option(
+    "--overwrite-online",
+    metavar="REASON",
+    help="A corrective rerun: replace online values even where they are newer; the reason is recorded on the job.",
+)
 @json_option
 @_handle_errors
 def materialize(
@@ -194,6 +199,7 @@ def materialize(
     features: tuple[str, ...],
     no_online: bool,
     no_offline: bool,
+    overwrite_online: str | None,
     as_json: bool,
 ) -> None:
     """Run one materialization job without Airflow; exits 1 when the job failed."""
@@ -208,6 +214,7 @@ def materialize(
             write_online=not no_online,
             write_offline=not no_offline,
             features=features or None,
+            overwrite_online=overwrite_online,
         )
     except pydantic.ValidationError as exc:
         raise _invalid_config(exc) from None
@@ -295,6 +302,24 @@ def online_get(
         _emit_json(rows)
     else:
         _print_online(rows, list(features))
+
+
+@online.command("reconcile")
+@click.option("--tenant", "tenant_id", help="Only this tenant.")
+@click.option("--group", "group_id", help="Only this feature group.")
+@json_option
+@_handle_errors
+def online_reconcile(tenant_id: str | None, group_id: str | None, as_json: bool) -> None:
+    """Restore online values from the offline store's latest valid values (after Redis lost data)."""
+    with FeatureStore.from_env() as store:
+        results = store.reconcile_online(tenant_id=tenant_id, group_id=group_id)
+    if as_json:
+        _emit_json(results)
+        return
+    table = Table("tenant", "group", "entities", "values written")
+    for r in results:
+        table.add_row(r.tenant_id, r.feature_group_id, str(r.entities), str(r.values))
+    console.print(table)
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""What operators look at: feature-group freshness and missed deadlines."""
+"""What operators look at: feature-group freshness (including what online holds) and missed deadlines."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import psycopg
 from pydantic import BaseModel
 
 from feature_store.db import fetch_models
+from feature_store.online_store import OnlineStore
 
 
 class GroupFreshness(BaseModel):
@@ -21,6 +22,15 @@ class GroupFreshness(BaseModel):
     last_completed_at: datetime | None
     age_seconds: float | None
     stale: bool
+    """Past its target, never materialized, or online no longer holds what was published."""
+
+    online_sampled: int | None = None
+    """Entities of the last online publish checked in the online store (None: nothing to check)."""
+
+    online_present: int | None = None
+    """How many of those the online store still holds."""
+
+    last_online_job_id: int | None = None
 
 
 class DeadlineMiss(BaseModel):
@@ -31,22 +41,61 @@ class DeadlineMiss(BaseModel):
     message: str
 
 
-def freshness(conn: psycopg.Connection) -> list[GroupFreshness]:
-    """One row per active tenant x active group; `stale` when past its target or never materialized."""
-    return fetch_models(
+def freshness(conn: psycopg.Connection, online: OnlineStore | None = None) -> list[GroupFreshness]:
+    """One row per active tenant x active group; `stale` when past its target or never materialized.
+
+    With `online`, a sample of the entities the last online publish wrote (when its values have not
+    expired yet) is looked up, so freshness reflects what the online store actually holds.
+    """
+    rows = fetch_models(
         conn,
         GroupFreshness,
         "SELECT t.id AS tenant_id, g.id AS feature_group_id, g.entity_type, g.freshness_target_seconds,"
         " last.end_time AS last_window_end, last.completed_at AS last_completed_at, age.seconds AS age_seconds,"
-        " (age.seconds IS NULL OR age.seconds > g.freshness_target_seconds) IS TRUE AS stale"
+        " (age.seconds IS NULL OR age.seconds > g.freshness_target_seconds) IS TRUE AS stale,"
+        " pub.id AS last_online_job_id"
         " FROM feature_store.tenants t CROSS JOIN feature_store.feature_groups g"
         " LEFT JOIN LATERAL (SELECT j.end_time, j.completed_at FROM feature_store.materialization_jobs j"
         "   WHERE j.tenant_id = t.id AND j.feature_group_id = g.id AND j.status = 'completed'"
         "   ORDER BY j.end_time DESC LIMIT 1) last ON true"
+        " LEFT JOIN LATERAL (SELECT j.id FROM feature_store.materialization_jobs j"
+        "   WHERE j.tenant_id = t.id AND j.feature_group_id = g.id AND j.status = 'completed' AND j.write_online"
+        "     AND g.online_enabled AND j.write_offline AND g.offline_enabled"
+        "     AND (g.ttl_seconds IS NULL OR j.completed_at > now() - make_interval(secs => g.ttl_seconds))"
+        "   ORDER BY j.completed_at DESC LIMIT 1) pub ON true"
         " CROSS JOIN LATERAL (SELECT extract(epoch FROM now() - last.end_time)::float8 AS seconds) age"
         " WHERE t.status = 'active' AND g.status = 'active'"
         " ORDER BY t.id, g.id",
     )
+    if online is None:
+        return rows
+    checked = []
+    for row in rows:
+        if row.last_online_job_id is None:
+            checked.append(row)
+            continue
+        sample = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT DISTINCT entity_id FROM feature_store.feature_values WHERE job_id = %s LIMIT %s",
+                (row.last_online_job_id, ONLINE_SAMPLE),
+            ).fetchall()
+        ]
+        present = online.count_present(tenant_id=row.tenant_id, group_id=row.feature_group_id, entity_ids=sample)
+        checked.append(
+            row.model_copy(
+                update={
+                    "online_sampled": len(sample),
+                    "online_present": present,
+                    "stale": row.stale or present < len(sample),
+                }
+            )
+        )
+    return checked
+
+
+ONLINE_SAMPLE = 20
+"""Entities per (tenant, group) that `freshness` looks up online."""
 
 
 def record_deadline_miss(

@@ -13,7 +13,7 @@ from types import TracebackType
 import psycopg
 import redis
 
-from feature_store import jobs, offline_store, schema
+from feature_store import jobs, monitoring, offline_store, schema
 from feature_store.config import Settings
 from feature_store.db import connect, connect_redis, ensure_database, fetch_models
 from feature_store.errors import FeatureNotFoundError, FeatureStoreError, SchemaNotInitializedError
@@ -28,6 +28,7 @@ from feature_store.models import (
     QuarantinedRow,
     ReconcileResult,
 )
+from feature_store.monitoring import DeadlineMiss, GroupFreshness
 from feature_store.online_store import FeatureSpec, RedisOnlineStore
 from feature_store.pipeline import FeaturePipeline
 from feature_store.publish import reconcile_group
@@ -239,6 +240,23 @@ class FeatureStore:
             (self.settings.redis_prefix, current),
         )
         return OnlineCheck(instance_id=current, previous_instance_id=previous, reconciled=reconciled)
+
+    # -- monitoring ----------------------------------------------------------------------------
+
+    def freshness(self, *, check_online: bool = True) -> list[GroupFreshness]:
+        """Freshness of every active (tenant, group); with `check_online`, sampled against the online store."""
+        self._require_schema()
+        return monitoring.freshness(self.conn, self.online if check_online else None)
+
+    def deadline_misses(self, *, limit: int = 20) -> list[DeadlineMiss]:
+        self._require_schema()
+        return monitoring.deadline_misses(self.conn, limit=limit)
+
+    def record_deadline_miss(self, *, dag_id: str, run_id: str, deadline_time: datetime | None, message: str) -> None:
+        self._require_schema()
+        monitoring.record_deadline_miss(
+            self.conn, dag_id=dag_id, run_id=run_id, deadline_time=deadline_time, message=message
+        )
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import json
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pydantic
 import pytest
@@ -342,3 +343,34 @@ def test_reads_of_an_unknown_tenant_fail(env: object, tmp_path: Path) -> None:
 def test_error_messages_are_printed_as_they_are_not_as_markup(env: object) -> None:
     out = run_failing(*materialize_args(tenant="[red]nobody"))
     assert "tenant '[red]nobody' does not exist" in out
+
+
+def test_online_reconcile_restores_what_redis_lost(env: Any, db: Sql) -> None:
+    import redis
+
+    assert run(*materialize_args())[0] == 0
+    client = redis.Redis.from_url(env.redis_url)
+    keys = list(client.scan_iter(match=f"{env.redis_prefix}:*"))
+    assert keys
+    client.unlink(*keys)
+    code, out = run("online", "reconcile", "--tenant", "acme", "--json")
+    assert code == 0, out
+    restored = {(r["tenant_id"], r["feature_group_id"]): r for r in json.loads(out)}
+    entities = db.value(
+        "SELECT count(DISTINCT entity_id) FROM feature_store.feature_values WHERE feature_group_id = 'user_engagement'"
+    )
+    assert restored[("acme", "user_engagement")]["entities"] == entities > 0
+    assert sorted(client.scan_iter(match=f"{env.redis_prefix}:*")) == sorted(keys)
+    code, out = run("online", "reconcile", "--group", "no_such_group")
+    assert code == 1 and "feature group 'no_such_group' does not exist" in out
+
+
+def test_a_corrective_rerun_needs_a_reason_and_records_it(env: object, db: Sql) -> None:
+    code, out = run(*materialize_args(), "--overwrite-online", "ratings were stamped in 2031", "--json")
+    assert code == 0, out
+    job_id = json.loads(out)["job_id"]
+    assert db.rows(
+        "SELECT online_overwrite, overwrite_reason FROM feature_store.materialization_jobs WHERE id = %s", (job_id,)
+    ) == [(True, "ratings were stamped in 2031")]
+    code, out = run(*materialize_args(), "--overwrite-online", "")
+    assert code == 1 and "overwrite_online" in out

@@ -276,3 +276,19 @@ def test_check_online_reconciles_only_when_the_server_changed(store: FeatureStor
     assert check.previous_instance_id == "a-server-before-a-restart"
     assert any(r.values for r in check.reconciled)
     assert_online_is_latest_offline(store, db, "acme", "user_engagement")
+
+
+def test_freshness_reflects_what_the_online_store_holds(store: FeatureStore) -> None:
+    store.materialize(config("acme", "message_features"))
+
+    def acme_messages() -> Any:
+        return next(f for f in store.freshness() if (f.tenant_id, f.feature_group_id) == ("acme", "message_features"))
+
+    fresh = acme_messages()
+    assert fresh.online_sampled and fresh.online_present == fresh.online_sampled and not fresh.stale
+    client = store.online.client
+    client.unlink(*client.scan_iter(match=f"{store.settings.redis_prefix}:acme:message_features:*", count=1000))
+    lost = acme_messages()
+    assert lost.online_present == 0 and lost.stale
+    store.reconcile_online(tenant_id="acme", group_id="message_features")
+    assert not acme_messages().stale

@@ -28,11 +28,10 @@ async def record_deadline_miss(context: dict[str, Any] | None = None, **_: Any) 
 
 
 def _record(dag_id: str, run_id: str, deadline_time: datetime | None, message: str) -> None:
-    from feature_store.monitoring import record_deadline_miss as record
     from featurepipe_airflow.connections import open_store
 
     with open_store(online=False) as store:
-        record(store.conn, dag_id=dag_id, run_id=run_id, deadline_time=deadline_time, message=message)
+        store.record_deadline_miss(dag_id=dag_id, run_id=run_id, deadline_time=deadline_time, message=message)
 
 
 def _parse(value: object) -> datetime | None:

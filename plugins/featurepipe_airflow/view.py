@@ -19,7 +19,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from feature_store import FeatureStore, MaterializationJob
 from feature_store.models import QuarantinedRow
-from feature_store.monitoring import DeadlineMiss, GroupFreshness, deadline_misses, freshness
+from feature_store.monitoring import DeadlineMiss, GroupFreshness
 from featurepipe_airflow.connections import open_store
 
 require_user = requires_authenticated()
@@ -27,7 +27,7 @@ require_user = requires_authenticated()
 
 
 def _store() -> Iterator[FeatureStore]:
-    with open_store(online=False) as store:
+    with open_store() as store:
         yield store
 
 
@@ -39,7 +39,7 @@ app = FastAPI(title="featurepipe", description="Feature store status for Airflow
 
 @app.get("/api/freshness", response_model=list[GroupFreshness])
 def api_freshness(store: StoreDep) -> list[GroupFreshness]:
-    return freshness(store.conn)
+    return store.freshness()
 
 
 @app.get("/api/jobs", response_model=list[MaterializationJob])
@@ -54,17 +54,17 @@ def api_quarantine(store: StoreDep, limit: Annotated[int, Query(le=500)] = 50) -
 
 @app.get("/api/deadline-misses", response_model=list[DeadlineMiss])
 def api_deadline_misses(store: StoreDep) -> list[DeadlineMiss]:
-    return deadline_misses(store.conn)
+    return store.deadline_misses()
 
 
 @app.get("/", response_class=HTMLResponse)
 def page(store: StoreDep) -> str:
     """Plain models go to the template, which lays them out and escapes every value; no HTML is built here."""
     return _templates.get_template("feature_store.html").render(
-        groups=freshness(store.conn),
+        groups=store.freshness(),
         jobs=store.list_jobs(limit=50),
         quarantined=store.quarantined_rows(limit=25),
-        misses=deadline_misses(store.conn, limit=10),
+        misses=store.deadline_misses(limit=10),
     )
 
 
