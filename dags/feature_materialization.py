@@ -97,7 +97,7 @@ def feature_materialization() -> None:
 
     @task(map_index_template="{{ task.op_kwargs['job']['label'] }}", trigger_rule="all_done")
     def finish(job: JobItem) -> dict[str, int]:
-        return tasks.finish(job)
+        return tasks.finish(job, get_current_context())
 
     jobs = plan()
     materialize_feature.expand(item=work_items(jobs)) >> finish.expand(job=jobs)  # type: ignore[arg-type]

@@ -239,5 +239,22 @@ class InvalidInputError(FeatureStoreError):
     """A request's arguments are invalid: a job window, a line of an entities file."""
 
 
+class FinishError(FeatureStoreError):
+    """Ending a job failed (publishing its values online, usually); names the job and its tenant/group.
+
+    `retryable` as for PipelineError: Redis or PostgreSQL unreachable is worth a retry, a job that
+    cannot be finished as asked (no online store) is not.
+    """
+
+    def __init__(
+        self, *, job_id: int, tenant_id: str | None, group_id: str | None, message: str, retryable: bool = False
+    ) -> None:
+        owner = f" (tenant {tenant_id!r}, group {group_id!r})" if tenant_id and group_id else ""
+        super().__init__(f"finish failed for job {job_id}{owner}: {message}")
+        self.job_id = job_id
+        self.detail = message
+        self.retryable = retryable
+
+
 class JobStateError(FeatureStoreError):
     """A job was asked to do something its state does not allow (e.g. run a feature of a finished job)."""

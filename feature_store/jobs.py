@@ -3,6 +3,10 @@
 States: pending -> running -> completed | failed. Each feature's stages record their progress in
 `materialization_job_features`; the job row's counts and progress are recomputed from those rows
 under a row lock, so parallel feature tasks never lose each other's updates.
+
+A try that failed in a way a retry can fix, with more tries to come, only leaves a note (error
+message `retrying after try N: <cause>`) on its feature, or on the job for finish: statuses stay as
+they were, so the job never shows `failed` for a failure its retry survives.
 """
 
 from __future__ import annotations
@@ -220,10 +224,45 @@ def record_feature(
         )
 
 
-def finish_job(conn: psycopg.Connection, job_id: int, *, extra_errors: Sequence[str] = ()) -> MaterializationJob:
+def note_feature_retry(conn: psycopg.Connection, job_id: int, feature: str, note: str) -> None:
+    """Record why a feature's stage failed in a way a retry can fix: its status stays as it is (so the
+    retry can go on from there) and the note is its error message until a stage succeeds."""
+    with conn.transaction():
+        locked = conn.execute(
+            "SELECT 1 FROM feature_store.materialization_jobs WHERE id = %s FOR UPDATE", (job_id,)
+        ).fetchone()
+        if locked is None:
+            raise JobNotFoundError(job_id)
+        conn.execute(
+            "INSERT INTO feature_store.materialization_job_features (job_id, feature_name, error_message)"
+            " VALUES (%(job)s, %(feature)s, %(note)s)"
+            " ON CONFLICT (job_id, feature_name) DO UPDATE SET error_message = excluded.error_message,"
+            " updated_at = now()",
+            {"job": job_id, "feature": feature, "note": note},
+        )
+        conn.execute(
+            "UPDATE feature_store.materialization_jobs SET status = 'running',"
+            " started_at = coalesce(started_at, now()) WHERE id = %s AND status = 'pending'",
+            (job_id,),
+        )
+
+
+def note_job_retry(conn: psycopg.Connection, job_id: int, note: str) -> None:
+    """Record why ending a job failed in a way a retry can fix: an unfinished job stays unfinished."""
+    conn.execute(
+        "UPDATE feature_store.materialization_jobs SET error_message = %s WHERE id = %s AND status IN"
+        " ('pending', 'running')",
+        (note, job_id),
+    )
+
+
+def finish_job(
+    conn: psycopg.Connection, job_id: int, *, extra_errors: Sequence[str] = (), try_number: int | None = None
+) -> MaterializationJob:
     """End a job: completed if every feature was written and nothing else failed, else failed.
 
-    The error message lists one reason per line, each naming its feature.
+    The error message lists one reason per line, each naming its feature. `try_number` is the
+    orchestrator's try that ended the job.
     """
     with conn.transaction():
         conn.execute("SELECT 1 FROM feature_store.materialization_jobs WHERE id = %s FOR UPDATE", (job_id,))
@@ -237,10 +276,12 @@ def finish_job(conn: psycopg.Connection, job_id: int, *, extra_errors: Sequence[
         conn.execute(
             "UPDATE feature_store.materialization_jobs SET status = %(status)s, error_message = %(error)s,"
             " progress = 1, started_at = coalesce(started_at, now()), completed_at = now(),"
-            " duration_ms = (extract(epoch FROM now() - coalesce(started_at, now())) * 1000)::bigint"
+            " duration_ms = (extract(epoch FROM now() - coalesce(started_at, now())) * 1000)::bigint,"
+            " try_number = coalesce(%(try)s, try_number)"
             " WHERE id = %(job)s",
             {
                 "job": job_id,
+                "try": try_number,
                 "status": (JobStatus.FAILED if errors else JobStatus.COMPLETED).value,
                 "error": "\n".join(errors) or None,
             },

@@ -3,25 +3,36 @@
 Airflow runs each stage as its own task; `FeaturePipeline.run` chains them for use without Airflow.
 Every stage is idempotent, so any of them can be retried, and a failing feature fails alone: its
 error is recorded on the job and its siblings carry on.
+
+A failure a retry can fix (lost connection, cancel, deadlock, timeout, Redis down) is only noted
+while more tries are to come (`final=False`): the feature keeps its status, so the retry picks up
+where it stopped, and the job stays running. It fails the feature (or job) on the last try, or at
+once when retrying cannot help (bad SQL, bad data).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 import psycopg
+import redis
 from psycopg import sql
 
 from feature_store import jobs, offline_store, sources, transform, validate
 from feature_store.config import Settings
 from feature_store.errors import (
+    ConnectionFailedError,
+    DatabaseNotFoundError,
     FeatureNotFoundError,
     FeatureStoreError,
+    FinishError,
     JobStateError,
     PipelineError,
     TransformError,
@@ -47,6 +58,13 @@ from feature_store.staging import create_staging, drop_staging, staging_exists, 
 from feature_store.types import ProgressCallback
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Without an orchestrator, `run` gives a retryable failure this many attempts, waiting RUN_BACKOFF_S
+# after the first and twice as long after each further one.
+RUN_ATTEMPTS = 3
+RUN_BACKOFF_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -175,12 +193,18 @@ class FeaturePipeline:
 
     # -- stages --------------------------------------------------------------------------------
 
-    def transform(self, job_id: int, feature_name: str, *, try_number: int | None = None) -> int:
-        """Run the feature's SQL into staging; returns the rows staged."""
+    def transform(self, job_id: int, feature_name: str, *, try_number: int | None = None, final: bool = True) -> int:
+        """Run the feature's SQL into staging; returns the rows staged.
+
+        `try_number` is the orchestrator's try, recorded on the job; `final` says no further try
+        will come, so a failure ends the feature even if a retry could have fixed it.
+        """
         ctx = self._context(job_id)
         feature = ctx.feature(feature_name)
         self._progress(f"transform {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}")
-        with self._stage(ctx, feature_name, TransformError, try_number):
+        with self._stage(
+            ctx, feature_name, TransformError, try_number, final, timeout_s=self._settings.statement_timeout_s
+        ):
             create_staging(self._conn, job_id)  # gone if the job was finished and is being rerun
             schemas, declared = self._registry.source_declarations()
             sources.verify(self._conn, schemas, declared)
@@ -220,12 +244,14 @@ class FeaturePipeline:
         )
         return rows
 
-    def validate(self, job_id: int, feature_name: str, *, try_number: int | None = None) -> validate.ValidationOutcome:
+    def validate(
+        self, job_id: int, feature_name: str, *, try_number: int | None = None, final: bool = True
+    ) -> validate.ValidationOutcome:
         """Quarantine rows that break the feature's rules; fails the feature above the group's failure rate."""
         ctx = self._context(job_id)
         feature = ctx.feature(feature_name)
         self._progress(f"validate {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}")
-        with self._stage(ctx, feature_name, ValidationError, try_number):
+        with self._stage(ctx, feature_name, ValidationError, try_number, final):
             self._require_staging(ctx, feature_name)
             outcome = validate.run(
                 self._conn,
@@ -261,7 +287,7 @@ class FeaturePipeline:
         )
         return outcome
 
-    def write(self, job_id: int, feature_name: str, *, try_number: int | None = None) -> int:
+    def write(self, job_id: int, feature_name: str, *, try_number: int | None = None, final: bool = True) -> int:
         """Replace the window's offline rows with the valid staged rows; returns the rows written.
 
         Online values are published per group by `finish`, one pass per entity for all features.
@@ -274,7 +300,7 @@ class FeaturePipeline:
             raise JobStateError(
                 f"feature {feature_name!r} of job {job_id} is {status.value}, not validated; run validate first"
             )
-        with self._stage(ctx, feature_name, WriteError, try_number):
+        with self._stage(ctx, feature_name, WriteError, try_number, final):
             self._require_staging(ctx, feature_name)
             if ctx.job.write_offline and ctx.group.offline_enabled:
                 rows = offline_store.write_window(
@@ -290,25 +316,39 @@ class FeaturePipeline:
         jobs.record_feature(self._conn, job_id, feature_name, FeatureStatus.WRITTEN, try_number=try_number)
         return rows
 
-    def finish(self, job_id: int) -> PipelineResult:
+    def finish(self, job_id: int, *, try_number: int | None = None, final: bool = True) -> PipelineResult:
         """Publish the written features online (one pass per entity), end the job and drop its staging.
 
-        Raises on an online-store failure and leaves the job running, so an orchestrator can retry.
+        On a failure (FinishError) that a retry can fix and with tries to come (`final=False`), the
+        job stays running with the cause noted; otherwise the job ends failed. Its staged rows are
+        kept either way, so a retried or cleared finish can still publish them.
         """
-        ctx = self._context(job_id)
-        if ctx.job.status.is_final and not staging_exists(self._conn, job_id):
-            return self._result(ctx.job, 0)  # already finished: a retried finish changes nothing
-        results = jobs.feature_results(self._conn, job_id)
-        written = [r.feature for r in results if r.status is FeatureStatus.WRITTEN]
-        rows_online = 0
-        if ctx.job.write_online and ctx.group.online_enabled and written:
-            if self._online is None:
-                raise JobStateError(f"job {job_id} writes online but the pipeline has no online store")
-            self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")
-            rows_online = self._publish_online(ctx, written)
-        job = jobs.finish_job(self._conn, job_id)
-        drop_staging(self._conn, job_id)
-        return self._result(job, rows_online)
+        ctx: _JobContext | None = None
+        try:
+            ctx = self._context(job_id)
+            if ctx.job.status.is_final and not staging_exists(self._conn, job_id):
+                return self._result(ctx.job, 0)  # already finished: a retried finish changes nothing
+            results = jobs.feature_results(self._conn, job_id)
+            written = [r.feature for r in results if r.status is FeatureStatus.WRITTEN]
+            rows_online = 0
+            if ctx.job.write_online and ctx.group.online_enabled and written:
+                if self._online is None:
+                    raise JobStateError(f"job {job_id} writes online but the pipeline has no online store")
+                self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")
+                rows_online = self._publish_online(ctx, written)
+            job = jobs.finish_job(self._conn, job_id, try_number=try_number)
+            drop_staging(self._conn, job_id)
+            return self._result(job, rows_online)
+        except (psycopg.Error, redis.RedisError, FeatureStoreError) as exc:
+            failure = FinishError(
+                job_id=job_id,
+                tenant_id=ctx.job.tenant_id if ctx else None,
+                group_id=ctx.group.id if ctx else None,
+                message=_describe(exc),
+                retryable=_is_transient(exc),
+            )
+            self._record_finish_failure(job_id, failure, try_number, final)
+            raise failure from exc
 
     def fail(self, job_id: int, reason: str) -> PipelineResult:
         """End a job as failed (e.g. its online publish could not be done) and drop its staging."""
@@ -325,37 +365,82 @@ class FeaturePipeline:
         own connection: the work happens inside PostgreSQL, which then uses as many cores.
         """
         planned = self.start(config, run=run)
-        try:
-            if parallelism > 1 and self._connect is not None and len(planned.features) > 1:
-                with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="feature") as pool:
-                    list(pool.map(lambda name: self._run_feature_apart(planned.job_id, name), planned.features))
-            else:
-                for name in planned.features:
-                    self._run_feature(planned.job_id, name)
-        except Exception as exc:
-            # Not a feature's own failure (those are recorded and skipped): the job cannot go on.
-            self.fail(planned.job_id, f"materialization stopped: {exc}")
-            raise
-        try:
-            return self.finish(planned.job_id)
-        except Exception as exc:
-            log.exception("finishing job %s failed", planned.job_id)
-            return self.fail(planned.job_id, f"finish failed: {exc}")
+        job_id = planned.job_id
+        with self._reconnecting():
+            try:
+                if parallelism > 1 and self._connect is not None and len(planned.features) > 1:
+                    with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="feature") as pool:
+                        list(pool.map(lambda name: self._run_feature_apart(job_id, name), planned.features))
+                else:
+                    for name in planned.features:
+                        self._run_feature(job_id, name)
+            except Exception as exc:
+                # Not a feature's own failure (those are recorded and skipped): the job cannot go on.
+                self.fail(job_id, f"materialization stopped: {exc}")
+                raise
+            try:
+                return self._attempts(lambda final: self.finish(job_id, final=final))
+            except FinishError as exc:
+                log.warning("%s", exc)  # finish ended the job failed
+                drop_staging(self._conn, job_id)
+                return self._result(jobs.get_job(self._conn, job_id), 0)
+            except Exception as exc:
+                log.exception("finishing job %s failed", job_id)
+                return self.fail(job_id, f"finish failed: {exc}")
 
     def _run_feature(self, job_id: int, name: str) -> None:
         try:
-            self.transform(job_id, name)
-            self.validate(job_id, name)
-            self.write(job_id, name)
+            self._attempts(lambda final: self.transform(job_id, name, final=final))
+            self._attempts(lambda final: self.validate(job_id, name, final=final))
+            self._attempts(lambda final: self.write(job_id, name, final=final))
         except PipelineError as exc:
             log.warning("%s", exc)
 
     def _run_feature_apart(self, job_id: int, name: str) -> None:
         assert self._connect is not None
         with self._connect() as conn:
-            FeaturePipeline(conn, online=None, settings=self._settings, progress=self._progress)._run_feature(
-                job_id, name
+            apart = FeaturePipeline(
+                conn, online=None, settings=self._settings, progress=self._progress, connect=self._connect
             )
+            with apart._reconnecting():
+                apart._run_feature(job_id, name)
+
+    def _attempts(self, call: Callable[[bool], T]) -> T:
+        """Call a stage (given whether this is its last attempt), retrying a failure a retry can fix
+        with a short backoff, on a new connection if the old one died."""
+        for attempt in range(1, RUN_ATTEMPTS + 1):
+            final = attempt == RUN_ATTEMPTS
+            try:
+                return call(final)
+            except (PipelineError, FinishError, psycopg.Error, redis.RedisError) as exc:
+                if final or not _is_transient(exc):
+                    raise
+                delay = RUN_BACKOFF_S * 2 ** (attempt - 1)
+                log.warning("%s; attempt %d of %d in %.1fs", exc, attempt + 1, RUN_ATTEMPTS, delay)
+            time.sleep(delay)
+            self._reconnect_if_lost()
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _reconnecting(self) -> Iterator[None]:
+        """Let `_reconnect_if_lost` replace a dead connection until the block ends, then close the
+        replacement and hand the pipeline its own connection back."""
+        own = self._conn
+        try:
+            yield
+        finally:
+            if self._conn is not own:
+                self._conn.close()
+                self._conn = own
+                self._registry = Registry(own)
+
+    def _reconnect_if_lost(self) -> None:
+        if not self._conn.closed or self._connect is None:
+            return
+        log.warning("the database connection was lost; retrying on a new one")
+        fresh = self._connect()
+        previous, self._conn, self._registry = self._conn, fresh, Registry(fresh)
+        previous.close()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -384,32 +469,73 @@ class FeaturePipeline:
 
     @contextmanager
     def _stage(
-        self, ctx: _JobContext, feature_name: str, error: type[PipelineError], try_number: int | None
+        self,
+        ctx: _JobContext,
+        feature_name: str,
+        error: type[PipelineError],
+        try_number: int | None,
+        final: bool,
+        *,
+        timeout_s: float | None = None,
     ) -> Iterator[None]:
-        """Turn any failure inside a stage into a recorded feature failure naming tenant/group/feature."""
+        """Turn any failure inside a stage into a PipelineError naming tenant/group/feature, and record
+        it: a feature failure, or only a note while a retry can still fix it.
+
+        `timeout_s` is the statement timeout the stage set, if it set one (for the error text).
+        """
         names = {"tenant_id": ctx.job.tenant_id, "group_id": ctx.group.id, "feature": feature_name}
         try:
             yield
         except PipelineError as exc:
-            self._record_failure(ctx.job.id, feature_name, exc, try_number)
+            self._record_failure(ctx.job.id, feature_name, exc, try_number, final)
             raise
         except (transform.SqlShapeError, psycopg.Error, FeatureStoreError) as exc:
-            message = _describe(exc, self._settings.statement_timeout_s)
+            message = _describe(exc, timeout_s)
             failure = error(message=message, retryable=_is_transient(exc), **names)
-            self._record_failure(ctx.job.id, feature_name, failure, try_number)
+            self._record_failure(ctx.job.id, feature_name, failure, try_number, final)
             raise failure from exc
 
-    def _record_failure(self, job_id: int, feature_name: str, exc: PipelineError, try_number: int | None) -> None:
-        if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            self._conn.rollback()
-        jobs.record_feature(
-            self._conn,
-            job_id,
-            feature_name,
-            FeatureStatus.FAILED,
-            error_message=str(exc),
-            try_number=try_number,
-        )
+    def _record_failure(
+        self, job_id: int, feature_name: str, exc: PipelineError, try_number: int | None, final: bool
+    ) -> None:
+        """Fail the feature, or, if a retry can fix this and one will come, note the cause and keep its
+        status. Never raises: the stage's own error is what the caller must see."""
+        try:
+            with self._usable_conn() as conn:
+                if exc.retryable and not final:
+                    jobs.note_feature_retry(conn, job_id, feature_name, _retry_note(exc, try_number))
+                else:
+                    jobs.record_feature(
+                        conn, job_id, feature_name, FeatureStatus.FAILED, error_message=str(exc), try_number=try_number
+                    )
+        except Exception:
+            log.exception("could not record the failure of %s of job %s (%s)", feature_name, job_id, exc)
+
+    def _record_finish_failure(self, job_id: int, exc: FinishError, try_number: int | None, final: bool) -> None:
+        """End the job failed, or, if a retry can fix this and one will come, note the cause on the still
+        running job. Never raises, as `_record_failure`."""
+        try:
+            with self._usable_conn() as conn:
+                if exc.retryable and not final:
+                    jobs.note_job_retry(conn, job_id, _retry_note(exc, try_number))
+                else:
+                    jobs.finish_job(conn, job_id, extra_errors=[str(exc)], try_number=try_number)
+        except Exception:
+            log.exception("could not record the failure to finish job %s (%s)", job_id, exc)
+
+    @contextmanager
+    def _usable_conn(self) -> Iterator[psycopg.Connection]:
+        """The pipeline's connection, out of any failed transaction; a new one for the block if it died
+        (a terminated backend, a lost network)."""
+        if not self._conn.closed:
+            if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self._conn.rollback()
+            yield self._conn
+            return
+        if self._connect is None:
+            raise JobStateError("the database connection was lost and the pipeline has no way to reconnect")
+        with self._connect() as fresh:
+            yield fresh
 
     def _require_staging(self, ctx: _JobContext, feature_name: str) -> None:
         if not staging_exists(self._conn, ctx.job.id):
@@ -475,24 +601,63 @@ class FeaturePipeline:
 
 
 # SQLSTATE classes worth a retry: connection, transaction rollback (deadlock, serialization),
-# insufficient resources, operator intervention (includes statement timeout), system error.
+# insufficient resources, operator intervention (statement timeout, cancel, terminated backend), system error.
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, FeatureStoreError):
-        return bool(getattr(exc, "retryable", False))
+    """Could running the same step again succeed?"""
+    exc = _database_cause(exc)
     if isinstance(exc, psycopg.Error):
         if exc.sqlstate:
             return exc.sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
-        return isinstance(exc, psycopg.OperationalError)
-    return False
+        return isinstance(exc, psycopg.OperationalError)  # raised by psycopg itself: the connection is gone
+    if isinstance(exc, DatabaseNotFoundError):
+        return False
+    # A Redis that is down, restarting, loading its data or timing out; not a script or command error.
+    if isinstance(exc, ConnectionFailedError | redis.ConnectionError | redis.TimeoutError):
+        return True
+    # PipelineError, FinishError, a statement timeout, an online store that lost data: they say.
+    return bool(getattr(exc, "retryable", False)) if isinstance(exc, FeatureStoreError) else False
 
 
-def _describe(exc: BaseException, timeout_s: float) -> str:
-    if isinstance(exc, psycopg.errors.QueryCanceled):
-        return f"exceeded the statement timeout of {timeout_s:g}s (FEATURE_STORE_STATEMENT_TIMEOUT)"
+def _describe(exc: BaseException, timeout_s: float | None = None) -> str:
+    """The cause of a failure in words, telling apart what a bare SQLSTATE or exception class does not."""
+    exc = _database_cause(exc)
     if isinstance(exc, psycopg.Error):
-        diag = exc.diag
-        return diag.message_primary or str(exc).splitlines()[0]
+        primary = exc.diag.message_primary or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            # 57014 covers both; the server's message says which (PostgreSQL's English texts).
+            if "statement timeout" in primary:
+                if timeout_s is not None:
+                    return f"exceeded the statement timeout of {timeout_s:g}s (FEATURE_STORE_STATEMENT_TIMEOUT)"
+                return f"exceeded the database's statement timeout ({primary})"
+            if "user request" in primary:
+                return f"the statement was cancelled by a cancel request, e.g. pg_cancel_backend ({primary})"
+            return f"the statement was cancelled ({primary})"
+        if isinstance(exc, psycopg.errors.AdminShutdown):
+            return f"the database connection was terminated, e.g. by pg_terminate_backend or a restart ({primary})"
+        sqlstate = exc.sqlstate or ""
+        if sqlstate.startswith("08") or (not sqlstate and isinstance(exc, psycopg.OperationalError)):
+            return f"lost the database connection ({primary})"
+        return primary
+    if isinstance(exc, redis.TimeoutError):
+        return f"Redis did not answer in time ({exc})"
+    if isinstance(exc, redis.ConnectionError):
+        return f"Redis is unreachable ({exc})"
     return str(exc)
+
+
+def _database_cause(exc: BaseException) -> BaseException:
+    """A bad-SQL verdict that was really a database failure (the check of a feature's SQL met a
+    terminated connection or a cancel) is that failure."""
+    cause = exc.__cause__
+    if isinstance(exc, transform.SqlShapeError) and isinstance(cause, psycopg.Error) and _is_transient(cause):
+        return cause
+    return exc
+
+
+def _retry_note(exc: Exception, try_number: int | None) -> str:
+    """What a failure that will be retried leaves as the error message meanwhile."""
+    after = f"after try {try_number}" if try_number is not None else "after a failed attempt"
+    return f"retrying {after}: {exc}"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from feature_store import FeatureStore, JobStatus, PipelineConfig, Settings, TimeWindow
-from feature_store.errors import OnlineStoreLostDataError, WindowError
+from feature_store.errors import FinishError, OnlineStoreLostDataError, WindowError
 from feature_store.models import JobType
 from feature_store.online_store import RedisOnlineStore
 from support import HOURS, Sql
@@ -230,8 +230,9 @@ def test_a_publish_that_loses_values_fails_retryably_and_a_retry_repairs_it(sett
             pipeline.transform(planned.job_id, name)
             pipeline.validate(planned.job_id, name)
             pipeline.write(planned.job_id, name)
-        with pytest.raises(OnlineStoreLostDataError, match="sampled entities of acme/message_features are missing"):
-            pipeline.finish(planned.job_id)
+        with pytest.raises(FinishError, match="sampled entities of acme/message_features are missing") as failed:
+            pipeline.finish(planned.job_id, final=False)
+        assert failed.value.retryable and isinstance(failed.value.__cause__, OnlineStoreLostDataError)
         assert store.get_job(planned.job_id).status is JobStatus.RUNNING
         assert pipeline.finish(planned.job_id).status is JobStatus.COMPLETED  # the retry: nothing lost this time
         assert_online_is_latest_offline(store, db, "acme", "message_features")

@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from airflow.listeners import hookimpl
+from airflow.sdk import TaskInstanceState
 
 from featurepipe_airflow import mirror
 
@@ -19,8 +20,8 @@ log = logging.getLogger(__name__)
 def on_task_instance_failed(previous_state: Any, task_instance: Any, error: Any) -> None:
     if getattr(task_instance, "dag_id", None) != mirror.DAG_ID:
         return
-    if str(getattr(task_instance, "state", "")).endswith("up_for_retry"):
-        return  # Airflow will try again; the job is not over
+    if _state(task_instance) == TaskInstanceState.UP_FOR_RETRY.value:
+        return  # Airflow will try again; the job is not over (the stage noted the cause)
     try:
         mirror.task_failed(
             dag_id=task_instance.dag_id,
@@ -51,3 +52,15 @@ def _run_ended(dag_run: Any, state: str, msg: str | None) -> None:
         mirror.run_ended(dag_id=dag_run.dag_id, run_id=dag_run.run_id, state=state, message=msg)
     except Exception:
         log.exception("featurepipe listener could not mirror the end of run %s", dag_run)
+
+
+def _state(task_instance: Any) -> str | None:
+    """The task instance's state as its plain value ('up_for_retry').
+
+    Workers pass the task SDK's TaskInstanceState, whose str() is 'TaskInstanceState.UP_FOR_RETRY';
+    the scheduler and API server pass airflow.utils.state's, whose str() is the value: compare values.
+    """
+    state = getattr(task_instance, "state", None)
+    if state is None:
+        return None
+    return str(getattr(state, "value", state))

@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 from airflow.sdk.exceptions import AirflowFailException
 
 from feature_store import JobType, NotFoundError, PipelineError, RunInfo, TimeWindow
+from feature_store.errors import FinishError
 from featurepipe_airflow.connections import open_store
 
 
@@ -91,30 +92,42 @@ def work_items(jobs: list[JobItem]) -> list[WorkItem]:
     ]
 
 
+class Tries(TypedDict):
+    try_number: int
+    final: bool
+
+
+def tries(context: Any) -> Tries:
+    """This task's try number, and whether it is the last one Airflow will make (what the library calls
+    `final`: a failure a retry could fix then fails the feature or job instead of being noted).
+
+    Airflow retries a failed try while `try_number <= max_tries` (max_tries = retries of the task),
+    so the try after the last retry, or any try of a task without retries, is final.
+    """
+    ti = context["ti"]
+    return {"try_number": ti.try_number, "final": ti.try_number > ti.max_tries}
+
+
 def transform(item: WorkItem, context: Any) -> int:
     with open_store(online=False) as store, _failing_fast():
-        return store.pipeline(online=False).transform(
-            item["job_id"], item["feature"], try_number=context["ti"].try_number
-        )
+        return store.pipeline(online=False).transform(item["job_id"], item["feature"], **tries(context))
 
 
 def validate(item: WorkItem, context: Any) -> dict[str, int]:
     with open_store(online=False) as store, _failing_fast():
-        outcome = store.pipeline(online=False).validate(
-            item["job_id"], item["feature"], try_number=context["ti"].try_number
-        )
+        outcome = store.pipeline(online=False).validate(item["job_id"], item["feature"], **tries(context))
     return {"rows": outcome.rows_total, "rows_failed": outcome.rows_failed}
 
 
 def write(item: WorkItem, context: Any) -> int:
     with open_store(online=False) as store, _failing_fast():
-        return store.pipeline(online=False).write(item["job_id"], item["feature"], try_number=context["ti"].try_number)
+        return store.pipeline(online=False).write(item["job_id"], item["feature"], **tries(context))
 
 
-def finish(job: JobItem) -> dict[str, int]:
+def finish(job: JobItem, context: Any) -> dict[str, int]:
     """Publish online and end the job; fails without retry when the job ended failed (it is over)."""
-    with open_store() as store:
-        result = store.pipeline().finish(job["job_id"])
+    with open_store() as store, _failing_fast():
+        result = store.pipeline().finish(job["job_id"], **tries(context))
     if not result.succeeded:
         raise AirflowFailException(f"job {result.job_id} ({job['label']}) failed:\n" + "\n".join(result.errors))
     return {"rows": result.rows_processed, "rows_failed": result.rows_failed, "rows_online": result.rows_online}
@@ -126,7 +139,7 @@ def _failing_fast() -> Iterator[None]:
     for the rest (lost connections, deadlocks, timeouts)."""
     try:
         yield
-    except PipelineError as exc:
+    except (PipelineError, FinishError) as exc:
         if exc.retryable:
             raise
         raise AirflowFailException(str(exc)) from exc
