@@ -7,8 +7,11 @@ Every hour, for each active tenant x active feature group, runs each batch featu
 
 - **Window**: the run's data interval; a manual run uses the last complete hour unless the
   params `start` / `end` are given. Re-running or backfilling an hour replaces that hour.
-- **Backfill** from the UI (Trigger → Backfill) or `POST /api/v2/backfills`; set `mode=full` to
-  recompute a group's history up to the window end.
+- **Backfill** from the UI (Trigger → Backfill) or `POST /api/v2/backfills`. `mode=full` recomputes
+  every hour of the window as hourly runs would (with explicit `start`/`end` spanning many hours);
+  windows may not end in the future. `overwrite_online` (a reason) lets a corrective rerun replace
+  newer online values; the reason is recorded on each job.
+- **check_online** reconciles Redis from the offline store when Redis restarted since the last check.
 - A failing feature fails only its own tasks; its job ends `failed` with the reason
   (see `feature_store.materialization_jobs` and the *Feature Store* view).
 - A run still going `FEATUREPIPE_DEADLINE_MINUTES` (default 45; 0 turns it off) after it was queued
@@ -53,13 +56,20 @@ LABEL = "{{ task.op_kwargs['item']['label'] }}"
         "execution_timeout": timedelta(minutes=30),
     },
     params={
-        "mode": Param("incremental", enum=["incremental", "full"], description="full recomputes all history."),
+        "mode": Param(
+            "incremental", enum=["incremental", "full"], description="full recomputes every hour of the window."
+        ),
         "write_online": Param(True, type="boolean"),
         "write_offline": Param(True, type="boolean"),
         "tenant_ids": Param([], type="array", items={"type": "string"}, description="Only these tenants."),
         "feature_group_ids": Param([], type="array", items={"type": "string"}, description="Only these groups."),
         "start": Param(None, type=["null", "string"], description="Explicit window start (ISO 8601, UTC)."),
         "end": Param(None, type=["null", "string"], description="Explicit window end (ISO 8601, UTC)."),
+        "overwrite_online": Param(
+            None,
+            type=["null", "string"],
+            description="A corrective rerun: why online values may be replaced even where newer (recorded on the job).",
+        ),
     },
     deadline=[
         DeadlineAlert(
@@ -74,6 +84,10 @@ def feature_materialization() -> None:
     @task
     def plan() -> list[JobItem]:
         return tasks.plan(get_current_context())
+
+    @task
+    def check_online() -> dict[str, int]:
+        return tasks.check_online()
 
     @task
     def work_items(jobs: list[JobItem]) -> list[WorkItem]:
@@ -99,6 +113,7 @@ def feature_materialization() -> None:
     def finish(job: JobItem) -> dict[str, int]:
         return tasks.finish(job, get_current_context())
 
+    check_online()
     jobs = plan()
     materialize_feature.expand(item=work_items(jobs)) >> finish.expand(job=jobs)  # type: ignore[arg-type]
 

@@ -12,7 +12,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 
 class FeatureStoreError(Exception):
-    """Base class of all feature-store errors."""
+    """Base class of all feature-store errors.
+
+    `retryable` says whether doing the same again could succeed (a lost connection, a deadlock, a
+    timeout, a restarted Redis) or would fail the same way (bad SQL, bad data, a bad setting).
+    """
+
+    retryable: bool = False
 
 
 # -- Configuration and connectivity ------------------------------------------------------------
@@ -41,6 +47,8 @@ _START_HINTS = {
 class ConnectionFailedError(FeatureStoreError):
     """PostgreSQL or Redis could not be reached; says which URL was tried and how to start one."""
 
+    retryable = True
+
     def __init__(self, service: str, url: str, cause: object, *, hint: str | None = None) -> None:
         hint = hint or _START_HINTS[service]
         cause = redact_secrets(str(cause), url).rstrip(". ")
@@ -51,6 +59,8 @@ class ConnectionFailedError(FeatureStoreError):
 
 class DatabaseNotFoundError(ConnectionFailedError):
     """The PostgreSQL server answers, but the database named in the URL does not exist (yet)."""
+
+    retryable = False
 
     def __init__(self, url: str, dbname: str) -> None:
         super().__init__(

@@ -28,8 +28,6 @@ from psycopg import sql
 from feature_store import jobs, offline_store, sources, transform, validate
 from feature_store.config import Settings
 from feature_store.errors import (
-    ConnectionFailedError,
-    DatabaseNotFoundError,
     FeatureNotFoundError,
     FeatureStoreError,
     FinishError,
@@ -612,13 +610,10 @@ def _is_transient(exc: BaseException) -> bool:
         if exc.sqlstate:
             return exc.sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
         return isinstance(exc, psycopg.OperationalError)  # raised by psycopg itself: the connection is gone
-    if isinstance(exc, DatabaseNotFoundError):
-        return False
+    if isinstance(exc, FeatureStoreError):
+        return exc.retryable
     # A Redis that is down, restarting, loading its data or timing out; not a script or command error.
-    if isinstance(exc, ConnectionFailedError | redis.ConnectionError | redis.TimeoutError):
-        return True
-    # PipelineError, FinishError, a statement timeout, an online store that lost data: they say.
-    return bool(getattr(exc, "retryable", False)) if isinstance(exc, FeatureStoreError) else False
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
 
 
 def _describe(exc: BaseException, timeout_s: float | None = None) -> str:

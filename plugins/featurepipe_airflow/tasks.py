@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypedDict
 
+import redis
 from airflow.sdk.exceptions import AirflowFailException
 
-from feature_store import JobType, NotFoundError, PipelineError, RunInfo, TimeWindow
-from feature_store.errors import FinishError
+from feature_store import ConnectionFailedError, FeatureStoreError, JobType, RunInfo, TimeWindow
 from featurepipe_airflow.connections import open_store
+
+log = logging.getLogger(__name__)
 
 
 class WorkItem(TypedDict):
@@ -76,6 +79,7 @@ def plan(context: Any) -> list[JobItem]:
             tenant_ids=params.get("tenant_ids") or None,
             group_ids=params.get("feature_group_ids") or None,
             run=run_info(context),
+            overwrite_online=params.get("overwrite_online") or None,
         )
     return [
         {"job_id": p.job_id, "label": f"{p.tenant_id}/{p.feature_group_id}", "features": list(p.features)}
@@ -133,17 +137,30 @@ def finish(job: JobItem, context: Any) -> dict[str, int]:
     return {"rows": result.rows_processed, "rows_failed": result.rows_failed, "rows_online": result.rows_online}
 
 
+def check_online() -> dict[str, int]:
+    """Reconcile the online store from the offline store when Redis restarted since the last check.
+
+    Redis being unreachable does not fail the run: each finish task retries its own publish, and the
+    next run's check still sees the restart (the server id it records only moves on success).
+    """
+    try:
+        with open_store() as store, _failing_fast():
+            check = store.check_online()
+    except (ConnectionFailedError, redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("online store not checked this run: %s", exc)
+        return {"groups_reconciled": 0, "values": 0, "skipped": 1}
+    return {"groups_reconciled": len(check.reconciled), "values": sum(r.values for r in check.reconciled)}
+
+
 @contextmanager
 def _failing_fast() -> Iterator[None]:
-    """Skip Airflow's retries for failures a retry cannot fix (bad SQL, bad data, unknown ids); keep them
-    for the rest (lost connections, deadlocks, timeouts)."""
+    """Skip Airflow's retries for failures a retry cannot fix (bad SQL, bad data, unknown ids, a window in
+    the future, a bad setting); keep them for the rest (lost connections, deadlocks, timeouts)."""
     try:
         yield
-    except (PipelineError, FinishError) as exc:
+    except FeatureStoreError as exc:
         if exc.retryable:
             raise
-        raise AirflowFailException(str(exc)) from exc
-    except NotFoundError as exc:
         raise AirflowFailException(str(exc)) from exc
 
 

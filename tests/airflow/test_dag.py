@@ -182,3 +182,24 @@ def test_the_dag_imports_without_errors_or_database_access(monkeypatch: pytest.M
     for task in dag.tasks:
         assert task.retries >= 1, task.task_id
         assert task.execution_timeout is not None, task.task_id
+
+
+def test_a_run_reconciles_redis_after_it_restarted(airflow_env: Settings, db: Sql) -> None:
+    import redis
+
+    dag = load_dag()
+    assert str(dag.test(run_conf=CONF).state) == "success"
+    client = redis.Redis.from_url(airflow_env.redis_url)
+    keys = sorted(client.scan_iter(match=f"{airflow_env.redis_prefix}:*"))
+    assert keys
+    # Redis comes back empty (a restart without persistence): the next run's check_online sees a
+    # different server than the last check did and restores every group, not only this run's window.
+    client.unlink(*keys)
+    db.execute("UPDATE feature_store.online_instances SET instance_id = 'the-server-before-the-restart'")
+    earlier = {"start": HOURS[0].start.isoformat(), "end": HOURS[0].end.isoformat(), "tenant_ids": ["initech"]}
+    assert str(dag.test(run_conf=earlier).state) == "success"
+    restored = set(client.scan_iter(match=f"{airflow_env.redis_prefix}:*"))
+    assert set(keys) <= restored
+    with FeatureStore(settings=airflow_env) as store:
+        sampled = [f for f in store.freshness() if f.online_sampled]
+        assert sampled and all(f.online_present == f.online_sampled for f in sampled)
