@@ -36,7 +36,7 @@ from airflow.sdk import (  # type: ignore[attr-defined]  # airflow.sdk's stub om
 )
 
 from featurepipe_airflow import tasks
-from featurepipe_airflow.tasks import JobItem, WorkItem
+from featurepipe_airflow.fanout import FinishItem, WorkItem
 
 LABEL = "{{ task.op_kwargs['item']['label'] }}"
 
@@ -49,6 +49,8 @@ LABEL = "{{ task.op_kwargs['item']['label'] }}"
     doc_md=__doc__,
     tags=["featurepipe"],
     default_args={
+        # Later stages first: a started job finishes before new ones start (jobs complete as the run goes).
+        "weight_rule": "upstream",
         "retries": 2,
         "retry_delay": tasks.retry_delay(),
         "retry_exponential_backoff": 2.0,
@@ -65,6 +67,13 @@ LABEL = "{{ task.op_kwargs['item']['label'] }}"
         "feature_group_ids": Param([], type="array", items={"type": "string"}, description="Only these groups."),
         "start": Param(None, type=["null", "string"], description="Explicit window start (ISO 8601, UTC)."),
         "end": Param(None, type=["null", "string"], description="Explicit window end (ISO 8601, UTC)."),
+        "fanout": Param(
+            "auto",
+            enum=["auto", "tenant", "shard"],
+            description="Mapped items per tenant (tenant/group/feature), per tenant shard (group/feature/shard N of M),"
+            " or auto: per tenant while the run is small, shards when it is not.",
+        ),
+        "shard_size": Param(None, type=["null", "integer"], minimum=1, description="Tenants per shard (fanout=shard)."),
         "overwrite_online": Param(
             None,
             type=["null", "string"],
@@ -82,21 +91,21 @@ LABEL = "{{ task.op_kwargs['item']['label'] }}"
 )
 def feature_materialization() -> None:
     @task
-    def plan() -> list[JobItem]:
-        return tasks.plan(get_current_context())
-
-    @task
     def check_online() -> dict[str, int]:
         return tasks.check_online()
 
     @task
-    def work_items(jobs: list[JobItem]) -> list[WorkItem]:
-        return tasks.work_items(jobs)
+    def plan() -> list[FinishItem]:
+        return tasks.plan(get_current_context())
+
+    @task
+    def work_items(finish: list[FinishItem]) -> list[WorkItem]:
+        return tasks.work_items(finish)
 
     @task_group
     def materialize_feature(item: WorkItem) -> None:
         @task(map_index_template=LABEL)
-        def transform(item: WorkItem) -> int:
+        def transform(item: WorkItem) -> dict[str, int]:
             return tasks.transform(item, get_current_context())
 
         @task(map_index_template=LABEL)
@@ -104,18 +113,18 @@ def feature_materialization() -> None:
             return tasks.validate(item, get_current_context())
 
         @task(map_index_template=LABEL)
-        def write(item: WorkItem) -> int:
+        def write(item: WorkItem) -> dict[str, int]:
             return tasks.write(item, get_current_context())
 
         transform(item=item) >> validate(item=item) >> write(item=item)
 
-    @task(map_index_template="{{ task.op_kwargs['job']['label'] }}", trigger_rule="all_done")
-    def finish(job: JobItem) -> dict[str, int]:
-        return tasks.finish(job, get_current_context())
+    @task(map_index_template=LABEL, trigger_rule="all_done")
+    def finish(item: FinishItem) -> dict[str, int]:
+        return tasks.finish(item, get_current_context())
 
     check_online()
-    jobs = plan()
-    materialize_feature.expand(item=work_items(jobs)) >> finish.expand(job=jobs)  # type: ignore[arg-type]
+    planned = plan()
+    materialize_feature.expand(item=work_items(planned)) >> finish.expand(item=planned)  # type: ignore[arg-type]
 
 
 feature_materialization()

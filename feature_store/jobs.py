@@ -104,6 +104,7 @@ def create_job(
             " features_total = excluded.features_total, try_number = excluded.try_number,"
             " online_overwrite = excluded.online_overwrite, overwrite_reason = excluded.overwrite_reason,"
             " status = 'pending', progress = 0, error_message = NULL, rows_processed = 0, rows_failed = 0,"
+            " shard = NULL, finish_claimed_at = NULL,"
             " duration_ms = NULL, started_at = NULL, completed_at = NULL"
         )
     with conn.transaction():
@@ -312,6 +313,39 @@ def fail_jobs_of_run(conn: psycopg.Connection, *, dag_id: str, run_id: str, reas
     return cur.rowcount
 
 
+def record_shards(conn: psycopg.Connection, shards: dict[int, int]) -> None:
+    """Remember which tenant shard of its run each job belongs to (job id -> shard number)."""
+    if shards:
+        conn.execute(
+            "UPDATE feature_store.materialization_jobs j SET shard = s.shard"
+            " FROM unnest(%s::bigint[], %s::int[]) AS s(id, shard) WHERE j.id = s.id",
+            (list(shards), list(shards.values())),
+        )
+
+
+def find_shard_jobs(conn: psycopg.Connection, *, dag_id: str, run_id: str, group_id: str, shard: int) -> list[int]:
+    """The jobs of one tenant shard of an orchestrator run."""
+    rows = conn.execute(
+        "SELECT id FROM feature_store.materialization_jobs"
+        " WHERE dag_id = %s AND run_id = %s AND feature_group_id = %s AND shard = %s ORDER BY id",
+        (dag_id, run_id, group_id, shard),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def claim_finish(conn: psycopg.Connection, job_id: int) -> bool:
+    """Claim the right to finish a job whose features are all done (written or failed); one caller wins."""
+    row = conn.execute(
+        "UPDATE feature_store.materialization_jobs j SET finish_claimed_at = now()"
+        " WHERE j.id = %s AND j.finish_claimed_at IS NULL AND j.status NOT IN ('completed', 'failed')"
+        " AND NOT EXISTS (SELECT 1 FROM feature_store.materialization_job_features f"
+        "   WHERE f.job_id = j.id AND f.status NOT IN ('written', 'failed'))"
+        " RETURNING j.id",
+        (job_id,),
+    ).fetchone()
+    return row is not None
+
+
 def find_run_job(conn: psycopg.Connection, *, dag_id: str, run_id: str, tenant_id: str, group_id: str) -> int | None:
     """The job an orchestrator run created for (tenant, group), if any."""
     row = conn.execute(
@@ -325,13 +359,14 @@ def find_run_job(conn: psycopg.Connection, *, dag_id: str, run_id: str, tenant_i
 def fail_feature(conn: psycopg.Connection, job_id: int, feature: str, reason: str) -> bool:
     """Mark a feature failed from outside its task (killed, timed out, failed from the UI).
 
-    A failure the stage already recorded keeps its own, more precise, message. Returns True if changed.
+    A feature already written keeps that (a shard's task may fail for its other tenants), and a
+    failure the stage already recorded keeps its own, more precise, message. Returns True if changed.
     """
     row = conn.execute(
         "SELECT status FROM feature_store.materialization_job_features WHERE job_id = %s AND feature_name = %s",
         (job_id, feature),
     ).fetchone()
-    if row is not None and row[0] == FeatureStatus.FAILED.value:
+    if row is not None and row[0] in (FeatureStatus.FAILED.value, FeatureStatus.WRITTEN.value):
         return False
     record_feature(conn, job_id, feature, FeatureStatus.FAILED, error_message=reason)
     return True

@@ -293,7 +293,7 @@ class FeaturePipeline:
         ctx = self._context(job_id)
         ctx.feature(feature_name)
         self._progress(f"write {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}")
-        status = self._feature_status(job_id, feature_name)
+        status = self.feature_status(job_id, feature_name)
         if status not in (FeatureStatus.VALIDATED, FeatureStatus.WRITTEN):
             raise JobStateError(
                 f"feature {feature_name!r} of job {job_id} is {status.value}, not validated; run validate first"
@@ -347,6 +347,15 @@ class FeaturePipeline:
             )
             self._record_finish_failure(job_id, failure, try_number, final)
             raise failure from exc
+
+    def record_shards(self, shards: dict[int, int]) -> None:
+        """Remember the orchestrator's tenant shard of each job (job id -> shard number)."""
+        jobs.record_shards(self._conn, shards)
+
+    def fail_jobs(self, job_ids: Sequence[int], reason: str) -> None:
+        """End jobs that will never run (their run could not be planned) as failed, with the reason."""
+        for job_id in job_ids:
+            self.fail(job_id, reason)
 
     def fail(self, job_id: int, reason: str) -> PipelineResult:
         """End a job as failed (e.g. its online publish could not be done) and drop its staging."""
@@ -550,7 +559,12 @@ class FeaturePipeline:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def _feature_status(self, job_id: int, feature_name: str) -> FeatureStatus:
+    @property
+    def conn(self) -> psycopg.Connection:
+        return self._conn
+
+    def feature_status(self, job_id: int, feature_name: str) -> FeatureStatus:
+        """Where one feature of a job got to (pending before its first stage)."""
         row = self._conn.execute(
             "SELECT status FROM feature_store.materialization_job_features WHERE job_id = %s AND feature_name = %s",
             (job_id, feature_name),

@@ -11,6 +11,7 @@ import logging
 
 from feature_store import jobs
 from featurepipe_airflow.connections import open_store
+from featurepipe_airflow.fanout import shard_of
 
 log = logging.getLogger(__name__)
 
@@ -20,24 +21,38 @@ DAG_ID = "feature_materialization"
 def task_failed(
     *, dag_id: str, run_id: str, task_id: str, label: str | None, try_number: int | None, error: str
 ) -> None:
-    """A task of the DAG failed for good: fail its feature (stage tasks) or its job (finish)."""
+    """A task of the DAG failed for good: fail its features (stage tasks) or its jobs (finish).
+
+    Labels name one job (`tenant/group[/feature]`) or a tenant shard (`group[/feature]/shard N of M`).
+    """
     if dag_id != DAG_ID or not label:
         return
     parts = label.split("/")
-    if len(parts) not in (2, 3):
+    shard = shard_of(label)
+    if shard is not None:
+        group_id, feature = parts[0], (parts[1] if len(parts) == 3 else None)
+    elif len(parts) in (2, 3):
+        group_id, feature = parts[1], (parts[2] if len(parts) == 3 else None)
+    else:
         return
-    tenant_id, group_id = parts[0], parts[1]
     reason = f"Airflow task {task_id} [{label}] of run {run_id} failed (try {try_number}): {error}"
     with open_store(online=False) as store:
-        job_id = jobs.find_run_job(store.conn, dag_id=dag_id, run_id=run_id, tenant_id=tenant_id, group_id=group_id)
-        if job_id is None:
-            return
-        if len(parts) == 3:
-            changed = jobs.fail_feature(store.conn, job_id, parts[2], reason)
+        if shard is not None:
+            job_ids = jobs.find_shard_jobs(store.conn, dag_id=dag_id, run_id=run_id, group_id=group_id, shard=shard)
         else:
-            changed = jobs.fail_job(store.conn, job_id, reason)
+            found = jobs.find_run_job(store.conn, dag_id=dag_id, run_id=run_id, tenant_id=parts[0], group_id=group_id)
+            job_ids = [found] if found is not None else []
+        changed = [
+            job_id
+            for job_id in job_ids
+            if (
+                jobs.fail_feature(store.conn, job_id, feature, reason)
+                if feature is not None
+                else jobs.fail_job(store.conn, job_id, reason)
+            )
+        ]
     if changed:
-        log.warning("featurepipe: job %s: %s", job_id, reason)
+        log.warning("featurepipe: job(s) %s: %s", ", ".join(map(str, changed)), reason)
 
 
 def run_ended(*, dag_id: str, run_id: str, state: str, message: str | None) -> None:

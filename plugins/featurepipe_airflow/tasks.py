@@ -13,25 +13,12 @@ import redis
 from airflow.sdk.exceptions import AirflowFailException
 
 from feature_store import ConnectionFailedError, FeatureStoreError, JobType, RunInfo, TimeWindow
+from feature_store.stage_runner import Stage, run_stage
+from featurepipe_airflow import fanout
 from featurepipe_airflow.connections import open_store
+from featurepipe_airflow.fanout import FanOutError, FinishItem, WorkItem, fan_out
 
 log = logging.getLogger(__name__)
-
-
-class WorkItem(TypedDict):
-    """One batch feature of one job: what a mapped transform/validate/write task works on."""
-
-    job_id: int
-    feature: str
-    label: str
-
-
-class JobItem(TypedDict):
-    """One job of the run: what a mapped finish task works on."""
-
-    job_id: int
-    label: str
-    features: list[str]
 
 
 def resolve_window(context: Any) -> TimeWindow:
@@ -63,15 +50,16 @@ def run_info(context: Any) -> RunInfo:
     return RunInfo(dag_id=ti.dag_id, run_id=ti.run_id, try_number=ti.try_number)
 
 
-def plan(context: Any) -> list[JobItem]:
-    """Create one pending job per active tenant x group and list the batch features to run."""
+def plan(context: Any) -> list[FinishItem]:
+    """Create one pending job per active tenant x group and cut the run into mapped items (see fanout)."""
     params = context["params"]
     try:
         window = resolve_window(context)
     except ValueError as exc:  # bad params: retrying cannot help
         raise AirflowFailException(f"invalid window for this run: {exc}") from exc
     with open_store(online=False) as store, _failing_fast():
-        planned = store.pipeline(online=False).plan(
+        pipeline = store.pipeline(online=False)
+        planned = pipeline.plan(
             window=window,
             mode=JobType(params["mode"]),
             write_online=bool(params["write_online"]),
@@ -81,19 +69,37 @@ def plan(context: Any) -> list[JobItem]:
             run=run_info(context),
             overwrite_online=params.get("overwrite_online") or None,
         )
-    return [
-        {"job_id": p.job_id, "label": f"{p.tenant_id}/{p.feature_group_id}", "features": list(p.features)}
-        for p in planned
-    ]
+        try:
+            cut = fan_out(
+                [fanout.PlannedJob(p.job_id, p.tenant_id, p.feature_group_id, p.features) for p in planned],
+                granularity=params.get("fanout") or "auto",
+                shard_size=params.get("shard_size") or None,
+                max_map_length=_max_map_length(),
+                target_items=int(os.environ.get("FEATUREPIPE_TARGET_ITEMS") or 48),
+            )
+        except FanOutError as exc:
+            pipeline.fail_jobs([p.job_id for p in planned], f"the run could not be planned: {exc}")
+            raise AirflowFailException(str(exc)) from exc
+        pipeline.record_shards(cut.shards)
+    log.info(
+        "%d jobs in %d feature items and %d finish items%s",
+        len(planned),
+        len(cut.work),
+        len(cut.finish),
+        f" (tenant shards of {cut.shard_size})" if cut.shard_size else " (one per tenant)",
+    )
+    return cut.finish
 
 
-def work_items(jobs: list[JobItem]) -> list[WorkItem]:
-    """One item per (job, batch feature), labelled `tenant/group/feature`."""
-    return [
-        {"job_id": job["job_id"], "feature": feature, "label": f"{job['label']}/{feature}"}
-        for job in jobs
-        for feature in job["features"]
-    ]
+def work_items(finish: list[FinishItem]) -> list[WorkItem]:
+    """The feature items of the run: what the mapped transform/validate/write tasks run."""
+    return [w for item in finish for w in item["work"]]
+
+
+def _max_map_length() -> int:
+    from airflow.configuration import conf
+
+    return conf.getint("core", "max_map_length")
 
 
 class Tries(TypedDict):
@@ -112,29 +118,68 @@ def tries(context: Any) -> Tries:
     return {"try_number": ti.try_number, "final": ti.try_number > ti.max_tries}
 
 
-def transform(item: WorkItem, context: Any) -> int:
-    with open_store(online=False) as store, _failing_fast():
-        return store.pipeline(online=False).transform(item["job_id"], item["feature"], **tries(context))
+def transform(item: WorkItem, context: Any) -> dict[str, int]:
+    return _stage(Stage.TRANSFORM, item, context)
 
 
 def validate(item: WorkItem, context: Any) -> dict[str, int]:
-    with open_store(online=False) as store, _failing_fast():
-        outcome = store.pipeline(online=False).validate(item["job_id"], item["feature"], **tries(context))
-    return {"rows": outcome.rows_total, "rows_failed": outcome.rows_failed}
+    return _stage(Stage.VALIDATE, item, context)
 
 
-def write(item: WorkItem, context: Any) -> int:
-    with open_store(online=False) as store, _failing_fast():
-        return store.pipeline(online=False).write(item["job_id"], item["feature"], **tries(context))
+def write(item: WorkItem, context: Any) -> dict[str, int]:
+    """Write offline; a job whose features are all done is published and finished right away."""
+    return _stage(Stage.WRITE, item, context)
 
 
-def finish(job: JobItem, context: Any) -> dict[str, int]:
-    """Publish online and end the job; fails without retry when the job ended failed (it is over)."""
+def _stage(stage: Stage, item: WorkItem, context: Any) -> dict[str, int]:
+    """Run one stage for the item's jobs, each on its own (see stage_runner).
+
+    A failure a later try may fix makes Airflow retry the task (the jobs already past the stage are
+    skipped then). A feature that failed for good fails this task when it was the item's only job
+    (its downstream stages have nothing to do); in a shard the other jobs carry on, and the write
+    task fails at the end, naming the failed tenants, so the failure shows in the grid.
+    """
+    online = stage is Stage.WRITE
+    with open_store(online=online) as store, _failing_fast():
+        pipeline = store.pipeline(online=online)
+        report = run_stage(pipeline, stage, item["job_ids"], item["feature"], finish_done_jobs=online, **tries(context))
+    counts = {"jobs": len(item["job_ids"]), "rows": report.rows, "finished": len(report.finished)}
+    if report.retrying:
+        raise next(iter(report.retrying.values()))
+    if report.failed and not report.done and not report.skipped:
+        errors = list(report.failed.values())
+        if all(not e.retryable for e in errors):
+            raise AirflowFailException("\n".join(str(e) for e in errors))
+        raise errors[0]
+    if stage is Stage.WRITE and (report.failed or report.failed_before):
+        failed = sorted(set(report.failed) | set(report.failed_before))
+        raise AirflowFailException(
+            f"{item['feature']} failed for {len(failed)} of {len(item['job_ids'])} jobs of {item['label']}"
+            f" (job ids {', '.join(map(str, failed))}); the others were written. Reasons:\n"
+            + "\n".join(str(e) for e in report.failed.values())
+        )
+    return counts
+
+
+def finish(item: FinishItem, context: Any) -> dict[str, int]:
+    """Publish online and end the item's jobs that are not finished yet; fails when any job ended failed."""
+    results = []
     with open_store() as store, _failing_fast():
-        result = store.pipeline().finish(job["job_id"], **tries(context))
-    if not result.succeeded:
-        raise AirflowFailException(f"job {result.job_id} ({job['label']}) failed:\n" + "\n".join(result.errors))
-    return {"rows": result.rows_processed, "rows_failed": result.rows_failed, "rows_online": result.rows_online}
+        pipeline = store.pipeline()
+        for job_id in item["job_ids"]:
+            results.append(pipeline.finish(job_id, **tries(context)))
+    failed = [r for r in results if not r.succeeded]
+    if failed:
+        raise AirflowFailException(
+            f"{len(failed)} of {len(results)} jobs of {item['label']} failed:\n"
+            + "\n".join(f"job {r.job_id} ({r.tenant_id}/{r.feature_group_id}): " + "; ".join(r.errors) for r in failed)
+        )
+    return {
+        "jobs": len(results),
+        "rows": sum(r.rows_processed for r in results),
+        "rows_failed": sum(r.rows_failed for r in results),
+        "rows_online": sum(r.rows_online for r in results),
+    }
 
 
 def check_online() -> dict[str, int]:

@@ -39,7 +39,7 @@ def task_states(run: Any) -> dict[tuple[str, str], str]:
             return XComModel.deserialize_value(session.scalars(query).one())  # type: ignore[no-any-return]
 
         labels = {
-            "finish": [job["label"] for job in pulled("plan")],
+            "finish": [item["label"] for item in pulled("plan")],
             "materialize_feature": [item["label"] for item in pulled("work_items")],
         }
         tis = session.query(TaskInstance).filter_by(dag_id=run.dag_id, run_id=run.run_id).all()

@@ -197,3 +197,30 @@ def test_the_view_requires_an_authenticated_user(airflow_env: Settings) -> None:
     from featurepipe_airflow import view
 
     assert TestClient(view.app).get("/api/jobs").status_code == 401
+
+
+def test_a_shard_task_that_failed_for_good_fails_its_tenants_that_did_not_get_through(
+    airflow_env: Settings, db: Sql
+) -> None:
+    from featurepipe_airflow import listener
+
+    with FeatureStore(settings=airflow_env) as store:
+        planned = store.pipeline().plan(window=HOURS[-1], run=RunInfo(dag_id=DAG_ID, run_id="manual__7", try_number=1))
+        shard = {p.tenant_id: p.job_id for p in planned if p.feature_group_id == "user_engagement"}
+        store.pipeline().record_shards({shard["acme"]: 1, shard["globex"]: 1, shard["initech"]: 2})
+        pipeline = store.pipeline()
+        for stage in (pipeline.transform, pipeline.validate, pipeline.write):
+            stage(shard["acme"], "message_count")  # acme got through before the task was killed
+        pipeline.transform(shard["globex"], "message_count")
+    # The worker running the shard's write task died; Airflow failed the task after its last try.
+    listener.on_task_instance_failed(
+        previous_state="running",
+        task_instance=TaskInstanceState(
+            DAG_ID, "manual__7", "materialize_feature.write", "user_engagement/message_count/shard 1 of 2", 3, "failed"
+        ),
+        error="Task instance heartbeat timed out",
+    )
+    assert feature_row(db, shard["acme"], "message_count")[0] == "written"
+    status, error = feature_row(db, shard["globex"], "message_count")
+    assert status == "failed" and error is not None and "shard 1 of 2] of run manual__7 failed (try 3)" in error
+    assert feature_row(db, shard["initech"], "message_count") == ("pending", None)  # another shard

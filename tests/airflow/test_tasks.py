@@ -58,13 +58,3 @@ def test_bad_window_params_are_named(params: dict[str, str], message: str) -> No
 
     with pytest.raises(ValueError, match=message):
         resolve_window(context(utc(9), utc(10), **params))
-
-
-def test_work_items_are_labelled_tenant_group_feature() -> None:
-    from featurepipe_airflow.tasks import work_items
-
-    items = work_items([{"job_id": 7, "label": "acme/user_engagement", "features": ["a", "b"]}])
-    assert items == [
-        {"job_id": 7, "feature": "a", "label": "acme/user_engagement/a"},
-        {"job_id": 7, "feature": "b", "label": "acme/user_engagement/b"},
-    ]
