@@ -416,6 +416,7 @@ def _demo_materialize(store: FeatureStore, windows: list[Any], *, quiet: bool) -
 def _demo_summary(store: FeatureStore, *, since: datetime | None) -> dict[str, Any]:
     jobs = store.list_jobs(limit=500, created_after=since)
     quarantined = store.quarantined_rows(limit=8, since=since)
+    by_rule = store.quarantine_summary(since=since)
     lookups: dict[str, Any] = {}
     for tenant in demo_module.DEMO_TENANTS[:1]:
         entities = demo_module.sample_entities(store.conn, tenant)
@@ -437,7 +438,7 @@ def _demo_summary(store: FeatureStore, *, since: datetime | None) -> dict[str, A
                 [f"message_features:{f}" for f in ("length", "token_count", "intent", "is_question")],
             ),
         }
-    return {"jobs": jobs, "quarantined": quarantined, "online": lookups}
+    return {"jobs": jobs, "quarantined": quarantined, "quarantine_by_rule": by_rule, "online": lookups}
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -470,6 +471,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     failed = [j for j in jobs if j.status is JobStatus.FAILED]
     for job in failed[:5]:
         console.print(f"[red]job {job.id} failed:[/] {job.error_message}", highlight=False)
+    console.rule("quarantined rows by feature and rule")
+    counts = Table("feature", "rule", "rows", "tenants", "for example")
+    for c in summary["quarantine_by_rule"]:
+        counts.add_row(f"{c.feature_group_id}:{c.feature_name}", c.rule, str(c.rows), str(c.tenants), c.example)
+    console.print(counts if summary["quarantine_by_rule"] else "no quarantined rows")
     console.rule("quarantined rows (latest)")
     _print_quarantine(summary["quarantined"])
     online_lookups = summary["online"]

@@ -353,6 +353,17 @@ class QuarantinedRow(BaseModel):
     quarantined_at: datetime
 
 
+class QuarantineCount(BaseModel):
+    """How many rows of one feature one rule rejected, with one of the reasons as an example."""
+
+    feature_group_id: str
+    feature_name: str
+    rule: str
+    rows: int
+    tenants: int
+    example: str
+
+
 # -- Reads ---------------------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from feature_store.models import (
     OnlineFeatureRow,
     PipelineConfig,
     PipelineResult,
+    QuarantineCount,
     QuarantinedRow,
     ReconcileResult,
 )
@@ -188,6 +189,22 @@ class FeatureStore:
             " AND (%(since)s::timestamptz IS NULL OR quarantined_at >= %(since)s)"
             " ORDER BY quarantined_at DESC, id DESC LIMIT %(limit)s",
             {"job": job_id, "tenant": tenant_id, "since": since, "limit": limit},
+        )
+
+    def quarantine_summary(
+        self, *, since: datetime | None = None, tenant_id: str | None = None
+    ) -> list[QuarantineCount]:
+        """Quarantined rows counted per (group, feature, rule), most first: what broke, how often, why."""
+        self._require_schema()
+        return fetch_models(
+            self.conn,
+            QuarantineCount,
+            "SELECT feature_group_id, feature_name, rule, count(*) AS rows, count(DISTINCT tenant_id) AS tenants,"
+            " min(reason) AS example FROM feature_store.quarantined_rows"
+            " WHERE (%(since)s::timestamptz IS NULL OR quarantined_at >= %(since)s)"
+            " AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
+            " GROUP BY 1, 2, 3 ORDER BY rows DESC, 1, 2, 3",
+            {"since": since, "tenant": tenant_id},
         )
 
     # -- online consistency --------------------------------------------------------------------

@@ -84,6 +84,10 @@ def test_broken_ratings_never_reach_avg_rating_and_are_quarantined(store: Featur
         (jobs,),
     )
     assert failed == broken
+    # The summary (CLI demo, Feature Store view) counts them per feature and rule, with a reason.
+    summary = {(c.feature_name, c.rule): c for c in store.quarantine_summary(tenant_id="acme")}
+    assert summary[("avg_rating", "expectation")].rows == broken
+    assert summary[("avg_rating", "expectation")].example.startswith("source row app.feedback ")
 
 
 def test_feature_sql_cannot_see_rows_that_break_an_expectation(store: FeatureStore, db: Sql) -> None:

@@ -64,6 +64,7 @@ def page(store: StoreDep) -> str:
         groups=store.freshness(),
         jobs=store.list_jobs(limit=50),
         quarantined=store.quarantined_rows(limit=25),
+        quarantine_counts=store.quarantine_summary(),
         misses=store.deadline_misses(limit=10),
     )
 

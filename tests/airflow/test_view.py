@@ -158,6 +158,7 @@ def test_the_view_shows_empty_states_and_keeps_refreshing(client: TestClient) ->
     page = parse(html)
     assert page.empty == {
         "Recent materialization jobs": "no jobs yet",
+        "Quarantined rows by feature and rule": "no quarantined rows",
         "Quarantined rows": "no quarantined rows",
         "Missed deadlines": "no missed deadlines",
     }
