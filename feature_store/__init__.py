@@ -4,6 +4,7 @@ Plain Python with no Airflow import; the DAGs in `dags/` call these stages one t
 """
 
 from feature_store.config import Settings
+from feature_store.definitions.models import FeatureDefinition, FeatureGroup, Tenant, ValidationRules, ValueType
 from feature_store.errors import (
     ConnectionFailedError,
     DefinitionError,
@@ -17,24 +18,17 @@ from feature_store.errors import (
     ValidationError,
     WriteError,
 )
-from feature_store.jobs import RunInfo
-from feature_store.models import (
-    FeatureDefinition,
-    FeatureGroup,
-    HistoricalRow,
+from feature_store.pipeline.jobs import RunInfo
+from feature_store.pipeline.models import (
     JobStatus,
     JobType,
     MaterializationJob,
-    OnlineFeatureRow,
-    OnlineValue,
     PipelineConfig,
     PipelineResult,
-    Tenant,
     TimeWindow,
-    ValidationRules,
-    ValueType,
 )
-from feature_store.pipeline import FeaturePipeline, PlannedJob
+from feature_store.pipeline.stages import FeaturePipeline, PlannedJob
+from feature_store.serving.models import HistoricalRow, OnlineFeatureRow, OnlineValue
 from feature_store.store import FeatureStore
 
 __all__ = [

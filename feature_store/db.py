@@ -101,3 +101,9 @@ def fetch_models(
 def advisory_xact_lock(conn: psycopg.Connection, key: str) -> None:
     """Take a transaction-scoped advisory lock named by `key`: holders of the same key take turns."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+
+
+def qualified_name(name: str) -> sql.Composed:
+    """`schema.table` as a composed identifier."""
+    schema, table = name.split(".", 1)
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))

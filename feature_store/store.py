@@ -13,29 +13,34 @@ from types import TracebackType
 import psycopg
 import redis
 
-from feature_store import jobs, monitoring, offline_store, schema
+from feature_store import schema
 from feature_store.config import Settings
 from feature_store.db import connect, connect_redis, ensure_database, fetch_models
+from feature_store.definitions.apply import ApplyReport, apply_repo
+from feature_store.definitions.models import FeatureGroup
+from feature_store.definitions.registry import Registry
+from feature_store.definitions.repo import load_repo
 from feature_store.errors import FeatureNotFoundError, FeatureStoreError, SchemaNotInitializedError
-from feature_store.models import (
-    FeatureGroup,
-    HistoricalRow,
+from feature_store.monitoring import deadlines, freshness
+from feature_store.monitoring.deadlines import DeadlineMiss
+from feature_store.monitoring.freshness import GroupFreshness
+from feature_store.pipeline import jobs
+from feature_store.pipeline.models import (
     MaterializationJob,
     OnlineCheck,
-    OnlineFeatureRow,
     PipelineConfig,
     PipelineResult,
     QuarantineCount,
     QuarantinedRow,
     ReconcileResult,
 )
-from feature_store.monitoring import DeadlineMiss, GroupFreshness
-from feature_store.online_store import FeatureSpec, RedisOnlineStore
-from feature_store.pipeline import FeaturePipeline
-from feature_store.publish import reconcile_group
-from feature_store.registry import Registry
-from feature_store.repo import ApplyReport, apply_repo, load_repo
-from feature_store.sandbox import set_password as set_sandbox_password
+from feature_store.pipeline.publish import reconcile_group
+from feature_store.pipeline.sandbox import set_password as set_sandbox_password
+from feature_store.pipeline.stages import FeaturePipeline
+from feature_store.serving.models import HistoricalRow, OnlineFeatureRow
+from feature_store.stores.offline import postgres as offline_store
+from feature_store.stores.online.base import FeatureSpec
+from feature_store.stores.online.redis import RedisOnlineStore
 from feature_store.types import FeatureRef, ProgressCallback
 
 # Online reads resolve feature refs against the registry; a short cache keeps that off the hot path.
@@ -263,15 +268,15 @@ class FeatureStore:
     def freshness(self, *, check_online: bool = True) -> list[GroupFreshness]:
         """Freshness of every active (tenant, group); with `check_online`, sampled against the online store."""
         self._require_schema()
-        return monitoring.freshness(self.conn, self.online if check_online else None)
+        return freshness.freshness(self.conn, self.online if check_online else None)
 
     def deadline_misses(self, *, limit: int = 20) -> list[DeadlineMiss]:
         self._require_schema()
-        return monitoring.deadline_misses(self.conn, limit=limit)
+        return deadlines.deadline_misses(self.conn, limit=limit)
 
     def record_deadline_miss(self, *, dag_id: str, run_id: str, deadline_time: datetime | None, message: str) -> None:
         self._require_schema()
-        monitoring.record_deadline_miss(
+        deadlines.record_deadline_miss(
             self.conn, dag_id=dag_id, run_id=run_id, deadline_time=deadline_time, message=message
         )
 

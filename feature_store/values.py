@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from feature_store.models import ValueType
+from feature_store.definitions.models import ValueType
 from feature_store.types import FeatureValue
 
 

@@ -16,8 +16,8 @@ import redis
 from psycopg import sql
 
 from feature_store import FeatureStore, Settings
-from feature_store.demo import create_sources, demo_repo_path, generate_data
 from feature_store.schema import migrate
+from featurepipe_demo import create_sources, demo_repo_path, generate_data
 from support import HOURS, REDIS_URL, Sql, admin_connection, url_for
 
 RUN_ID = uuid.uuid4().hex[:8]

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from feature_store.models import TimeWindow
+from feature_store.windows import TimeWindow
 
 ADMIN_URL = os.environ.get("FEATURE_STORE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FEATURE_STORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from feature_store.cli import _invalid_config, main
-from feature_store.demo import demo_repo_path
-from feature_store.models import PipelineConfig
+from feature_store.cli.commands import _invalid_config, main
+from feature_store.pipeline.models import PipelineConfig
+from featurepipe_demo import demo_repo_path
 from support import HOURS, Sql, admin_connection, url_for
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from feature_store.demo import generate_data
+from featurepipe_demo import generate_data
 from support import HOURS, Sql
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from feature_store import DefinitionError, FeatureStore, JobStatus, PipelineConfig
-from feature_store.demo import demo_repo_path
+from featurepipe_demo import demo_repo_path
 from support import HOURS, Sql
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from feature_store import FeatureStore, JobStatus, PipelineConfig, Settings, TimeWindow
 from feature_store.errors import FinishError, OnlineStoreLostDataError, WindowError
-from feature_store.models import JobType
-from feature_store.online_store import RedisOnlineStore
+from feature_store.pipeline.models import JobType
+from feature_store.stores.online.redis import RedisOnlineStore
 from support import HOURS, Sql
 
 

@@ -9,9 +9,11 @@ import pytest
 import redis
 
 from feature_store import Settings
+from feature_store.definitions.models import ValueType
 from feature_store.errors import ConfigurationError
-from feature_store.models import OnlineValueStatus, ValueType
-from feature_store.online_store import FeatureSpec, RedisOnlineStore
+from feature_store.serving.models import OnlineValueStatus
+from feature_store.stores.online.base import FeatureSpec
+from feature_store.stores.online.redis import RedisOnlineStore
 
 
 @pytest.fixture

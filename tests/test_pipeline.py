@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 
 from feature_store import FeatureStore, JobStatus, JobType, PipelineConfig
-from feature_store.models import FeatureStatus, OnlineValueStatus
+from feature_store.pipeline.models import FeatureStatus
+from feature_store.serving.models import OnlineValueStatus
 from support import HOURS, Sql
 
 
@@ -230,8 +231,8 @@ def test_a_feature_failing_at_run_time_fails_alone(store: FeatureStore, db: Sql)
 
 
 def test_a_hostile_tenant_id_is_treated_as_data(store: FeatureStore, db: Sql, settings: object) -> None:
-    from feature_store import transform
     from feature_store.errors import TenantNotFoundError
+    from feature_store.pipeline import transform
 
     hostile = "x'; DROP TABLE feature_store.tenants; --"
     with pytest.raises(TenantNotFoundError, match="DROP TABLE"):

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from feature_store import DefinitionError, FeatureStore
-from feature_store.cli import main
-from feature_store.repo import load_repo
+from feature_store.cli.commands import main
+from feature_store.definitions.repo import load_repo
 from support import Sql
 
 GOOD_FEATURE = """\

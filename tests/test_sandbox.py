@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from feature_store import DefinitionError, FeatureStore, JobStatus, PipelineConfig, Settings
-from feature_store.models import FeatureStatus
+from feature_store.pipeline.models import FeatureStatus
 from support import HOURS, Sql
 
 WINDOW = HOURS[-1]

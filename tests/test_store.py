@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from feature_store import FeatureStore, Settings, TenantNotFoundError
-from feature_store.registry import Registry
+from feature_store.definitions.registry import Registry
 from support import HOURS, REDIS_URL, Sql
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from feature_store import FeatureStore, JobStatus, PipelineConfig, PipelineResult
-from feature_store.models import OnlineValueStatus
-from feature_store.validate import RULES
+from feature_store.pipeline.validate import RULES
+from feature_store.serving.models import OnlineValueStatus
 from support import HOURS, Sql
 
 WINDOW = HOURS[-1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from feature_store import jobs
+from feature_store.pipeline import jobs
 from featurepipe_airflow.connections import open_store
 from featurepipe_airflow.fanout import shard_of
 

@@ -13,7 +13,7 @@ import redis
 from airflow.sdk.exceptions import AirflowFailException
 
 from feature_store import ConnectionFailedError, FeatureStoreError, JobType, RunInfo, TimeWindow
-from feature_store.stage_runner import Stage, run_stage
+from feature_store.pipeline.runner import Stage, run_stage
 from featurepipe_airflow import fanout
 from featurepipe_airflow.connections import open_store
 from featurepipe_airflow.fanout import FanOutError, FinishItem, WorkItem, fan_out

@@ -18,8 +18,9 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from feature_store import FeatureStore, MaterializationJob
-from feature_store.models import QuarantinedRow
-from feature_store.monitoring import DeadlineMiss, GroupFreshness
+from feature_store.monitoring.deadlines import DeadlineMiss
+from feature_store.monitoring.freshness import GroupFreshness
+from feature_store.pipeline.models import QuarantinedRow
 from featurepipe_airflow.connections import open_store
 
 require_user = requires_authenticated()

@@ -17,7 +17,7 @@ import pytest
 from faults import RedisServer, free_port, interrupt_offline_write, quick_redis, wait_for
 
 from feature_store import FeatureStore, JobStatus, PipelineConfig, RunInfo, Settings
-from feature_store.models import OnlineValueStatus
+from feature_store.serving.models import OnlineValueStatus
 from support import HOURS, Sql
 
 pytestmark = pytest.mark.airflow

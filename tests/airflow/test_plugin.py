@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from feature_store import FeatureStore, JobStatus, RunInfo, Settings
-from feature_store.models import FeatureStatus
+from feature_store.pipeline.models import FeatureStatus
 from support import HOURS, Sql
 
 pytestmark = pytest.mark.airflow

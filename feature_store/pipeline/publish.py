@@ -23,10 +23,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from feature_store.definitions.models import FeatureGroup
 from feature_store.errors import OnlineStoreLostDataError
-from feature_store.models import FeatureGroup, TimeWindow
-from feature_store.online_store import OnlineStore
-from feature_store.staging import replaced_table, staging_table
+from feature_store.pipeline.staging import replaced_table, staging_table
+from feature_store.stores.online.base import OnlineStore
+from feature_store.windows import TimeWindow
 
 SAMPLE_SIZE = 50
 """Entities of the first and of the last batch checked for presence after a publish."""

@@ -4,30 +4,32 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 import pydantic
-from pydantic import BaseModel
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from feature_store import demo as demo_module
+import featurepipe_demo as demo_module
+from feature_store.cli.render import (
+    console,
+    emit_json,
+    err_console,
+    print_online,
+    print_quarantine,
+    print_results,
+    print_summary,
+    show_value,
+    status_markup,
+)
 from feature_store.errors import FeatureStoreError, InvalidInputError
-from feature_store.models import JobStatus, JobType, OnlineFeatureRow, PipelineConfig, PipelineResult
+from feature_store.pipeline.models import JobStatus, JobType, PipelineConfig, PipelineResult
 from feature_store.store import FeatureStore
-
-# Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
-_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
-console = Console(width=_WIDTH)
-err_console = Console(stderr=True, width=_WIDTH)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,17 +48,6 @@ def _handle_errors(func: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
-
-
-def _emit_json(payload: Any) -> None:
-    def default(value: Any) -> Any:
-        if isinstance(value, BaseModel):
-            return value.model_dump(mode="json")
-        if isinstance(value, datetime):
-            return value.isoformat()
-        raise TypeError(f"cannot serialise {type(value).__name__}")
-
-    click.echo(json.dumps(payload, default=default, indent=2))
 
 
 def _to_time(value: str) -> datetime:
@@ -141,7 +132,7 @@ def init(as_json: bool) -> None:
     with FeatureStore.from_env() as store:
         applied = store.init()
     if as_json:
-        _emit_json({"applied": applied})
+        emit_json({"applied": applied})
     else:
         console.print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
 
@@ -155,7 +146,7 @@ def apply(path: str, as_json: bool) -> None:
     with FeatureStore.from_env() as store:
         report = store.apply(path)
     if as_json:
-        _emit_json(report.__dict__)
+        emit_json(report.__dict__)
         return
     for verb, items, style in (
         ("created", report.created, "green"),
@@ -221,9 +212,9 @@ def materialize(
     with FeatureStore.from_env() as store:
         result = store.materialize(config)
     if as_json:
-        _emit_json(result)
+        emit_json(result)
     else:
-        _print_results([result])
+        print_results([result])
         for error in result.errors:
             err_console.print(f"[red]failed:[/] {error}", highlight=False)
     if not result.succeeded:
@@ -244,7 +235,7 @@ def jobs(tenant_id: str | None, group_id: str | None, status: str | None, limit:
             tenant_id=tenant_id, group_id=group_id, status=JobStatus(status) if status else None, limit=limit
         )
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
         return
     table = Table("id", "tenant", "group", "type", "window", "status", "progress", "rows", "failed", "ms", "run")
     for job in rows:
@@ -254,7 +245,7 @@ def jobs(tenant_id: str | None, group_id: str | None, status: str | None, limit:
             job.feature_group_id,
             job.job_type.value,
             f"{job.start_time:%Y-%m-%d %H:%M} → {job.end_time:%H:%M}",
-            _status(job.status),
+            status_markup(job.status),
             f"{job.progress:.0%}",
             str(job.rows_processed),
             str(job.rows_failed),
@@ -275,9 +266,9 @@ def quarantine(tenant_id: str | None, job_id: int | None, limit: int, as_json: b
     with FeatureStore.from_env() as store:
         rows = store.quarantined_rows(tenant_id=tenant_id, job_id=job_id, limit=limit)
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
         return
-    _print_quarantine(rows)
+    print_quarantine(rows)
 
 
 @main.group()
@@ -299,9 +290,9 @@ def online_get(
     with FeatureStore.from_env() as store:
         rows = store.get_online_features(tenant_id, entity_type, list(entity_ids), list(features))
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
     else:
-        _print_online(rows, list(features))
+        print_online(rows, list(features))
 
 
 @online.command("reconcile")
@@ -314,7 +305,7 @@ def online_reconcile(tenant_id: str | None, group_id: str | None, as_json: bool)
     with FeatureStore.from_env() as store:
         results = store.reconcile_online(tenant_id=tenant_id, group_id=group_id)
     if as_json:
-        _emit_json(results)
+        emit_json(results)
         return
     table = Table("tenant", "group", "entities", "values written")
     for r in results:
@@ -340,11 +331,11 @@ def historical(tenant_id: str, features: tuple[str, ...], entities_file: Any, as
     with FeatureStore.from_env() as store:
         rows = store.get_historical_features(tenant_id, entity_rows, list(features))
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
         return
     table = Table("entity_id", "timestamp", *features)
     for row in rows:
-        table.add_row(row.entity_id, row.timestamp.isoformat(), *(_show(row.values[f]) for f in features))
+        table.add_row(row.entity_id, row.timestamp.isoformat(), *(show_value(row.values[f]) for f in features))
     console.print(table)
 
 
@@ -378,15 +369,15 @@ def demo(hours: int, users: int, materialize: bool, summary_only: bool, since: s
                     console.print(f"  {change}")
             if not materialize:
                 if as_json:
-                    _emit_json(payload)
+                    emit_json(payload)
                 return  # nothing materialized here: the caller (e.g. the Airflow DAG) does that
             payload["results"] = _demo_materialize(store, setup.windows, quiet=as_json)
         summary = _demo_summary(store, since=_parse_time(since, "--since") if since else None)
         payload.update(summary)
     if as_json:
-        _emit_json(payload)
+        emit_json(payload)
         return
-    _print_summary(summary)
+    print_summary(summary)
 
 
 def _demo_materialize(store: FeatureStore, windows: list[Any], *, quiet: bool) -> list[PipelineResult]:
@@ -439,114 +430,6 @@ def _demo_summary(store: FeatureStore, *, since: datetime | None) -> dict[str, A
             ),
         }
     return {"jobs": jobs, "quarantined": quarantined, "quarantine_by_rule": by_rule, "online": lookups}
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    jobs = summary["jobs"]
-    by_status: dict[str, int] = {}
-    for job in jobs:
-        by_status[job.status.value] = by_status.get(job.status.value, 0) + 1
-    console.rule("jobs")
-    console.print(
-        f"{len(jobs)} jobs: "
-        + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
-        + f"; {sum(j.rows_processed for j in jobs)} rows processed, {sum(j.rows_failed for j in jobs)} quarantined"
-    )
-    table = Table("tenant", "group", "jobs", "completed", "failed", "rows", "quarantined", "last window end")
-    groups: dict[tuple[str, str], list[Any]] = {}
-    for job in jobs:
-        groups.setdefault((job.tenant_id, job.feature_group_id), []).append(job)
-    for (tenant, group), items in sorted(groups.items()):
-        table.add_row(
-            tenant,
-            group,
-            str(len(items)),
-            str(sum(j.status is JobStatus.COMPLETED for j in items)),
-            str(sum(j.status is JobStatus.FAILED for j in items)),
-            str(sum(j.rows_processed for j in items)),
-            str(sum(j.rows_failed for j in items)),
-            f"{max(j.end_time for j in items):%Y-%m-%d %H:%M}",
-        )
-    console.print(table)
-    failed = [j for j in jobs if j.status is JobStatus.FAILED]
-    for job in failed[:5]:
-        console.print(f"[red]job {job.id} failed:[/] {job.error_message}", highlight=False)
-    console.rule("quarantined rows by feature and rule")
-    counts = Table("feature", "rule", "rows", "tenants", "for example")
-    for c in summary["quarantine_by_rule"]:
-        counts.add_row(f"{c.feature_group_id}:{c.feature_name}", c.rule, str(c.rows), str(c.tenants), c.example)
-    console.print(counts if summary["quarantine_by_rule"] else "no quarantined rows")
-    console.rule("quarantined rows (latest)")
-    _print_quarantine(summary["quarantined"])
-    online_lookups = summary["online"]
-    if online_lookups:
-        console.rule(f"online lookups (tenant {online_lookups['tenant']})")
-        for kind in ("user", "message"):
-            rows: list[OnlineFeatureRow] = online_lookups[kind]
-            if rows:
-                _print_online(rows, list(rows[0].features))
-
-
-def _print_results(results: Sequence[PipelineResult]) -> None:
-    table = Table("job", "tenant", "group", "status", "rows", "failed", "online", "ms")
-    for r in results:
-        table.add_row(
-            str(r.job_id),
-            r.tenant_id,
-            r.feature_group_id,
-            _status(r.status),
-            str(r.rows_processed),
-            str(r.rows_failed),
-            str(r.rows_online),
-            str(r.duration_ms),
-        )
-    console.print(table)
-    features = Table("feature", "status", "rows", "failed", "error")
-    for r in results:
-        for f in r.features:
-            features.add_row(
-                f.feature, f.status.value, str(f.rows_processed), str(f.rows_failed), f.error_message or ""
-            )
-    console.print(features)
-
-
-def _print_quarantine(rows: Sequence[Any]) -> None:
-    if not rows:
-        console.print("no quarantined rows")
-        return
-    table = Table("job", "tenant", "feature", "entity", "rule", "reason")
-    for q in rows:
-        table.add_row(
-            str(q.job_id),
-            q.tenant_id,
-            f"{q.feature_group_id}:{q.feature_name}",
-            q.entity_id or "",
-            q.rule,
-            q.reason,
-        )
-    console.print(table)
-
-
-def _print_online(rows: Sequence[OnlineFeatureRow], features: list[str]) -> None:
-    table = Table("entity_id", *features)
-    for row in rows:
-        cells = []
-        for ref in features:
-            value = row.features[ref]
-            cells.append(_show(value.value) if value.status.value == "present" else f"[dim]{value.status.value}[/]")
-        table.add_row(row.entity_id, *cells)
-    console.print(table)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return "—" if value is None else str(value)
-
-
-def _status(status: JobStatus) -> str:
-    color = {"completed": "green", "failed": "red", "running": "yellow"}.get(status.value, "white")
-    return f"[{color}]{status.value}[/]"
 
 
 if __name__ == "__main__":

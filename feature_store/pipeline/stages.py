@@ -7,8 +7,7 @@ error is recorded on the job and its siblings carry on.
 A failure a retry can fix (lost connection, cancel, deadlock, timeout, Redis down) is only noted
 while more tries are to come (`final=False`): the feature keeps its status, so the retry picks up
 where it stopped, and the job stays running. It fails the feature (or job) on the last try, or at
-once when retrying cannot help (bad SQL, bad data).
-"""
+once when retrying cannot help (bad SQL, bad data)."""
 
 from __future__ import annotations
 
@@ -25,8 +24,9 @@ import psycopg
 import redis
 from psycopg import sql
 
-from feature_store import jobs, offline_store, sources, transform, validate
 from feature_store.config import Settings
+from feature_store.definitions.models import FeatureDefinition, FeatureGroup
+from feature_store.definitions.registry import Registry
 from feature_store.errors import (
     FeatureNotFoundError,
     FeatureStoreError,
@@ -38,10 +38,10 @@ from feature_store.errors import (
     WindowError,
     WriteError,
 )
-from feature_store.jobs import RunInfo
-from feature_store.models import (
-    FeatureDefinition,
-    FeatureGroup,
+from feature_store.pipeline import jobs, transform, validate
+from feature_store.pipeline.failures import describe_failure, is_transient, retry_note
+from feature_store.pipeline.jobs import RunInfo
+from feature_store.pipeline.models import (
     FeatureStatus,
     JobType,
     MaterializationJob,
@@ -49,10 +49,11 @@ from feature_store.models import (
     PipelineResult,
     TimeWindow,
 )
-from feature_store.online_store import OnlineStore
-from feature_store.publish import publish_job
-from feature_store.registry import Registry
-from feature_store.staging import create_staging, drop_staging, staging_exists, staging_table
+from feature_store.pipeline.publish import publish_job
+from feature_store.pipeline.staging import create_staging, drop_staging, staging_exists, staging_table
+from feature_store.sources import expectations, isolation
+from feature_store.stores.offline import postgres as offline_store
+from feature_store.stores.online.base import OnlineStore
 from feature_store.types import ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class FeaturePipeline:
         ):
             create_staging(self._conn, job_id)  # gone if the job was finished and is being rerun
             schemas, declared = self._registry.source_declarations()
-            sources.verify(self._conn, schemas, declared)
+            isolation.verify(self._conn, schemas, declared)
             staged = transform.run(
                 self._conn,
                 settings=self._settings,
@@ -218,9 +219,9 @@ class FeaturePipeline:
             rows = staged.rows
             self._conn.execute(
                 "DELETE FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = %s AND rule = %s",
-                (job_id, feature_name, sources.EXPECTATION_RULE),
+                (job_id, feature_name, expectations.EXPECTATION_RULE),
             )
-            excluded = sources.quarantine_source_rows(
+            excluded = expectations.quarantine_source_rows(
                 self._conn,
                 job_id=job_id,
                 tenant_id=ctx.job.tenant_id,
@@ -342,8 +343,8 @@ class FeaturePipeline:
                 job_id=job_id,
                 tenant_id=ctx.job.tenant_id if ctx else None,
                 group_id=ctx.group.id if ctx else None,
-                message=_describe(exc),
-                retryable=_is_transient(exc),
+                message=describe_failure(exc),
+                retryable=is_transient(exc),
             )
             self._record_finish_failure(job_id, failure, try_number, final)
             raise failure from exc
@@ -420,7 +421,7 @@ class FeaturePipeline:
             try:
                 return call(final)
             except (PipelineError, FinishError, psycopg.Error, redis.RedisError) as exc:
-                if final or not _is_transient(exc):
+                if final or not is_transient(exc):
                     raise
                 delay = RUN_BACKOFF_S * 2 ** (attempt - 1)
                 log.warning("%s; attempt %d of %d in %.1fs", exc, attempt + 1, RUN_ATTEMPTS, delay)
@@ -497,8 +498,8 @@ class FeaturePipeline:
             self._record_failure(ctx.job.id, feature_name, exc, try_number, final)
             raise
         except (transform.SqlShapeError, psycopg.Error, FeatureStoreError) as exc:
-            message = _describe(exc, timeout_s)
-            failure = error(message=message, retryable=_is_transient(exc), **names)
+            message = describe_failure(exc, timeout_s)
+            failure = error(message=message, retryable=is_transient(exc), **names)
             self._record_failure(ctx.job.id, feature_name, failure, try_number, final)
             raise failure from exc
 
@@ -510,7 +511,7 @@ class FeaturePipeline:
         try:
             with self._usable_conn() as conn:
                 if exc.retryable and not final:
-                    jobs.note_feature_retry(conn, job_id, feature_name, _retry_note(exc, try_number))
+                    jobs.note_feature_retry(conn, job_id, feature_name, retry_note(exc, try_number))
                 else:
                     jobs.record_feature(
                         conn, job_id, feature_name, FeatureStatus.FAILED, error_message=str(exc), try_number=try_number
@@ -524,7 +525,7 @@ class FeaturePipeline:
         try:
             with self._usable_conn() as conn:
                 if exc.retryable and not final:
-                    jobs.note_job_retry(conn, job_id, _retry_note(exc, try_number))
+                    jobs.note_job_retry(conn, job_id, retry_note(exc, try_number))
                 else:
                     jobs.finish_job(conn, job_id, extra_errors=[str(exc)], try_number=try_number)
         except Exception:
@@ -555,7 +556,7 @@ class FeaturePipeline:
         """Source rows the transform quarantined for breaking an expectation (they count as failed rows)."""
         row = self._conn.execute(
             "SELECT count(*) FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = %s AND rule = %s",
-            (job_id, feature_name, sources.EXPECTATION_RULE),
+            (job_id, feature_name, expectations.EXPECTATION_RULE),
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -610,63 +611,3 @@ class FeaturePipeline:
             errors=[e for e in (job.error_message or "").splitlines() if e],
             features=results,
         )
-
-
-# SQLSTATE classes worth a retry: connection, transaction rollback (deadlock, serialization),
-# insufficient resources, operator intervention (statement timeout, cancel, terminated backend), system error.
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Could running the same step again succeed?"""
-    exc = _database_cause(exc)
-    if isinstance(exc, psycopg.Error):
-        if exc.sqlstate:
-            return exc.sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
-        return isinstance(exc, psycopg.OperationalError)  # raised by psycopg itself: the connection is gone
-    if isinstance(exc, FeatureStoreError):
-        return exc.retryable
-    # A Redis that is down, restarting, loading its data or timing out; not a script or command error.
-    return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
-
-
-def _describe(exc: BaseException, timeout_s: float | None = None) -> str:
-    """The cause of a failure in words, telling apart what a bare SQLSTATE or exception class does not."""
-    exc = _database_cause(exc)
-    if isinstance(exc, psycopg.Error):
-        primary = exc.diag.message_primary or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if isinstance(exc, psycopg.errors.QueryCanceled):
-            # 57014 covers both; the server's message says which (PostgreSQL's English texts).
-            if "statement timeout" in primary:
-                if timeout_s is not None:
-                    return f"exceeded the statement timeout of {timeout_s:g}s (FEATURE_STORE_STATEMENT_TIMEOUT)"
-                return f"exceeded the database's statement timeout ({primary})"
-            if "user request" in primary:
-                return f"the statement was cancelled by a cancel request, e.g. pg_cancel_backend ({primary})"
-            return f"the statement was cancelled ({primary})"
-        if isinstance(exc, psycopg.errors.AdminShutdown):
-            return f"the database connection was terminated, e.g. by pg_terminate_backend or a restart ({primary})"
-        sqlstate = exc.sqlstate or ""
-        if sqlstate.startswith("08") or (not sqlstate and isinstance(exc, psycopg.OperationalError)):
-            return f"lost the database connection ({primary})"
-        return primary
-    if isinstance(exc, redis.TimeoutError):
-        return f"Redis did not answer in time ({exc})"
-    if isinstance(exc, redis.ConnectionError):
-        return f"Redis is unreachable ({exc})"
-    return str(exc)
-
-
-def _database_cause(exc: BaseException) -> BaseException:
-    """A bad-SQL verdict that was really a database failure (the check of a feature's SQL met a
-    terminated connection or a cancel) is that failure."""
-    cause = exc.__cause__
-    if isinstance(exc, transform.SqlShapeError) and isinstance(cause, psycopg.Error) and _is_transient(cause):
-        return cause
-    return exc
-
-
-def _retry_note(exc: Exception, try_number: int | None) -> str:
-    """What a failure that will be retried leaves as the error message meanwhile."""
-    after = f"after try {try_number}" if try_number is not None else "after a failed attempt"
-    return f"retrying {after}: {exc}"

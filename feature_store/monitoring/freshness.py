@@ -8,7 +8,7 @@ import psycopg
 from pydantic import BaseModel
 
 from feature_store.db import fetch_models
-from feature_store.online_store import OnlineStore
+from feature_store.stores.online.base import OnlineStore
 
 
 class GroupFreshness(BaseModel):
@@ -31,14 +31,6 @@ class GroupFreshness(BaseModel):
     """How many of those the online store still holds."""
 
     last_online_job_id: int | None = None
-
-
-class DeadlineMiss(BaseModel):
-    dag_id: str
-    run_id: str
-    deadline_time: datetime | None
-    detected_at: datetime
-    message: str
 
 
 def freshness(conn: psycopg.Connection, online: OnlineStore | None = None) -> list[GroupFreshness]:
@@ -96,22 +88,3 @@ def freshness(conn: psycopg.Connection, online: OnlineStore | None = None) -> li
 
 ONLINE_SAMPLE = 20
 """Entities per (tenant, group) that `freshness` looks up online."""
-
-
-def record_deadline_miss(
-    conn: psycopg.Connection, *, dag_id: str, run_id: str, deadline_time: datetime | None, message: str
-) -> None:
-    conn.execute(
-        "INSERT INTO feature_store.deadline_misses (dag_id, run_id, deadline_time, message) VALUES (%s, %s, %s, %s)",
-        (dag_id, run_id, deadline_time, message),
-    )
-
-
-def deadline_misses(conn: psycopg.Connection, *, limit: int = 20) -> list[DeadlineMiss]:
-    return fetch_models(
-        conn,
-        DeadlineMiss,
-        "SELECT dag_id, run_id, deadline_time, detected_at, message FROM feature_store.deadline_misses"
-        " ORDER BY detected_at DESC, id DESC LIMIT %s",
-        (limit,),
-    )

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import psycopg
 
-from feature_store.models import JobType, PipelineConfig, PipelineResult, TimeWindow
+from feature_store.pipeline.models import JobType, PipelineConfig, PipelineResult
 from feature_store.store import FeatureStore
+from feature_store.windows import TimeWindow
 
 DEMO_TENANTS = ("acme", "globex", "initech")
 
 
 def demo_repo_path() -> Path:
-    return Path(str(resources.files("feature_store").joinpath("demo_repo")))
+    return Path(str(resources.files("featurepipe_demo").joinpath("repo")))
 
 
 def demo_windows(hours: int, *, now: datetime | None = None) -> list[TimeWindow]:
@@ -30,7 +31,7 @@ def demo_windows(hours: int, *, now: datetime | None = None) -> list[TimeWindow]
 
 
 def create_sources(conn: psycopg.Connection) -> None:
-    script = resources.files("feature_store").joinpath("demo_sources.sql").read_text(encoding="utf-8")
+    script = resources.files("featurepipe_demo").joinpath("sources.sql").read_text(encoding="utf-8")
     with conn.transaction():
         conn.execute(script.encode())
 
@@ -44,7 +45,7 @@ def generate_data(
     seed: float = 0.42,
 ) -> dict[str, int]:
     """Replace the demo source rows with fresh ones in (start, end]; returns row counts per table."""
-    script = resources.files("feature_store").joinpath("demo_data.sql").read_text(encoding="utf-8")
+    script = resources.files("featurepipe_demo").joinpath("data.sql").read_text(encoding="utf-8")
     params = {"start": start, "end": end, "users": users_per_tenant, "seed": seed}
     with conn.transaction():
         for statement in _statements(script):

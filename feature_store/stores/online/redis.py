@@ -1,91 +1,29 @@
 """Online store: the latest value of each feature per entity in Redis, for low-latency serving.
+from feature_store.config import check_redis_prefix
+from feature_store.windows import TimeWindow
+from feature_store.values import coerce
 
 Layout: one hash per (tenant, group, entity) at `{prefix}:{tenant}:{group}:{entity}`, one field per
 feature holding `event_time_us|write_time_us|value_json`. Writes go through a Lua script that keeps
 only newer values (event time, then write time) and refreshes the group's TTL, server-side and
-atomically, so concurrent writers cannot race the way a read-then-write from Python would.
-"""
+atomically, so concurrent writers cannot race the way a read-then-write from Python would."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from importlib import resources
 
 import redis
 
 from feature_store.config import check_redis_prefix
-from feature_store.models import OnlineValue, OnlineValueStatus, TimeWindow, ValueType
+from feature_store.serving.models import OnlineValue, OnlineValueStatus
+from feature_store.stores.online.base import EPOCH, FeatureSpec, OnlineStore
 from feature_store.values import coerce
-
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """What a read needs to know about one requested feature."""
-
-    group_id: str
-    name: str
-    value_type: ValueType
-    ttl_seconds: int | None
-
-
-class OnlineStore(ABC):
-    """Where the latest feature values live for serving."""
-
-    @abstractmethod
-    def write_batch(
-        self,
-        *,
-        tenant_id: str,
-        group_id: str,
-        rows: Sequence[tuple[str, str]],
-        ttl_seconds: int | None,
-        write_time_us: int,
-        replaces: TimeWindow | None = None,
-        force: bool = False,
-    ) -> int:
-        """Write one batch so that each entity ends with its latest valid value.
-
-        Args:
-            rows: (entity_id, fields) pairs, `fields` a JSON array of [feature, event_time_us, value_json]
-                to write or [feature] to remove.
-            replaces: the window whose values were recomputed: stored values inside it give way to
-                incoming ones even when those are older (a fallback), and may be removed.
-            force: overwrite (or remove) whatever is stored: an audited corrective rerun.
-
-        Returns:
-            The number of feature values written or removed (older ones are skipped).
-        """
-
-    @abstractmethod
-    def instance_id(self) -> str:
-        """Identity of the running server: it changes when a restart may have lost data."""
-
-    @abstractmethod
-    def count_present(self, *, tenant_id: str, group_id: str, entity_ids: Sequence[str]) -> int:
-        """How many of these entities have a stored value of the group, in one round trip."""
-
-    @abstractmethod
-    def read(
-        self, *, tenant_id: str, entity_ids: Sequence[str], features: Sequence[FeatureSpec]
-    ) -> list[dict[str, OnlineValue]]:
-        """Read many entities and features in one round trip.
-
-        Returns:
-            A list of the same length as entity_ids; each maps `group:feature` to an OnlineValue
-            whose status says present, missing or expired.
-        """
-
-    @abstractmethod
-    def teardown(self, *, tenant_id: str | None = None) -> int:
-        """Delete stored values (of one tenant, or all); returns the number of keys removed."""
+from feature_store.windows import TimeWindow
 
 
 class RedisOnlineStore(OnlineStore):
@@ -100,7 +38,7 @@ class RedisOnlineStore(OnlineStore):
         self._client = client
         self._prefix = prefix
         self._script = client.register_script(
-            resources.files("feature_store").joinpath("online_write.lua").read_text(encoding="utf-8")
+            resources.files("feature_store.stores.online").joinpath("online_write.lua").read_text(encoding="utf-8")
         )
 
     @property

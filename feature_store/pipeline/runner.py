@@ -12,10 +12,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from feature_store import jobs
 from feature_store.errors import FinishError, PipelineError
-from feature_store.models import FeatureStatus
-from feature_store.pipeline import FeaturePipeline
+from feature_store.pipeline import jobs
+from feature_store.pipeline.models import FeatureStatus
+from feature_store.pipeline.stages import FeaturePipeline
 
 log = logging.getLogger(__name__)
 

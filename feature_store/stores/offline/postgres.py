@@ -9,10 +9,12 @@ import psycopg
 from psycopg import sql
 
 from feature_store.db import advisory_xact_lock
-from feature_store.models import HistoricalRow, TimeWindow, ValueType
-from feature_store.staging import replaced_table, staging_table
+from feature_store.definitions.models import ValueType
+from feature_store.pipeline.staging import replaced_table, staging_table
+from feature_store.serving.models import HistoricalRow
 from feature_store.types import FeatureValue
 from feature_store.values import coerce
+from feature_store.windows import TimeWindow
 
 
 def write_window(

@@ -17,10 +17,11 @@ import psycopg
 from psycopg import sql
 
 from feature_store.config import Settings
+from feature_store.definitions.models import FeatureDefinition, ValueType
 from feature_store.errors import FeatureStoreError
-from feature_store.models import FeatureDefinition, TimeWindow, ValueType
-from feature_store.sandbox import SandboxSession, sandbox_session
-from feature_store.staging import staging_table
+from feature_store.pipeline.sandbox import SandboxSession, sandbox_session
+from feature_store.pipeline.staging import staging_table
+from feature_store.windows import TimeWindow
 
 PARAMETERS = ("tenant_id", "start_time", "end_time")
 """The only placeholders a transformation may use: %(tenant_id)s, %(start_time)s, %(end_time)s."""

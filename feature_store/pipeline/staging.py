@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 
 from feature_store.db import advisory_xact_lock
-from feature_store.sandbox import SANDBOX_ROLE
+from feature_store.pipeline.sandbox import SANDBOX_ROLE
 
 STAGING_SCHEMA = "feature_store_staging"
 

@@ -8,8 +8,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from feature_store.db import fetch_models
+from feature_store.definitions.models import FeatureDefinition, FeatureGroup, SourceTable, Status, Tenant
 from feature_store.errors import FeatureGroupNotFoundError, TenantNotFoundError
-from feature_store.models import FeatureDefinition, FeatureGroup, SourceTable, Status, Tenant
 
 _GROUP_COLUMNS = (
     "id, entity_type, description, online_enabled, offline_enabled, ttl_seconds, status,"

@@ -18,9 +18,9 @@ from datetime import datetime
 import psycopg
 
 from feature_store.db import fetch_models
+from feature_store.definitions.models import FeatureGroup
 from feature_store.errors import JobNotFoundError
-from feature_store.models import (
-    FeatureGroup,
+from feature_store.pipeline.models import (
     FeatureResult,
     FeatureStatus,
     JobStatus,
@@ -28,7 +28,7 @@ from feature_store.models import (
     MaterializationJob,
     TimeWindow,
 )
-from feature_store.staging import create_staging, drop_staging
+from feature_store.pipeline.staging import create_staging, drop_staging
 
 JOB_COLUMNS = (
     "id, tenant_id, feature_group_id, job_type, start_time, end_time, status, progress, error_message,"

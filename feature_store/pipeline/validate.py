@@ -13,9 +13,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from feature_store.models import FeatureDefinition, TimeWindow, ValueType
-from feature_store.sources import EXPECTATION_RULE
-from feature_store.staging import staging_table
+from feature_store.definitions.models import FeatureDefinition, ValueType
+from feature_store.pipeline.staging import staging_table
+from feature_store.sources.expectations import EXPECTATION_RULE
+from feature_store.windows import TimeWindow
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLOAT64_MAX = "1.7976931348623157e308"

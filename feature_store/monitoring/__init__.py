@@ -1,0 +1,1 @@
+"""What operators look at: freshness (including what online holds) and missed deadlines."""

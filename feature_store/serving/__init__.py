@@ -1,0 +1,1 @@
+"""Serving: reads of features online and for training."""

@@ -1,0 +1,1 @@
+"""Sources: what transforms may read (tenant isolation of source tables) and expectations on their rows."""

@@ -1,0 +1,1 @@
+"""The offline store: full feature history for point-in-time-correct training data."""

@@ -1,0 +1,1 @@
+"""The online store: the latest value per entity and feature, for serving."""
