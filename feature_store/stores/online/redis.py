@@ -1,7 +1,4 @@
 """Online store: the latest value of each feature per entity in Redis, for low-latency serving.
-from feature_store.config import check_redis_prefix
-from feature_store.windows import TimeWindow
-from feature_store.values import coerce
 
 Layout: one hash per (tenant, group, entity) at `{prefix}:{tenant}:{group}:{entity}`, one field per
 feature holding `event_time_us|write_time_us|value_json`. Writes go through a Lua script that keeps
