@@ -1,6 +1,7 @@
 """Faults the retry tests inject into the real services.
 
-* A write blocked on the offline-write lock, whose backend the test then terminates or cancels.
+* An offline write (a job's flush) blocked on the offline-write lock, whose backend the test then
+  terminates or cancels.
 * A Redis server of the test's own, on a free loopback port, stopped and restarted at will.
 
 Every wait is for a condition (polled, with a deadline), never a fixed sleep.
@@ -48,9 +49,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def offline_lock_key(tenant_id: str, group_id: str, feature: str) -> str:
-    """The advisory-lock key `offline_store.write_window` takes for one (tenant, group, feature)."""
-    return f"featurepipe offline {tenant_id}\x1f{group_id}\x1f{feature}"
+def offline_lock_key(tenant_id: str, group_id: str) -> str:
+    """The advisory-lock key the offline store's `replace_window` takes for one (tenant, group)."""
+    return f"featurepipe offline {tenant_id}\x1f{group_id}"
 
 
 @dataclass
@@ -64,13 +65,13 @@ class Interruption:
 
 @contextmanager
 def interrupt_offline_write(
-    database_url: str, *, tenant_id: str, group_id: str, feature: str, action: str, timeout: float = 120.0
+    database_url: str, *, tenant_id: str, group_id: str, action: str, timeout: float = 120.0
 ) -> Iterator[Interruption]:
-    """Hold the offline-write lock of (tenant, group, feature); the first backend that waits for it gets
+    """Hold the offline-write lock of (tenant, group); the first backend that waits for it gets
     `action` (pg_terminate_backend or pg_cancel_backend), then the lock is released so the next try
     goes through. Raises at the end of the block if no write came to wait, or the fault failed."""
     assert action in ("pg_terminate_backend", "pg_cancel_backend")
-    key = offline_lock_key(tenant_id, group_id, feature)
+    key = offline_lock_key(tenant_id, group_id)
     result = Interruption()
     stop = threading.Event()
     holder = psycopg.connect(database_url)  # not autocommit: the lock lasts until commit

@@ -140,7 +140,7 @@ def test_expectations_follow_the_repo(store: FeatureStore, db: Sql, tmp_path: Pa
         )
     )
     assert db.value(policies) == 1
-    db.execute("DELETE FROM feature_store.feature_values")
+    db.execute("TRUNCATE feature_store.offline_rows")
     run_user_engagement(store)
     values = avg_ratings(db).values()
     assert values and all(2 <= v <= 4 for v in values)

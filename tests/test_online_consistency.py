@@ -32,6 +32,8 @@ def online_values(store: FeatureStore, tenant: str, group: str) -> dict[tuple[st
     for key in client.scan_iter(match=prefix + "*", count=1000):
         entity = key.decode()[len(prefix) :].replace("%3A", ":").replace("%25", "%")
         for field, raw in client.hgetall(key).items():
+            if field == b"~":  # the store's own summary of the hash
+                continue
             event_us, _write_us, value = raw.decode().split("|", 2)
             event_time = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(event_us))
             found[(entity, field.decode())] = (json.loads(value), event_time)
@@ -248,7 +250,7 @@ def test_reconcile_restores_online_values_after_the_online_store_lost_them(store
     client.unlink(*client.scan_iter(match=f"{store.settings.redis_prefix}:*", count=1000))
     # Values last written longer ago than the TTL would have expired online: they stay out.
     db.execute(
-        "UPDATE feature_store.feature_values SET created_at = now() - interval '8 days'"
+        "UPDATE feature_store.offline_rows SET created_at = now() - interval '8 days'"
         " WHERE tenant_id = 'acme' AND feature_group_id = 'user_engagement' AND entity_id = 'acme-u001'"
     )
     results = store.reconcile_online()

@@ -305,8 +305,11 @@ def test_full_mode_recomputes_every_hour_of_its_range_like_hourly_runs(store: Fe
     hourly = db.rows(snapshot)
     assert len({ts for _, _, ts, _ in hourly}) == 3
     # Damage the history: full mode must put every hour back as the hourly runs left it.
-    db.execute("UPDATE feature_store.feature_values SET value = '999' WHERE event_time = %s", (HOURS[1].end,))
-    db.execute("DELETE FROM feature_store.feature_values WHERE event_time = %s", (HOURS[0].end,))
+    db.execute(
+        "UPDATE feature_store.offline_rows SET features = features || '{\"message_count\": 999}' WHERE event_time = %s",
+        (HOURS[1].end,),
+    )
+    db.execute("DELETE FROM feature_store.offline_rows WHERE event_time = %s", (HOURS[0].end,))
     full = PipelineConfig(
         tenant_id="acme",
         feature_group_id="user_engagement",
@@ -353,7 +356,7 @@ def test_job_row_records_the_run(store: FeatureStore, db: Sql) -> None:
 
 def test_stages_are_idempotent_when_retried(store: FeatureStore, db: Sql) -> None:
     pipeline = store.pipeline()
-    planned = pipeline.start(config("acme", "message_features"))
+    planned = pipeline.start(config("acme", "message_features", features=("token_count",)))
     for _ in range(2):
         rows = pipeline.transform(planned.job_id, "token_count")
     for _ in range(2):
@@ -361,6 +364,9 @@ def test_stages_are_idempotent_when_retried(store: FeatureStore, db: Sql) -> Non
     for _ in range(2):
         written = pipeline.write(planned.job_id, "token_count")
     assert written == rows - outcome.rows_failed
+    assert db.value("SELECT count(*) FROM feature_store.feature_values") == 0  # the job's flush writes them
+    for _ in range(2):
+        assert pipeline.finish(planned.job_id).status is JobStatus.COMPLETED
     assert db.value("SELECT count(*) FROM feature_store.feature_values") == written
     assert (
         db.value("SELECT count(*) FROM feature_store.quarantined_rows WHERE rule <> 'expectation'")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from faults import RedisServer, free_port, interrupt_offline_write, quick_redis
 
-from feature_store import FeatureStore, JobStatus, PipelineConfig, Settings, TransformError, WriteError
+from feature_store import FeatureStore, JobStatus, PipelineConfig, Settings, TransformError
 from feature_store.errors import FinishError
 from support import HOURS, Sql
 
@@ -45,7 +45,7 @@ def offline_rows(db: Sql) -> list[tuple]:  # type: ignore[type-arg]
     )
 
 
-def test_a_write_whose_backend_is_terminated_stays_retryable_and_the_next_try_completes_the_job(
+def test_a_flush_whose_backend_is_terminated_stays_retryable_and_the_next_try_completes_the_job(
     settings: Settings, db: Sql, database_url: str
 ) -> None:
     with FeatureStore(settings=settings) as store:
@@ -53,49 +53,45 @@ def test_a_write_whose_backend_is_terminated_stays_retryable_and_the_next_try_co
         job_id = pipeline.start(one_feature_job()).job_id
         pipeline.transform(job_id, FEATURE, try_number=1, final=False)
         pipeline.validate(job_id, FEATURE, try_number=1, final=False)
+        written = pipeline.write(job_id, FEATURE, try_number=1, final=False)
         backend = store.conn.info.backend_pid
+        # The job's flush (the offline write of its features, then the publish) loses its backend.
         with (
             interrupt_offline_write(
-                database_url, tenant_id="acme", group_id=GROUP, feature=FEATURE, action="pg_terminate_backend"
+                database_url, tenant_id="acme", group_id=GROUP, action="pg_terminate_backend"
             ) as fault,
-            pytest.raises(WriteError) as raised,
+            pytest.raises(FinishError) as raised,
         ):
-            pipeline.write(job_id, FEATURE, try_number=1, final=False)
+            pipeline.finish(job_id, try_number=1, final=False)
         assert fault.pid == backend
         assert store.conn.closed  # the store's own connection died with its backend
     assert raised.value.retryable
     assert "the database connection was terminated" in str(raised.value)
 
-    # Recorded (on a new connection) as a note: the feature is still validated, the job still running.
-    status, error = feature_row(db, job_id)
-    assert status == "validated"
+    # Recorded (on a new connection) as a note: the feature is still written, the job still running.
+    assert feature_row(db, job_id) == ("written", None)
+    status, try_number, error = job_row(db, job_id)
+    assert (status, try_number) == ("running", 1)
     assert error is not None and error.startswith(
-        "retrying after try 1: write failed for tenant 'acme', group 'message_features', feature 'token_count':"
+        f"retrying after try 1: finish failed for job {job_id} (tenant 'acme', group 'message_features'):"
         " the database connection was terminated"
     )
-    assert job_row(db, job_id) == ("running", 1, None)
     assert offline_rows(db) == []
 
     # The next try, as Airflow makes it: a new process, a new connection.
     with FeatureStore(settings=settings) as store:
-        pipeline = store.pipeline()
-        written = pipeline.write(job_id, FEATURE, try_number=2, final=True)
-        assert feature_row(db, job_id) == ("written", None)
-        assert job_row(db, job_id) == ("running", 2, None)
-        result = pipeline.finish(job_id)
+        result = store.pipeline().finish(job_id, try_number=2, final=True)
     assert result.status is JobStatus.COMPLETED
     assert job_row(db, job_id) == ("completed", 2, None)
     assert written == len(offline_rows(db)) > 0
 
 
-def test_without_an_orchestrator_a_terminated_write_is_retried_in_process_on_a_new_connection(
+def test_without_an_orchestrator_a_terminated_flush_is_retried_in_process_on_a_new_connection(
     settings: Settings, db: Sql, database_url: str
 ) -> None:
     with (
         FeatureStore(settings=settings) as store,
-        interrupt_offline_write(
-            database_url, tenant_id="acme", group_id=GROUP, feature=FEATURE, action="pg_terminate_backend"
-        ) as fault,
+        interrupt_offline_write(database_url, tenant_id="acme", group_id=GROUP, action="pg_terminate_backend") as fault,
     ):
         result = store.materialize(one_feature_job(), parallelism=1)
     assert fault.pid is not None
@@ -103,7 +99,7 @@ def test_without_an_orchestrator_a_terminated_write_is_retried_in_process_on_a_n
     assert [(f.feature, f.status.value, f.error_message) for f in result.features] == [(FEATURE, "written", None)]
     retried = offline_rows(db)
 
-    db.execute("TRUNCATE feature_store.feature_values")
+    db.execute("TRUNCATE feature_store.offline_rows")
     with FeatureStore(settings=settings) as store:
         assert store.materialize(one_feature_job(), parallelism=1).status is JobStatus.COMPLETED
     assert offline_rows(db) == retried and retried
@@ -117,17 +113,17 @@ def test_a_cancelled_statement_is_reported_as_cancelled_and_a_timeout_as_a_timeo
         job_id = pipeline.start(one_feature_job()).job_id
         pipeline.transform(job_id, FEATURE, try_number=1, final=False)
         pipeline.validate(job_id, FEATURE, try_number=1, final=False)
+        pipeline.write(job_id, FEATURE, try_number=1, final=False)
         with (
-            interrupt_offline_write(
-                database_url, tenant_id="acme", group_id=GROUP, feature=FEATURE, action="pg_cancel_backend"
-            ),
-            pytest.raises(WriteError) as cancelled,
+            interrupt_offline_write(database_url, tenant_id="acme", group_id=GROUP, action="pg_cancel_backend"),
+            pytest.raises(FinishError) as cancelled,
         ):
-            pipeline.write(job_id, FEATURE, try_number=1, final=True)
+            pipeline.finish(job_id, try_number=1, final=True)
     message = str(cancelled.value)
     assert "the statement was cancelled by a cancel request" in message
     assert "timeout" not in message
-    assert feature_row(db, job_id) == ("failed", message)  # the last try: the feature failed
+    assert job_row(db, job_id)[:2] == ("failed", 1)  # the last try: the job failed, naming the cause
+    assert message in (job_row(db, job_id)[2] or "")
 
     db.execute(
         "UPDATE feature_store.feature_definitions SET transformation_sql ="

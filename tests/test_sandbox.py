@@ -93,7 +93,10 @@ ESCALATIONS = {
 
 @pytest.mark.parametrize("sql", ESCALATIONS.values(), ids=ESCALATIONS.keys())
 def test_feature_sql_cannot_gain_privileges(store: FeatureStore, db: Sql, sql: str) -> None:
-    db.execute("INSERT INTO feature_store.feature_values VALUES ('globex', 'g', 'f', 'secret', now(), '1', null)")
+    db.execute(
+        "INSERT INTO feature_store.offline_rows (tenant_id, feature_group_id, entity_id, event_time, features)"
+        " VALUES ('globex', 'g', 'secret', now(), '{\"f\": 1}')"
+    )
     set_sql(db, sql)
     status, error = run(store)
     assert status is FeatureStatus.FAILED

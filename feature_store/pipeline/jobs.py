@@ -185,6 +185,7 @@ def record_feature(
     rows_failed: int | None = None,
     error_message: str | None = None,
     try_number: int | None = None,
+    own_event_time: bool | None = None,
 ) -> None:
     """Record one feature's progress and refresh the job's counts and progress; the job is running now."""
     with conn.transaction():
@@ -195,12 +196,13 @@ def record_feature(
             raise JobNotFoundError(job_id)
         conn.execute(
             "INSERT INTO feature_store.materialization_job_features"
-            " (job_id, feature_name, status, rows_processed, rows_failed, error_message)"
+            " (job_id, feature_name, status, rows_processed, rows_failed, error_message, own_event_time)"
             " VALUES (%(job)s, %(feature)s, %(status)s, coalesce(%(processed)s, 0), coalesce(%(failed)s, 0),"
-            " %(error)s)"
+            " %(error)s, %(own)s)"
             " ON CONFLICT (job_id, feature_name) DO UPDATE SET status = excluded.status,"
             " rows_processed = coalesce(%(processed)s, materialization_job_features.rows_processed),"
             " rows_failed = coalesce(%(failed)s, materialization_job_features.rows_failed),"
+            " own_event_time = coalesce(%(own)s, materialization_job_features.own_event_time),"
             " error_message = excluded.error_message, updated_at = now()",
             {
                 "job": job_id,
@@ -209,6 +211,7 @@ def record_feature(
                 "processed": rows_processed,
                 "failed": rows_failed,
                 "error": error_message,
+                "own": own_event_time,
             },
         )
         conn.execute(
@@ -223,6 +226,16 @@ def record_feature(
             " WHERE j.id = %(job)s",
             {"job": job_id, "try": try_number},
         )
+
+
+def stamps_own_event_times(conn: psycopg.Connection, job_id: int, features: Sequence[str]) -> bool:
+    """Whether any of these features' SQL returns its own event times (or it is not known)."""
+    row = conn.execute(
+        "SELECT bool_or(own_event_time IS NOT FALSE) FROM feature_store.materialization_job_features"
+        " WHERE job_id = %s AND feature_name = ANY(%s)",
+        (job_id, list(features)),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def note_feature_retry(conn: psycopg.Connection, job_id: int, feature: str, note: str) -> None:

@@ -1,8 +1,8 @@
 """Publish: make each affected entity's online value its latest valid offline value.
 
 After a window is written, the entities it touched are: those with staged rows (valid or
-quarantined) and those whose offline rows of the window were replaced. Each gets its latest valid
-staged value; an entity without one falls back to its latest offline value before the window, or
+quarantined) and those whose offline values of the window were replaced. Each gets its latest valid
+value from the job's wide rows; an entity without one falls back to its latest offline value, or
 loses its online value when it has none. The online store applies this newer-only, except that a
 stored value inside the recomputed window always gives way (see online_write.lua).
 
@@ -25,7 +25,8 @@ from psycopg import sql
 
 from feature_store.definitions.models import FeatureGroup
 from feature_store.errors import OnlineStoreLostDataError
-from feature_store.pipeline.staging import replaced_table, staging_table
+from feature_store.pipeline.staging import replaced_table, staging_table, wide_table
+from feature_store.stores.offline import postgres as offline
 from feature_store.stores.online.base import OnlineStore
 from feature_store.windows import TimeWindow
 
@@ -58,34 +59,59 @@ def publish_job(
     features: Sequence[str],
     window: TimeWindow,
     offline_written: bool,
+    one_row_per_entity: bool,
     force: bool,
     batch_size: int,
 ) -> Published:
-    """Publish the job's written features; raises OnlineStoreLostDataError (retryable) if the store lost data."""
-    staging, replaced = staging_table(job_id), replaced_table(job_id)
-    # Features with offline rows after this window (a backfill): their latest value is not staged.
-    later = [f for f in features if offline_written and _has_rows_after(conn, tenant_id, group.id, f, window)]
+    """Publish the job's written features from its wide rows (see staging).
+
+    `one_row_per_entity`: the wide rows hold one row per entity (every feature stamped with the
+    window end, one window), so each row is its entity's latest values and no sort is needed.
+    Raises OnlineStoreLostDataError (retryable) if the store lost data meanwhile.
+    """
+    staging, replaced, wide = staging_table(job_id), replaced_table(job_id), wide_table(job_id)
+    # Features with offline values after this window (a backfill): their latest value is not this job's.
+    later = [
+        f
+        for f in features
+        if offline_written
+        and offline.has_values_after(conn, tenant_id=tenant_id, group_id=group.id, feature=f, after=window.end)
+    ]
     fresh = [f for f in features if f not in later]
+    event_us = "(extract(epoch FROM w.event_time) * 1000000)::bigint::text"
+    if one_row_per_entity:
+        # Each wide row is its entity's latest values: its fields straight from the row, no grouping.
+        latest = sql.SQL(
+            "SELECT w.entity_id, (SELECT json_agg(json_build_array(e.key, {ev}, e.value::text))"
+            "  FROM jsonb_each(w.features) e WHERE e.key = ANY(%(fresh)s))::text AS fields, true AS has_value"
+            " FROM {wide} w WHERE w.features ?| %(fresh)s::text[]"
+        ).format(ev=sql.SQL(event_us), wide=wide)
+    else:
+        latest = sql.SQL(
+            "SELECT x.entity_id, {fields} FROM ("
+            "  SELECT DISTINCT ON (w.entity_id, e.key) w.entity_id, e.key AS feature_name, w.event_time, e.value"
+            "  FROM {wide} w, jsonb_each(w.features) e WHERE e.key = ANY(%(fresh)s)"
+            "  ORDER BY w.entity_id, e.key, w.event_time DESC) x GROUP BY x.entity_id"
+        ).format(fields=sql.SQL(_FIELDS), wide=wide)
+    lookup = offline.latest_value(
+        tenant=sql.SQL("%(tenant)s"),
+        group=sql.SQL("%(group)s"),
+        entity=sql.SQL("m.entity_id"),
+        feature=sql.SQL("m.feature_name"),
+    )
     query = sql.SQL(
-        "WITH latest AS ("
-        "  SELECT DISTINCT ON (entity_id, feature_name) entity_id, feature_name, event_time, value FROM {staging}"
-        "  WHERE feature_name = ANY(%(fresh)s) AND rejected_rule IS NULL AND entity_id IS NOT NULL"
-        "  ORDER BY entity_id, feature_name, event_time DESC),"
-        " recheck AS ("
-        "  SELECT s.feature_name, s.entity_id FROM {staging} s WHERE s.feature_name = ANY(%(features)s)"
-        "   AND s.entity_id IS NOT NULL AND (s.rejected_rule IS NOT NULL OR s.feature_name = ANY(%(later)s))"
-        "  UNION SELECT r.feature_name, r.entity_id FROM {replaced} r WHERE r.feature_name = ANY(%(features)s)),"
-        " fallback AS ("
-        "  SELECT m.entity_id, m.feature_name, f.event_time, f.value FROM recheck m"
-        "  LEFT JOIN LATERAL (SELECT v.event_time, v.value FROM feature_store.feature_values v"
-        "    WHERE %(offline)s AND v.tenant_id = %(tenant)s AND v.feature_group_id = %(group)s"
-        "      AND v.feature_name = m.feature_name AND v.entity_id = m.entity_id"
-        "    ORDER BY v.event_time DESC LIMIT 1) f ON true"
-        "  WHERE NOT EXISTS (SELECT 1 FROM {staging} s WHERE s.feature_name = m.feature_name"
-        "    AND s.entity_id = m.entity_id AND s.rejected_rule IS NULL AND s.feature_name = ANY(%(fresh)s)))"
-        " SELECT x.entity_id, {fields} FROM (SELECT * FROM latest UNION ALL SELECT * FROM fallback) x"
+        "{latest}"
+        " UNION ALL"
+        " SELECT x.entity_id, {fields} FROM ("
+        "  SELECT m.entity_id, m.feature_name, f.event_time, f.value FROM ("
+        "   SELECT s.feature_name, s.entity_id FROM {staging} s WHERE s.feature_name = ANY(%(features)s)"
+        "    AND s.entity_id IS NOT NULL AND (s.rejected_rule IS NOT NULL OR s.feature_name = ANY(%(later)s))"
+        "   UNION SELECT r.feature_name, r.entity_id FROM {replaced} r WHERE r.feature_name = ANY(%(features)s)) m"
+        "  LEFT JOIN LATERAL ({lookup}) f ON %(offline)s"
+        "  WHERE NOT EXISTS (SELECT 1 FROM {wide} w WHERE w.entity_id = m.entity_id AND w.features ? m.feature_name"
+        "   AND m.feature_name = ANY(%(fresh)s))) x"
         " GROUP BY x.entity_id"
-    ).format(staging=staging, replaced=replaced, fields=sql.SQL(_FIELDS))
+    ).format(latest=latest, fields=sql.SQL(_FIELDS), staging=staging, replaced=replaced, wide=wide, lookup=lookup)
     params = {
         "features": list(features),
         "fresh": fresh,
@@ -125,10 +151,11 @@ def reconcile_group(
     """
     query = sql.SQL(
         "SELECT x.entity_id, {fields} FROM ("
-        "  SELECT DISTINCT ON (entity_id, feature_name) entity_id, feature_name, event_time, value, created_at"
-        "  FROM feature_store.feature_values"
-        "  WHERE tenant_id = %(tenant)s AND feature_group_id = %(group)s AND feature_name = ANY(%(features)s)"
-        "  ORDER BY entity_id, feature_name, event_time DESC) x"
+        "  SELECT DISTINCT ON (r.entity_id, e.key) r.entity_id, e.key AS feature_name, r.event_time, e.value,"
+        "   r.created_at"
+        "  FROM feature_store.offline_rows r, jsonb_each(r.features) e"
+        "  WHERE r.tenant_id = %(tenant)s AND r.feature_group_id = %(group)s AND e.key = ANY(%(features)s)"
+        "  ORDER BY r.entity_id, e.key, r.event_time DESC) x"
         " WHERE %(ttl)s::int IS NULL OR x.created_at > now() - make_interval(secs => %(ttl)s::int)"
         " GROUP BY x.entity_id"
     ).format(fields=sql.SQL(_FIELDS))
@@ -200,12 +227,3 @@ def _check_kept(online: OnlineStore, tenant_id: str, group_id: str, instance: st
             f"{len(unique) - present} of {len(unique)} sampled entities of {label} are missing online right"
             " after being published (flushed or evicted?); publish again"
         )
-
-
-def _has_rows_after(conn: psycopg.Connection, tenant_id: str, group_id: str, feature: str, window: TimeWindow) -> bool:
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM feature_store.feature_values WHERE tenant_id = %s AND feature_group_id = %s"
-        " AND feature_name = %s AND event_time > %s)",
-        (tenant_id, group_id, feature, window.end),
-    ).fetchone()
-    return bool(row and row[0])

@@ -91,7 +91,7 @@ def run_stage(
                 log.warning("%s", exc)
         if finish_done_jobs and job_id not in report.retrying and jobs.claim_finish(pipeline.conn, job_id):
             try:
-                pipeline.finish(job_id, final=False)
+                pipeline.finish(job_id, try_number=try_number, final=False)
                 report.finished.append(job_id)
             except FinishError as exc:
                 log.warning("%s; the run's finish task will retry", exc)

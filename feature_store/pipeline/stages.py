@@ -50,7 +50,15 @@ from feature_store.pipeline.models import (
     TimeWindow,
 )
 from feature_store.pipeline.publish import publish_job
-from feature_store.pipeline.staging import create_staging, drop_staging, staging_exists, staging_table
+from feature_store.pipeline.staging import (
+    build_wide,
+    create_staging,
+    drop_staging,
+    replaced_table,
+    staging_exists,
+    staging_table,
+    wide_table,
+)
 from feature_store.sources import expectations, isolation
 from feature_store.stores.offline import postgres as offline_store
 from feature_store.stores.online.base import OnlineStore
@@ -240,6 +248,7 @@ class FeaturePipeline:
             rows_processed=rows,
             rows_failed=excluded,
             try_number=try_number,
+            own_event_time=staged.own_event_time,
         )
         return rows
 
@@ -287,9 +296,10 @@ class FeaturePipeline:
         return outcome
 
     def write(self, job_id: int, feature_name: str, *, try_number: int | None = None, final: bool = True) -> int:
-        """Replace the window's offline rows with the valid staged rows; returns the rows written.
+        """Commit the feature's valid staged rows to the job's output; returns their number.
 
-        Online values are published per group by `finish`, one pass per entity for all features.
+        They reach the stores with the job's other features, in one pass per job: `finish` replaces
+        the window offline (one wide row per entity) and publishes online.
         """
         ctx = self._context(job_id)
         ctx.feature(feature_name)
@@ -301,17 +311,7 @@ class FeaturePipeline:
             )
         with self._stage(ctx, feature_name, WriteError, try_number, final):
             self._require_staging(ctx, feature_name)
-            if ctx.job.write_offline and ctx.group.offline_enabled:
-                rows = offline_store.write_window(
-                    self._conn,
-                    job_id=job_id,
-                    tenant_id=ctx.job.tenant_id,
-                    group_id=ctx.group.id,
-                    feature_name=feature_name,
-                    window=ctx.window,
-                )
-            else:
-                rows = self._count_valid(job_id, feature_name)
+            rows = self._count_valid(job_id, feature_name)
         jobs.record_feature(self._conn, job_id, feature_name, FeatureStatus.WRITTEN, try_number=try_number)
         return rows
 
@@ -329,12 +329,7 @@ class FeaturePipeline:
                 return self._result(ctx.job, 0)  # already finished: a retried finish changes nothing
             results = jobs.feature_results(self._conn, job_id)
             written = [r.feature for r in results if r.status is FeatureStatus.WRITTEN]
-            rows_online = 0
-            if ctx.job.write_online and ctx.group.online_enabled and written:
-                if self._online is None:
-                    raise JobStateError(f"job {job_id} writes online but the pipeline has no online store")
-                self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")
-                rows_online = self._publish_online(ctx, written)
+            rows_online = self._flush(ctx, written) if written else 0
             job = jobs.finish_job(self._conn, job_id, try_number=try_number)
             drop_staging(self._conn, job_id)
             return self._result(job, rows_online)
@@ -581,18 +576,40 @@ class FeaturePipeline:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def _publish_online(self, ctx: _JobContext, features: Sequence[str]) -> int:
-        online = self._online
-        assert online is not None
+    def _flush(self, ctx: _JobContext, written: list[str]) -> int:
+        """Send the written features to the stores in one pass: the job's wide rows replace the window
+        offline, then go online. Returns the values published online. Safe to repeat."""
+        job_id = ctx.job.id
+        self._progress(f"write {ctx.job.tenant_id}/{ctx.group.id}")
+        build_wide(self._conn, job_id, written)
+        offline_written = ctx.job.write_offline and ctx.group.offline_enabled
+        if offline_written:
+            offline_store.replace_window(
+                self._conn,
+                tenant_id=ctx.job.tenant_id,
+                group_id=ctx.group.id,
+                job_id=job_id,
+                features=written,
+                window=ctx.window,
+                source=wide_table(job_id),
+                replaced=replaced_table(job_id),
+            )
+        if not (ctx.job.write_online and ctx.group.online_enabled):
+            return 0
+        if self._online is None:
+            raise JobStateError(f"job {job_id} writes online but the pipeline has no online store")
+        self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")
         return publish_job(
             self._conn,
-            online,
-            job_id=ctx.job.id,
+            self._online,
+            job_id=job_id,
             tenant_id=ctx.job.tenant_id,
             group=ctx.group,
-            features=features,
+            features=written,
             window=ctx.window,
-            offline_written=ctx.job.write_offline and ctx.group.offline_enabled,
+            offline_written=offline_written,
+            one_row_per_entity=ctx.job.job_type is JobType.INCREMENTAL
+            and not jobs.stamps_own_event_times(self._conn, job_id, written),
             force=ctx.job.online_overwrite,
             batch_size=self._settings.online_batch_size,
         ).values

@@ -1,7 +1,15 @@
-"""Staging: one unlogged table per in-flight job holding transform results until they are written.
+"""Staging: unlogged tables per in-flight job holding its rows until they reach the stores.
 
-A table per job (instead of one shared table) keeps every stage's scan to its own rows without an
-index to maintain, and finishing a job is a cheap `DROP TABLE`.
+- `job_N`: one row per staged value (feature, entity, event time), as transforms insert them and
+  validation marks them;
+- `job_N_wide`: the job's valid values, one row per (entity, event time) with all its features,
+  built once when the job is flushed; the offline write and the online publish both read it;
+- `job_N_replaced`: the (feature, entity) pairs whose offline values of the window a flush replaced,
+  which the publish re-checks (their online value may have to fall back, or go).
+
+Tables per job (instead of shared ones) keep every scan to the job's own rows without an index to
+maintain, and ending a job is a cheap `DROP TABLE`. The pipeline's stages own their lifetime: the
+first transform creates them, finishing or failing the job drops them.
 """
 
 from __future__ import annotations
@@ -22,6 +30,26 @@ def staging_table(job_id: int) -> sql.Composed:
 def replaced_table(job_id: int) -> sql.Composed:
     """(feature, entity) pairs whose offline rows in the window were replaced: the publish re-checks them."""
     return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_replaced"))
+
+
+def wide_table(job_id: int) -> sql.Composed:
+    """The job's valid values, one row per (entity, event time): `(entity_id, event_time, features jsonb)`."""
+    return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_wide"))
+
+
+def build_wide(conn: psycopg.Connection, job_id: int, features: list[str]) -> int:
+    """(Re)build the job's wide rows from the valid staged values of `features`; returns the rows built."""
+    wide = wide_table(job_id)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
+    cur = conn.execute(
+        sql.SQL(
+            "CREATE UNLOGGED TABLE {} AS"
+            " SELECT entity_id, event_time, jsonb_object_agg(feature_name, value) AS features"
+            " FROM {} WHERE feature_name = ANY(%s) AND rejected_rule IS NULL GROUP BY entity_id, event_time"
+        ).format(wide, staging_table(job_id)),
+        (features,),
+    )
+    return cur.rowcount
 
 
 def create_staging(conn: psycopg.Connection, job_id: int) -> None:
@@ -54,7 +82,11 @@ def _create(conn: psycopg.Connection, job_id: int) -> None:
 
 
 def drop_staging(conn: psycopg.Connection, job_id: int) -> None:
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(staging_table(job_id), replaced_table(job_id)))
+    conn.execute(
+        sql.SQL("DROP TABLE IF EXISTS {}, {}, {}").format(
+            staging_table(job_id), replaced_table(job_id), wide_table(job_id)
+        )
+    )
 
 
 def staging_exists(conn: psycopg.Connection, job_id: int) -> bool:

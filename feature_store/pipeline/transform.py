@@ -70,6 +70,8 @@ class SqlShape:
 class Staged:
     rows: int
     relations: tuple[str, ...]
+    own_event_time: bool
+    """The SQL returns event_time (else its rows are stamped with the window end)."""
 
 
 def describe(session: SandboxSession, feature: FeatureDefinition, *, source_schemas: Sequence[str]) -> SqlShape:
@@ -166,7 +168,7 @@ def run(
             rows += session.execute(query, params).rowcount
     # Fresh statistics let the planner pick hash joins and aggregates for the stages that follow.
     conn.execute(sql.SQL("ANALYZE {}").format(table))
-    return Staged(rows=rows, relations=shape.relations)
+    return Staged(rows=rows, relations=shape.relations, own_event_time=shape.has_event_time)
 
 
 def _insert_query(conn: psycopg.Connection, table: sql.Composed, feature: FeatureDefinition, shape: SqlShape) -> str:

@@ -70,7 +70,7 @@ def test_a_run_completes_every_job_with_the_library_values(airflow_env: Settings
     through_airflow = offline_rows(db)
 
     # The same windows through the library alone, in a fresh copy of the database: identical values.
-    db.execute("TRUNCATE feature_store.feature_values")
+    db.execute("TRUNCATE feature_store.offline_rows")
     with FeatureStore(settings=airflow_env) as store:
         for tenant in ("acme", "globex", "initech"):
             for group in ("user_engagement", "conversation_stats", "message_features"):

@@ -44,7 +44,7 @@ def test_a_sharded_run_gives_the_values_of_one_item_per_tenant(airflow_env: Sett
     # before the run's mapped finish tasks ran.
     assert all(v[4] is not None and v[5] is not None for v in found.values())
     sharded = offline_rows(db)
-    db.execute("TRUNCATE feature_store.feature_values")
+    db.execute("TRUNCATE feature_store.offline_rows")
     with FeatureStore(settings=airflow_env) as store:
         for tenant in TENANTS:
             for group in GROUPS:

@@ -1,4 +1,10 @@
-"""Offline store: full feature history in PostgreSQL, and point-in-time-correct reads for training."""
+"""Offline store: full feature history in PostgreSQL, and point-in-time-correct reads for training.
+
+Layout: `feature_store.offline_rows`, one row per (tenant, group, entity, event time) holding all of
+the group's feature values of that row as jsonb (`feature_store.feature_values` shows it one row per
+value). Primary key (tenant, group, entity, event time) for point-in-time lookups, a BRIN index on
+event time for a window's rows.
+"""
 
 from __future__ import annotations
 
@@ -10,53 +16,99 @@ from psycopg import sql
 
 from feature_store.db import advisory_xact_lock
 from feature_store.definitions.models import ValueType
-from feature_store.pipeline.staging import replaced_table, staging_table
 from feature_store.serving.models import HistoricalRow
 from feature_store.types import FeatureValue
 from feature_store.values import coerce
 from feature_store.windows import TimeWindow
 
 
-def write_window(
+def replace_window(
     conn: psycopg.Connection,
     *,
-    job_id: int,
     tenant_id: str,
     group_id: str,
-    feature_name: str,
+    job_id: int,
+    features: Sequence[str],
     window: TimeWindow,
+    source: sql.Composed,
+    replaced: sql.Composed,
 ) -> int:
-    """Replace the window's rows of one (tenant, feature) with the job's valid staged rows.
+    """Replace the values of `features` in the window's rows of (tenant, group) with the rows of `source`.
 
-    Delete and insert commit together, so a rerun never duplicates, never leaves stale rows, and
-    readers see either the old window or the new one. Returns the number of rows written.
+    `source` holds `(entity_id, event_time, features jsonb)`, the job's valid values. Values of the
+    group's other features in the window are kept. The (feature, entity) pairs whose values go are
+    recorded in `replaced` for the publish. Delete and insert commit together, so a rerun never
+    duplicates, never leaves stale rows, and readers see either the old window or the new one.
+    Returns the number of rows written.
     """
     with conn.transaction():
-        # Two runs writing the same feature at once (a backfill over a scheduled hour) take turns, so
-        # the second one's DELETE sees, and replaces, what the first inserted.
-        advisory_xact_lock(conn, f"featurepipe offline {tenant_id}\x1f{group_id}\x1f{feature_name}")
-        # The entities whose rows of this window go: the publish re-checks their online value (it may have
-        # to fall back to an earlier one, or go).
-        conn.execute(
-            sql.SQL(
-                "WITH gone AS (DELETE FROM feature_store.feature_values"
-                "  WHERE tenant_id = %s AND feature_group_id = %s AND feature_name = %s"
-                "  AND event_time > %s AND event_time <= %s RETURNING entity_id)"
-                " INSERT INTO {} (feature_name, entity_id) SELECT DISTINCT %s, entity_id FROM gone"
-                " ON CONFLICT DO NOTHING"
-            ).format(replaced_table(job_id)),
-            (tenant_id, group_id, feature_name, window.start, window.end, feature_name),
-        )
+        # Two runs writing the same (tenant, group) at once (a backfill over a scheduled hour) take turns,
+        # so the second one's DELETE sees, and replaces, what the first inserted.
+        advisory_xact_lock(conn, f"featurepipe offline {tenant_id}\x1f{group_id}")
         cur = conn.execute(
             sql.SQL(
-                "INSERT INTO feature_store.feature_values"
-                " (tenant_id, feature_group_id, feature_name, entity_id, event_time, value, job_id)"
-                " SELECT %s, %s, feature_name, entity_id, event_time, value, %s"
-                " FROM {} WHERE feature_name = %s AND rejected_rule IS NULL"
-            ).format(staging_table(job_id)),
-            (tenant_id, group_id, job_id, feature_name),
+                "WITH old AS ("
+                "  DELETE FROM feature_store.offline_rows WHERE tenant_id = %(tenant)s AND feature_group_id = %(group)s"
+                "   AND event_time > %(start)s AND event_time <= %(end)s"
+                "  RETURNING entity_id, event_time, features),"
+                " gone AS ("
+                "  INSERT INTO {replaced} (feature_name, entity_id)"
+                "  SELECT DISTINCT k, o.entity_id FROM old o, jsonb_object_keys(o.features) k"
+                "  WHERE k = ANY(%(features)s) ON CONFLICT DO NOTHING),"
+                " kept AS ("
+                "  SELECT entity_id, event_time, features - %(features)s::text[] AS features FROM old"
+                "  WHERE features - %(features)s::text[] <> '{{}}'::jsonb)"
+                " INSERT INTO feature_store.offline_rows (tenant_id, feature_group_id, entity_id, event_time, features,"
+                "  job_id)"
+                " SELECT %(tenant)s, %(group)s, entity_id, event_time,"
+                "  coalesce(k.features, '{{}}'::jsonb) || coalesce(n.features, '{{}}'::jsonb), %(job)s"
+                " FROM {source} n FULL JOIN kept k USING (entity_id, event_time)"
+            ).format(replaced=replaced, source=source),
+            {
+                "tenant": tenant_id,
+                "group": group_id,
+                "start": window.start,
+                "end": window.end,
+                "features": list(features),
+                "job": job_id,
+            },
         )
         return cur.rowcount
+
+
+def has_values_after(conn: psycopg.Connection, *, tenant_id: str, group_id: str, feature: str, after: datetime) -> bool:
+    """Whether the offline store holds a value of the feature stamped after `after` (a later window)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM feature_store.offline_rows WHERE tenant_id = %s AND feature_group_id = %s"
+        " AND event_time > %s AND features ? %s)",
+        (tenant_id, group_id, after, feature),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+LATEST_VALUE = (
+    "SELECT v.event_time, v.features -> {feature} AS value FROM feature_store.offline_rows v"
+    " WHERE v.tenant_id = {tenant} AND v.feature_group_id = {group} AND v.entity_id = {entity}"
+    " AND v.features ? {feature} {before} ORDER BY v.event_time DESC LIMIT 1"
+)
+"""The latest offline value of one feature of one entity (optionally at or before a time): for LATERAL joins."""
+
+
+def latest_value(
+    *,
+    tenant: sql.Composable,
+    group: sql.Composable,
+    entity: sql.Composable,
+    feature: sql.Composable,
+    before: sql.Composable | None = None,
+) -> sql.Composed:
+    return sql.SQL(LATEST_VALUE).format(
+        tenant=tenant,
+        group=group,
+        entity=entity,
+        feature=feature,
+        before=sql.SQL("AND v.event_time <= {}").format(before) if before is not None else sql.SQL(""),
+    )
 
 
 def get_historical_features(
@@ -94,14 +146,14 @@ def get_historical_features(
         for i, (group_id, feature_name, _) in enumerate(features):
             alias = sql.Identifier(f"f{i}")
             selects.append(sql.SQL("{a}.value, {a}.event_time").format(a=alias))
-            joins.append(
-                sql.SQL(
-                    "LEFT JOIN LATERAL (SELECT v.value, v.event_time FROM feature_store.feature_values v"
-                    " WHERE v.tenant_id = {t} AND v.feature_group_id = {g} AND v.feature_name = {f}"
-                    " AND v.entity_id = e.entity_id AND v.event_time <= e.ts"
-                    " ORDER BY v.event_time DESC LIMIT 1) {a} ON true"
-                ).format(t=sql.Literal(tenant_id), g=sql.Literal(group_id), f=sql.Literal(feature_name), a=alias)
+            latest = latest_value(
+                tenant=sql.Literal(tenant_id),
+                group=sql.Literal(group_id),
+                entity=sql.SQL("e.entity_id"),
+                feature=sql.Literal(feature_name),
+                before=sql.SQL("e.ts"),
             )
+            joins.append(sql.SQL("LEFT JOIN LATERAL ({}) {} ON true").format(latest, alias))
         query = sql.SQL(
             "SELECT e.entity_id, e.ts{sep}{selects} FROM _fp_entity_rows e {joins} ORDER BY e.row_no"
         ).format(

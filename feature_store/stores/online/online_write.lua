@@ -1,6 +1,6 @@
 -- Write a batch of online feature values atomically, so that online = the latest valid offline value.
 --
--- KEYS:    one hash per entity (prefix:tenant:group:entity).
+-- KEYS:    one hash per entity.
 -- ARGV[1]: write time in microseconds since the epoch (decimal string).
 -- ARGV[2]: TTL of the keys in milliseconds; 0 keeps no expiry.
 -- ARGV[3]: start of the window being replaced, event-time microseconds ("" for none).
@@ -9,12 +9,15 @@
 -- ARGV[6]: JSON array aligned with KEYS; each element lists [field, event_time_us, value_json] to
 --          write, or [field] to remove the stored value.
 --
--- A field holds "event_time_us|write_time_us|value_json". An incoming value replaces the stored one
--- when it is newer (later event time, or equal with a write time not earlier), or when the stored
--- one lies inside the window being replaced (that window was recomputed, so its old values are
--- stale, and an entity whose latest value disappeared falls back to its previous one). A removal
--- only removes a value inside that window. An old backfill therefore never clobbers a value of a
--- later window. The TTL is refreshed on every write.
+-- A field holds "event_time_us|write_time_us|value_json"; the field "~" holds
+-- "latest_event_time_us|latest_write_time_us" over every value written to the hash. An incoming value replaces the stored one when it is newer (later
+-- event time, or equal with a write time not earlier), or when the stored one lies inside the window
+-- being replaced (that window was recomputed, so its old values are stale, and an entity whose latest
+-- value disappeared falls back to its previous one). A removal only removes a value inside that
+-- window. An old backfill therefore never clobbers a value of a later window.
+--
+-- Fast path: when every incoming value is newer than anything "~" says is stored (the usual hourly
+-- run), all of them win without reading the stored ones. The TTL is refreshed on every write.
 -- Returns the number of values written or removed.
 local write_us = ARGV[1]
 local write_n = tonumber(write_us)
@@ -27,34 +30,64 @@ local changed = 0
 for i = 1, #KEYS do
     local key = KEYS[i]
     local fields = rows[i]
-    local names = {}
-    for j = 1, #fields do
-        names[j] = fields[j][1]
-    end
-    local current = redis.call('HMGET', key, unpack(names))
-    local sets = {}
-    local removals = {}
+    -- Event times stay strings where they are stored: Lua prints big numbers with 14 digits only.
+    local oldest_in, newest_in, newest_text, removals_in = nil, nil, nil, false
     for j = 1, #fields do
         local f = fields[j]
-        local stored = current[j]
-        local s_event, s_write
-        if stored then
-            s_event, s_write = string.match(stored, '^(%-?%d+)|(%d+)|')
-            s_event = tonumber(s_event)
-            s_write = tonumber(s_write)
-        end
-        local in_window = s_event and window_start and s_event > window_start and s_event <= window_end
         if #f == 1 then
-            if stored and (force or in_window) then
-                removals[#removals + 1] = f[1]
-            end
+            removals_in = true
         else
-            local event_n = tonumber(f[2])
-            local take = force or not s_event or in_window
-                or event_n > s_event or (event_n == s_event and write_n >= s_write)
-            if take then
+            local e = tonumber(f[2])
+            if oldest_in == nil or e < oldest_in then oldest_in = e end
+            if newest_in == nil or e > newest_in then newest_in, newest_text = e, f[2] end
+        end
+    end
+    local summary = redis.call('HGET', key, '~')
+    local latest, latest_write, latest_text, latest_write_text
+    if summary then
+        latest_text, latest_write_text = string.match(summary, '^(%-?%d+)|(%d+)$')
+        latest, latest_write = tonumber(latest_text), tonumber(latest_write_text)
+    end
+    local sets = {}
+    local removals = {}
+    local newest_all = not removals_in
+        and (latest == nil or oldest_in > latest or (oldest_in == latest and write_n >= latest_write))
+    if force or newest_all then
+        for j = 1, #fields do
+            local f = fields[j]
+            if #f == 1 then
+                removals[#removals + 1] = f[1]
+            else
                 sets[#sets + 1] = f[1]
                 sets[#sets + 1] = f[2] .. '|' .. write_us .. '|' .. f[3]
+            end
+        end
+    else
+        local names = {}
+        for j = 1, #fields do
+            names[j] = fields[j][1]
+        end
+        local current = redis.call('HMGET', key, unpack(names))
+        for j = 1, #fields do
+            local f = fields[j]
+            local stored = current[j]
+            local s_event, s_write
+            if stored then
+                s_event, s_write = string.match(stored, '^(%-?%d+)|(%d+)|')
+                s_event = tonumber(s_event)
+                s_write = tonumber(s_write)
+            end
+            local in_window = s_event and window_start and s_event > window_start and s_event <= window_end
+            if #f == 1 then
+                if stored and in_window then
+                    removals[#removals + 1] = f[1]
+                end
+            else
+                local event_n = tonumber(f[2])
+                if not s_event or in_window or event_n > s_event or (event_n == s_event and write_n >= s_write) then
+                    sets[#sets + 1] = f[1]
+                    sets[#sets + 1] = f[2] .. '|' .. write_us .. '|' .. f[3]
+                end
             end
         end
     end
@@ -63,11 +96,22 @@ for i = 1, #KEYS do
         changed = changed + #removals
     end
     if #sets > 0 then
+        changed = changed + #sets / 2
+        local summary_event, summary_write = newest_text, write_us
+        if latest ~= nil and latest > newest_in then
+            summary_event = latest_text
+        end
+        if latest_write ~= nil and latest_write > write_n then
+            summary_write = latest_write_text
+        end
+        sets[#sets + 1] = '~'
+        sets[#sets + 1] = summary_event .. '|' .. summary_write
         redis.call('HSET', key, unpack(sets))
         if ttl_ms > 0 then
             redis.call('PEXPIRE', key, ttl_ms)
         end
-        changed = changed + #sets / 2
+    elseif #removals > 0 and redis.call('HLEN', key) == 1 then
+        redis.call('DEL', key)  -- only "~" is left
     end
 end
 return changed
