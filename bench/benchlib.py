@@ -272,7 +272,7 @@ def machine(database_url: str, redis_url: str, feast: dict[str, str] | None = No
 
 
 def load_average() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def now_utc() -> str:

@@ -293,8 +293,9 @@ features for one tenant from one tenant-isolated source table (row-level securit
 order, every offline copy and online key removed before each run; all paths read the same rows and
 every run is checked afterwards (all N entities online, all values offline):
 
-- **featurepipe**: `FeatureStore.materialize` (transform in the sandbox, validate, offline write into
-  `feature_store.feature_values`, online publish through the newer-only Lua script, TTL refreshed);
+- **featurepipe**: `FeatureStore.materialize` with its default parallelism (min(4, cores) features at
+  once): transform in the sandbox, validate, offline write into `feature_store.feature_values`, online
+  publish through the newer-only Lua script, TTL refreshed;
 - **featurepipe, online only**: the same job with `write_offline=False`, the work Feast's materialize does;
 - **raw PG → Redis**: a server-side cursor over the rows and one pipelined `HSET` per entity (5 fields and
   a timestamp, values rendered as text by PostgreSQL), batches of 10 000, redis-py: the least work to get
@@ -318,7 +319,7 @@ def write(path: Path, result: Result, config: Settings, feast: dict[str, str] | 
     machine = bl.machine(config.database_url, config.redis_url, feast)
     block = (
         f"{bl.now_utc()}, {result.repeat} run(s) per path. Machine: {machine}."
-        f" Load average (1/5/15 min) before / after: {load}.\n\n" + report(result)
+        f" Load average (1, 5, 15 min): {load}.\n\n" + report(result)
     )
     bl.write_section(path, "materialize", INTRO, f"{result.entities:,} entities", block)
 
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     result, feast = bench(args, config)
     print(report(result))
     if not args.no_results:
-        write(args.results, result, config, feast, f"{load_before} / {bl.load_average()}")
+        write(args.results, result, config, feast, f"{load_before} before, {bl.load_average()} after")
     return 0
 
 

@@ -269,7 +269,7 @@ def write(path: Path, result: Result, config: Settings, feast: dict[str, str] | 
     calls = result.repeat * CALLS
     block = (
         f"{bl.now_utc()}, {result.repeat} round(s), {calls} timed calls per reader and size. Machine: {machine}."
-        f" Load average (1/5/15 min) before / after: {load}.\n\n" + report(result)
+        f" Load average (1, 5, 15 min): {load}.\n\n" + report(result)
     )
     bl.write_section(path, "online-reads", INTRO, f"{result.entities:,} entities", block)
 
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     result, feast = bench(args, config)
     print(report(result))
     if not args.no_results:
-        write(args.results, result, config, feast, f"{load_before} / {bl.load_average()}")
+        write(args.results, result, config, feast, f"{load_before} before, {bl.load_average()} after")
     return 0
 
 
