@@ -26,10 +26,12 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import benchlib as bl
 import psycopg
@@ -62,7 +64,39 @@ PATHS = {
 # -- the children: each times its own work only, after connecting ------------------------------------
 
 
-def child_featurepipe(config: Settings, window: bl.Window, entities: int, *, offline: bool) -> dict[str, float]:
+class StageClock:
+    """Where featurepipe's time goes, from its progress messages (one at the start of each stage).
+
+    A feature's transform lasts until its validate starts and its validate until its write starts, on
+    the same thread; the publish lasts from its message to the end. Transform and validate are summed
+    over the features (thread-seconds: `parallelism` features run at once).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, str]] = []
+        self.started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self.events.append((time.perf_counter(), threading.current_thread().name, message))
+
+    def stages(self, ended: float) -> dict[str, float]:
+        publish = next((t for t, _, m in self.events if m.startswith("publish ")), ended)
+        totals = {
+            "transform": 0.0,
+            "validate": 0.0,
+            "until_publish": publish - self.started,
+            "publish": ended - publish,
+        }
+        for i, (at, thread, message) in enumerate(self.events):
+            stage, _, feature = message.partition(" ")
+            if stage not in ("transform", "validate"):
+                continue
+            following = next((t for t, th, m in self.events[i + 1 :] if th == thread and m.endswith(" " + feature)), at)
+            totals[stage] += following - at
+        return totals
+
+
+def child_featurepipe(config: Settings, window: bl.Window, entities: int, *, offline: bool) -> dict[str, Any]:
     job = PipelineConfig(
         tenant_id=bl.TENANT,
         feature_group_id=bl.GROUP,
@@ -74,9 +108,9 @@ def child_featurepipe(config: Settings, window: bl.Window, entities: int, *, off
         store.conn  # noqa: B018 - connect before the clock starts, as the raw paths do
         store.online  # noqa: B018
         rss_before = _rss_mb()
-        started = time.perf_counter()
-        result = store.materialize(job)
-        elapsed = time.perf_counter() - started
+        clock = StageClock()
+        result = store.materialize(job, progress=clock)
+        ended = time.perf_counter()
     if result.status.value != "completed":
         raise SystemExit(f"featurepipe job failed: {result.errors}")
     expected = len(bl.FEATURES) * entities
@@ -84,7 +118,7 @@ def child_featurepipe(config: Settings, window: bl.Window, entities: int, *, off
         raise SystemExit(
             f"featurepipe processed {result.rows_processed} rows ({result.rows_failed} failed), {expected=}"
         )
-    return {"seconds": elapsed, "rss_before_mb": rss_before}
+    return {"seconds": ended - clock.started, "rss_before_mb": rss_before, "stages": clock.stages(ended)}
 
 
 def child_raw_redis(config: Settings, window: bl.Window, entities: int) -> dict[str, float]:
@@ -143,7 +177,7 @@ def _rss_mb() -> float:
 
 
 def run_child(name: str, config: Settings, window: bl.Window, entities: int) -> None:
-    children: dict[str, Callable[[], dict[str, float]]] = {
+    children: dict[str, Callable[[], dict[str, Any]]] = {
         "featurepipe": lambda: child_featurepipe(config, window, entities, offline=True),
         "featurepipe-online": lambda: child_featurepipe(config, window, entities, offline=False),
         "raw-redis": lambda: child_raw_redis(config, window, entities),
@@ -160,6 +194,7 @@ class Run:
     seconds: float
     peak_rss_mb: float
     rss_before_mb: float
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -179,6 +214,16 @@ class Result:
         if not all(n in self.runs for n in numerator + denominator):
             return None
         return sum(self.median(n) for n in numerator) / sum(self.median(d) for d in denominator)
+
+    def paired_ratio(self, numerator: list[str], denominator: list[str]) -> float | None:
+        """The median over repeats of each repeat's own ratio: steadier when the machine's load drifts."""
+        if not all(n in self.runs for n in numerator + denominator):
+            return None
+        ratios = [
+            sum(self.runs[n][i].seconds for n in numerator) / sum(self.runs[d][i].seconds for d in denominator)
+            for i in range(self.repeat)
+        ]
+        return bl.median(ratios)
 
 
 def check(name: str, config: Settings, entities: int) -> None:
@@ -243,7 +288,10 @@ def bench(args: argparse.Namespace, config: Settings) -> tuple[Result, dict[str,
                 command, env = commands[name]
                 child = bl.run_child(command, env=env)
                 check(name, config, args.entities)
-                run = Run(float(child.result["seconds"]), child.peak_rss_mb, float(child.result["rss_before_mb"]))
+                stages = {k: float(v) for k, v in child.result.get("stages", {}).items()}
+                run = Run(
+                    float(child.result["seconds"]), child.peak_rss_mb, float(child.result["rss_before_mb"]), stages
+                )
                 result.runs.setdefault(name, []).append(run)
                 print(
                     f"  run {i + 1}/{args.repeat} {PATHS[name].label:26s} {run.seconds:7.2f} s"
@@ -276,11 +324,25 @@ def report(result: Result) -> str:
         ("Feast / featurepipe online only", ["feast"], ["featurepipe-online"]),
         ("Feast / raw PG → Redis", ["feast"], ["raw-redis"]),
     ]
-    lines += ["", "| ratio of median walls | |", "|---|---:|"]
+    lines += ["", "| ratio | of the median walls | median of each repeat's ratio |", "|---|---:|---:|"]
     for label, numerator, denominator in ratios:
-        value = result.ratio(numerator, denominator)
-        if value is not None:
-            lines.append(f"| {label} | **{value:.2f}** |")
+        value, paired = result.ratio(numerator, denominator), result.paired_ratio(numerator, denominator)
+        if value is not None and paired is not None:
+            lines.append(f"| {label} | **{value:.2f}** | {paired:.2f} |")
+    stage_rows = [n for n in ("featurepipe", "featurepipe-online") if n in result.runs]
+    if stage_rows:
+        lines += [
+            "",
+            "| featurepipe stages (median s) | until publish (wall) | of which transform (thread-s) |"
+            " validate (thread-s) | online publish (wall) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name in stage_rows:
+            runs = result.runs[name]
+            cells = [
+                bl.median([r.stages[k] for r in runs]) for k in ("until_publish", "transform", "validate", "publish")
+            ]
+            lines.append(f"| {PATHS[name].label} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -311,8 +373,12 @@ every run is checked afterwards (all N entities online, all values offline):
 
 Wall = the timed call in the child, median over the runs; values/s = N x 5 / wall; peak RSS = the
 child's peak resident set (from wait4), with its RSS when the clock started (imports, connections)
-in parentheses. Ratios are of the median walls; > 1 means the numerator is slower. The machine is
-shared, so compare the ratios of one run rather than walls across runs."""
+in parentheses. Ratios are of the median walls (> 1: the numerator is slower), and beside them the
+median of each repeat's own ratio, steadier while the load of this shared machine drifts: compare
+ratios of one run rather than walls across runs. featurepipe's stages come from its progress messages:
+until publish = planning, transform, validate and offline write of every feature (wall); transform and
+validate summed over the 5 features (several run at once); online publish = the publish of all
+entities to the end of the job (wall)."""
 
 
 def write(path: Path, result: Result, config: Settings, feast: dict[str, str] | None, load: str) -> None:
