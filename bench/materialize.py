@@ -333,7 +333,7 @@ def report(result: Result) -> str:
     if stage_rows:
         lines += [
             "",
-            "| featurepipe stages (median s) | until publish (wall) | of which transform (thread-s) |"
+            "| featurepipe stages (median s) | until publish (wall) | transform (thread-s) |"
             " validate (thread-s) | online publish (wall) |",
             "|---|---:|---:|---:|---:|",
         ]
