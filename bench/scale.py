@@ -35,6 +35,7 @@ import os
 import platform
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -418,7 +419,9 @@ class Stack:
 
 
 @contextmanager
-def airflow_stack(settings: Settings, *, parallelism: int, max_active_tasks: int) -> Iterator[Stack]:
+def airflow_stack(
+    settings: Settings, *, parallelism: int, max_active_tasks: int, keep_logs: Path | None = None
+) -> Iterator[Stack]:
     """Start api-server, scheduler, dag-processor and triggerer on a fresh metadata DB; stop and drop after."""
     drop_database(AIRFLOW_DB)
     with psycopg.connect(_db_url("postgres"), autocommit=True) as conn:
@@ -470,6 +473,9 @@ def airflow_stack(settings: Settings, *, parallelism: int, max_active_tasks: int
         finally:
             stop_stack(stack)
             drop_database(AIRFLOW_DB)
+            if keep_logs is not None:
+                shutil.copytree(home, keep_logs, dirs_exist_ok=True)
+                log(f"Airflow logs copied to {keep_logs}")
 
 
 def stop_stack(stack: Stack) -> None:
@@ -533,6 +539,8 @@ class DagRun:
     parallelism: int
     max_active_tasks: int
     peaks: dict[str, TreePeak]
+    median_ti_s: dict[str, float]
+    """Per task instance, medians: scheduled -> queued, queued -> running, duration of its last try."""
     offline_rows: int = 0
     offline_equal: bool = False
     offline_diff: int = 0
@@ -588,7 +596,14 @@ def scheduler_path(stack: Stack, settings: Settings, *, timeout: float, parallel
             " count(*) FILTER (WHERE try_number > 1) FROM task_instance WHERE dag_id = %s AND run_id = %s",
             (DAG_ID, run_id),
         ).fetchone()
-    assert tis is not None
+        latency = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM queued_dttm - scheduled_dttm)),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM start_date - queued_dttm)),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY duration)"
+            " FROM task_instance WHERE dag_id = %s AND run_id = %s",
+            (DAG_ID, run_id),
+        ).fetchone()
+    assert tis is not None and latency is not None
     return DagRun(
         run_id=run_id,
         state=run["state"],
@@ -605,6 +620,11 @@ def scheduler_path(stack: Stack, settings: Settings, *, timeout: float, parallel
         parallelism=parallelism,
         max_active_tasks=max_active,
         peaks=sampler.peaks,
+        median_ti_s={
+            "scheduled -> queued": float(latency[0] or 0),
+            "queued -> running": float(latency[1] or 0),
+            "duration": float(latency[2] or 0),
+        },
     )
 
 
@@ -710,52 +730,72 @@ def plan_in_process(settings: Settings, shape: Shape) -> Plan:
 
 
 def plan_real_run(stack: Stack, timeout: float) -> str:
-    """Trigger one run at the plan shape; report the plan and work_items tasks, then stop the run."""
+    """Trigger one run at the plan shape; report what its plan and work_items tasks did, then end the run."""
     run_id = f"scale_plan__{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     trigger(stack, run_id)
     log(f"triggered {run_id} (plan shape)")
 
-    def settled() -> dict[str, tuple[str, int]] | None:
+    def states() -> dict[str, tuple[str, int]]:
         with stack.metadata() as conn:
             rows = conn.execute(
                 "SELECT task_id, coalesce(state, 'none'), try_number FROM task_instance"
                 " WHERE dag_id = %s AND run_id = %s AND task_id IN ('plan', 'work_items')",
                 (DAG_ID, run_id),
             ).fetchall()
-        states = {task: (state, int(tries)) for task, state, tries in rows}
-        done = {"success", "failed", "upstream_failed", "skipped"}
-        if len(states) == 2 and all(s in done for s, _ in states.values()):
-            return states
-        if states.get("plan", ("", 0))[0] == "failed":
-            return states
+        return {task: (state, int(tries)) for task, state, tries in rows}
+
+    final = {"success", "failed", "upstream_failed", "skipped"}
+
+    def settled() -> dict[str, tuple[str, int]] | None:
+        now = states()
+        if now.get("plan", ("",))[0] == "failed" or all(now.get(t, ("",))[0] in final for t in ("plan", "work_items")):
+            return now
         return None
 
-    states = stack.wait("the plan and work_items tasks", settled, timeout, every=2.0)
-    run = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
-    if run["state"] not in TERMINAL:  # whatever is left would run for hours: stop it
-        stack.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}", {"state": "failed"})
+    seen = stack.wait("the plan and work_items tasks", settled, timeout, every=2.0)
+    note = ""
+    if seen["plan"][0] == "failed":  # everything downstream is upstream_failed: the run ends by itself
+
+        def ended() -> dict[str, Any] | None:
+            run = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
+            return run if run["state"] in TERMINAL else None
+
+        run = stack.wait(f"run {run_id} to end", ended, 300, every=2.0)
+        seen = states()
+    else:  # what is left would run for hours at this shape: end it
+        run = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
+        if run["state"] not in TERMINAL:
+            try:
+                stack.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}", {"state": "failed"})
+                note = "; the bench then marked the run failed"
+            except urllib.error.HTTPError as exc:
+                note = f"; marking the run failed gave HTTP {exc.code}: {exc.read()[:200]!r}"
+    queued = _ts(run.get("queued_at"))
+    with stack.metadata() as conn:
+        plan_end = conn.execute(
+            "SELECT end_date FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = 'plan'",
+            (DAG_ID, run_id),
+        ).fetchone()
+    took = (
+        f" {(plan_end[0] - queued).total_seconds():.0f} s after queued" if plan_end and plan_end[0] and queued else ""
+    )
     reason = _log_reason(stack.home, run_id)
-    parts = [f"{task} {state} (try {tries})" for task, (state, tries) in sorted(states.items())]
-    return ", ".join(parts) + (f": {reason}" if reason else "")
+    parts = [f"{task} {state} (try {tries})" for task, (state, tries) in sorted(seen.items())]
+    return (
+        ", ".join(parts) + f"{took}, run {run.get('state')}" + note + (f"; plan task log: {reason}" if reason else "")
+    )
 
 
 def _log_reason(home: Path, run_id: str) -> str | None:
-    """The first line of the plan/work_items task logs that names why an XCom could not be mapped."""
-    for path in sorted((home / "logs").rglob("*")):
-        if (
-            not path.is_file()
-            or run_id not in str(path)
-            or not ("task_id=plan" in str(path) or "work_items" in str(path))
-        ):
+    """The exception of the plan task's last try, from its log (JSON lines), e.g. the refused XCom push."""
+    tries = sorted((home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id=plan/attempt=*.log"))
+    for line in reversed(tries[-1].read_text(errors="replace").splitlines() if tries else []):
+        try:
+            event = json.loads(line)
+        except ValueError:
             continue
-        for line in path.read_text(errors="replace").splitlines():
-            lowered = line.lower()
-            if "unmappable" in lowered or "too large to map" in lowered or "max_map_length" in lowered:
-                try:
-                    event = json.loads(line).get("event", line)
-                except ValueError:
-                    event = line
-                return str(event)[:300]
+        for detail in event.get("error_detail") or []:
+            return f"{detail.get('exc_type')}: {detail.get('exc_value')}"[:400]
     return None
 
 
@@ -838,7 +878,8 @@ def machine() -> str:
 
 def print_summary(result: Result) -> None:
     print()
-    print(f"shape {result.shape} ({result.entities} entities x {result.events} events per tenant in the hour)")
+    if result.library or result.dag:
+        print(f"shape {result.shape} ({result.entities} entities x {result.events} events per tenant in the hour)")
     if result.library:
         runs = ", ".join(f"{r.seconds:.1f}" for r in result.library)
         lib = result.library[-1]
@@ -866,6 +907,8 @@ def print_summary(result: Result) -> None:
             f"  first task start  {dag.first_task_start_s or 0:8.1f} s after queued;"
             f" task time sum {dag.task_time_s:.0f} s = {dag.task_time_s / max(dag.task_instances, 1):.2f} s per TI"
         )
+        medians = ", ".join(f"{k} {v:.2f} s" for k, v in dag.median_ti_s.items())
+        print(f"  per TI (median)   {medians}")
         print(f"  jobs completed    {dag.jobs_completed}/{dag.jobs_total}")
         print(f"  parallelism       {dag.parallelism}, max_active_tasks {dag.max_active_tasks}")
         for name, peak in dag.peaks.items():
@@ -961,6 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     parser.add_argument("--no-results", action="store_true", help="Print only; do not touch RESULTS.md.")
     parser.add_argument("--keep", action="store_true", help="Keep the feature-store database and online keys.")
+    parser.add_argument("--keep-logs", type=Path, help="Copy AIRFLOW_HOME (component and task logs) here.")
     parser.add_argument("--plan-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plan_child:
@@ -992,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             prepare(settings, plan_shape, entities=1, events=1)
         needs_stack = not args.plan_only or args.plan_run
-        with _maybe_stack(needs_stack, settings, args.parallelism, max_active) as stack:
+        with _maybe_stack(needs_stack, settings, args.parallelism, max_active, args.keep_logs) as stack:
             if not args.plan_only:
                 assert stack is not None
                 result.dag = scheduler_path(
@@ -1005,7 +1049,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"planning {plan_shape} through the DAG's plan logic")
                 result.plan = plan_in_process(settings, plan_shape)
                 if args.plan_run and stack is not None:
-                    result.plan.real_run = plan_real_run(stack, timeout=1800)
+                    try:
+                        result.plan.real_run = plan_real_run(stack, timeout=1800)
+                    except (SystemExit, Exception) as exc:  # report what the other measurements found
+                        result.plan.real_run = f"the bench could not tell: {str(exc)[:300]}"
     finally:
         if not args.keep:
             drop_database(STORE_DB)
@@ -1018,11 +1065,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextmanager
-def _maybe_stack(needed: bool, settings: Settings, parallelism: int, max_active: int) -> Iterator[Stack | None]:
+def _maybe_stack(
+    needed: bool, settings: Settings, parallelism: int, max_active: int, keep_logs: Path | None
+) -> Iterator[Stack | None]:
     if not needed:
         yield None
         return
-    with airflow_stack(settings, parallelism=parallelism, max_active_tasks=max_active) as stack:
+    with airflow_stack(settings, parallelism=parallelism, max_active_tasks=max_active, keep_logs=keep_logs) as stack:
         yield stack
 
 
