@@ -233,6 +233,12 @@ class LibraryRun:
     max_rss_mb: float
     jobs: int
     rows: int
+    cpu_s: float
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _library_child(settings: Settings, queue: mp.Queue) -> None:
@@ -241,7 +247,7 @@ def _library_child(settings: Settings, queue: mp.Queue) -> None:
         store.online  # noqa: B018
         tenants = [t.id for t in store.registry.list_tenants(active_only=True)]
         groups = [g.id for g in store.registry.list_groups(active_only=True)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_s()
         rows = 0
         for tenant in tenants:
             for group in groups:
@@ -252,9 +258,9 @@ def _library_child(settings: Settings, queue: mp.Queue) -> None:
                 if not result.succeeded:
                     raise SystemExit(f"job {tenant}/{group} ended {result.status.value}: {result.errors}")
                 rows += result.rows_processed
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, _cpu_s() - cpu
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put(LibraryRun(elapsed, rss, len(tenants) * len(groups), rows))
+    queue.put(LibraryRun(elapsed, rss, len(tenants) * len(groups), rows, cpu))
 
 
 def library_path(settings: Settings) -> LibraryRun:
@@ -271,18 +277,21 @@ def library_path(settings: Settings) -> LibraryRun:
 # -- process-tree memory ---------------------------------------------------------------------------
 
 
-def _children() -> dict[int, list[int]]:
+def _children() -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Children of every process, and each one's CPU ticks (its own and its reaped children's)."""
     tree: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            stat = Path(entry.path, "stat").read_text()
+            fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
+        pid = int(entry.name)
+        tree.setdefault(int(fields[1]), []).append(pid)
+        ticks[pid] = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    return tree, ticks
 
 
 def _tree(root: int, children: dict[int, list[int]]) -> list[int]:
@@ -315,6 +324,13 @@ class TreePeak:
     processes: int = 0
     idle_rss_mb: float = 0.0
     """RSS of the tree at the first sample (before the run was triggered)."""
+    cpu_start_s: float = 0.0
+    cpu_end_s: float = 0.0
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU time the tree used between the first and the last sample (exited processes count via their parent)."""
+        return self.cpu_end_s - self.cpu_start_s
 
 
 class MemorySampler:
@@ -329,13 +345,16 @@ class MemorySampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> None:
-        children = _children()
+        children, ticks = _children()
+        hz = os.sysconf("SC_CLK_TCK")
         for name, root in self.roots.items():
             pids = _tree(root, children)
             rss, pss = (sum(x) for x in zip(*(_memory_kb(p) for p in pids), strict=True))
             peak = self.peaks[name]
+            peak.cpu_end_s = sum(ticks.get(p, 0) for p in pids) / hz
             if self.samples == 0:
                 peak.idle_rss_mb = rss / 1024
+                peak.cpu_start_s = peak.cpu_end_s
             peak.rss_mb = max(peak.rss_mb, rss / 1024)
             peak.pss_mb = max(peak.pss_mb, pss / 1024)
             peak.processes = max(peak.processes, len(pids))
@@ -835,27 +854,29 @@ def run_row(result: Result) -> str | None:
         return None
     first = f"{dag.first_job_s:.0f} s ({dag.first_job_share:.0%})" if dag.first_job_share is not None else "none"
     return (
-        f"| {result.shape} | {result.shape.jobs} | {dag.task_instances:,} | {result.library_s:.1f} s "
+        f"| `{result.shape}` | {result.shape.jobs} | {dag.task_instances:,} | {result.library_s:.1f} s "
         f"({len(result.library)}) | {dag.wall_s:.0f} s | **{result.ratio:.1f}x** | {first} | "
         f"{_mb(dag.peaks['scheduler'])} | {_mb(dag.peaks['api-server'])} | "
         f"{dag.parallelism} / {dag.max_active_tasks} | {dag.state}, offline {_ok(dag.offline_equal)}, "
-        f"online {_ok(dag.online_equal)} | {datetime.now(timezone.utc):%Y-%m-%d} |"
+        f"online {_ok(dag.online_equal)} | {sum(x.cpu_s for x in dag.peaks.values()):.0f} / "
+        f"{statistics.median(r.cpu_s for r in result.library):.1f} | "
+        f"{result.loadavg[0]:.1f} / {result.loadavg[1]:.1f} | {datetime.now(timezone.utc):%Y-%m-%d} |"
     )
 
 
 def plan_row(plan: Plan) -> str:
     return (
-        f"| {plan.shape} | {plan.jobs:,} | {plan.work_items:,} | {plan.max_map_length:,} | {_ok(plan.fits)} | "
+        f"| `{plan.shape}` | {plan.jobs:,} | {plan.work_items:,} | {plan.max_map_length:,} | {_ok(plan.fits)} | "
         f"{plan.plan_s:.1f} s | {plan.jobs_xcom_kb:.0f} / {plan.items_xcom_kb:.0f} KB | "
-        f"{plan.real_run or 'not run (--plan-run)'} | {datetime.now(timezone.utc):%Y-%m-%d} |"
+        f"{(plan.real_run or 'not run (--plan-run)').replace('|', '/')} | {datetime.now(timezone.utc):%Y-%m-%d} |"
     )
 
 
 RUN_HEADER = """\
 | T x G x F | jobs | task instances | library (median, runs) | DAG wall (queued → end) | ratio (target ≤ 3x) \
 | queued → first job completed (target ≤ 10 % of wall) | scheduler tree peak RSS | api-server tree peak RSS \
-| parallelism / max_active_tasks | run, rows equal | date |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"""
+| parallelism / max_active_tasks | run, rows equal | CPU-s Airflow / library | load avg before / after | date |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"""
 
 PLAN_HEADER = """\
 | T x G x F | jobs (→ finish.expand) | work items (→ materialize_feature.expand) | max_map_length \
@@ -885,7 +906,7 @@ def print_summary(result: Result) -> None:
         lib = result.library[-1]
         print(
             f"  library path      {result.library_s:8.1f} s median ({runs}); {lib.jobs} jobs, {lib.rows} rows;"
-            f" peak RSS {max(r.max_rss_mb for r in result.library):.0f} MB"
+            f" peak RSS {max(r.max_rss_mb for r in result.library):.0f} MB; {lib.cpu_s:.1f} CPU-s"
         )
     dag = result.dag
     if dag:
@@ -912,7 +933,10 @@ def print_summary(result: Result) -> None:
         print(f"  jobs completed    {dag.jobs_completed}/{dag.jobs_total}")
         print(f"  parallelism       {dag.parallelism}, max_active_tasks {dag.max_active_tasks}")
         for name, peak in dag.peaks.items():
-            print(f"  {name:17s} peak {_mb(peak)}; {peak.idle_rss_mb:.0f} MB RSS before the trigger")
+            print(
+                f"  {name:17s} peak {_mb(peak)}; {peak.idle_rss_mb:.0f} MB RSS before the trigger;"
+                f" {peak.cpu_s:.0f} CPU-s during the run"
+            )
         print(
             f"  correctness       offline rows {dag.offline_rows}, equal to library: {_ok(dag.offline_equal)}"
             f" ({dag.offline_diff} differing); online values {dag.online_values}, equal: {_ok(dag.online_equal)}"
@@ -938,9 +962,9 @@ def write_results(path: Path, result: Result) -> None:
     runs = _rows(old, "### Runs")
     plans = _rows(old, "### Planning")
     if (row := run_row(result)) is not None:
-        runs[str(result.shape)] = row
+        runs[f"`{result.shape}`"] = row
     if result.plan is not None:
-        plans[str(result.plan.shape)] = plan_row(result.plan)
+        plans[f"`{result.plan.shape}`"] = plan_row(result.plan)
     section = (
         f"{MARK_BEGIN}\n## Scale: tenants x groups x features, library alone vs the Airflow DAG\n\n"
         "`python bench/scale.py --tenants T --groups G --features F` applies a generated repo of T tenants and\n"
@@ -969,13 +993,14 @@ def write_results(path: Path, result: Result) -> None:
 
 
 def _rows(section: str, heading: str) -> dict[str, str]:
-    """Data rows of the table under `heading`, keyed by their first cell (the shape)."""
+    """Data rows of the table under `heading`, keyed by their first cell (the shape, in backticks so that
+    `bench/materialize.py --append`, which collects rows starting with a digit, leaves them alone)."""
     rows: dict[str, str] = {}
     _, _, body = section.partition(heading)
     for line in body.splitlines()[1:]:
         if line.startswith("### "):
             break
-        if line.startswith("| ") and line[2].isdigit():
+        if line.startswith("| `"):
             rows[line.split("|")[1].strip()] = line
     return rows
 
