@@ -558,6 +558,8 @@ class DagRun:
     parallelism: int
     max_active_tasks: int
     peaks: dict[str, TreePeak]
+    deadline_misses: int
+    """Deadline misses the triggerer recorded for the run (FEATUREPIPE_DEADLINE_MINUTES, default 45)."""
     median_ti_s: dict[str, float]
     """Per task instance, medians: scheduled -> queued, queued -> running, duration of its last try."""
     offline_rows: int = 0
@@ -607,6 +609,7 @@ def scheduler_path(stack: Stack, settings: Settings, *, timeout: float, parallel
         " count(*) FROM feature_store.materialization_jobs WHERE dag_id = %s AND run_id = %s",
         (DAG_ID, run_id),
     ).fetchone()
+    missed = fs.execute("SELECT count(*) FROM feature_store.deadline_misses WHERE run_id = %s", (run_id,)).fetchone()
     fs.close()
     assert jobs is not None
     with stack.metadata() as conn:
@@ -639,6 +642,7 @@ def scheduler_path(stack: Stack, settings: Settings, *, timeout: float, parallel
         parallelism=parallelism,
         max_active_tasks=max_active,
         peaks=sampler.peaks,
+        deadline_misses=int(missed[0]) if missed else 0,
         median_ti_s={
             "scheduled -> queued": float(latency[0] or 0),
             "queued -> running": float(latency[1] or 0),
@@ -930,7 +934,7 @@ def print_summary(result: Result) -> None:
         )
         medians = ", ".join(f"{k} {v:.2f} s" for k, v in dag.median_ti_s.items())
         print(f"  per TI (median)   {medians}")
-        print(f"  jobs completed    {dag.jobs_completed}/{dag.jobs_total}")
+        print(f"  jobs completed    {dag.jobs_completed}/{dag.jobs_total}; deadline misses {dag.deadline_misses}")
         print(f"  parallelism       {dag.parallelism}, max_active_tasks {dag.max_active_tasks}")
         for name, peak in dag.peaks.items():
             print(
