@@ -33,6 +33,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import resource
 import secrets
 import shutil
@@ -50,6 +51,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -542,12 +544,36 @@ def ti_states(stack: Stack, run_id: str) -> dict[str, int]:
 
 
 @dataclass
+class Batches:
+    """How the scheduler queued the run's task instances: one batch per scheduling loop that queued any."""
+
+    count: int = 0
+    median_interval_s: float = 0.0
+    median_size: float = 0.0
+
+
+def scheduler_batches(path: Path, start: datetime, end: datetime) -> Batches:
+    """From the scheduler's log: its 'N tasks up for execution' lines between start and end."""
+    pattern = re.compile(r"^(\S+Z) \[info\s*\] (\d+) tasks up for execution")
+    seen: list[tuple[datetime, int]] = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        if (match := pattern.match(line)) and start <= (at := _ts(match.group(1)) or start) <= end:
+            seen.append((at, int(match.group(2))))
+    if not seen:
+        return Batches()
+    gaps = [(b[0] - a[0]).total_seconds() for a, b in pairwise(seen)]
+    return Batches(len(seen), statistics.median(gaps) if gaps else 0.0, statistics.median(n for _, n in seen))
+
+
+@dataclass
 class DagRun:
     run_id: str
     state: str
     task_instances: int
     ti_states: dict[str, int]
     retried: int
+    ran: int
+    """Task instances that started (a stopped run skips the rest)."""
     wall_s: float
     first_job_s: float | None
     first_job_polled_s: float | None
@@ -560,8 +586,15 @@ class DagRun:
     peaks: dict[str, TreePeak]
     deadline_misses: int
     """Deadline misses the triggerer recorded for the run (FEATUREPIPE_DEADLINE_MINUTES, default 45)."""
+    batches: Batches
+    expected_task_instances: int
     median_ti_s: dict[str, float]
     """Per task instance, medians: scheduled -> queued, queued -> running, duration of its last try."""
+    stopped_after_s: float | None = None
+    """Set when the bench stopped the run (--max-wall): seconds after the trigger."""
+    done_at_stop: int | None = None
+    """Task instances finished (success or failed) when the bench stopped the run."""
+    stopped_by: str = "the bench (--max-wall)"
     offline_rows: int = 0
     offline_equal: bool = False
     offline_diff: int = 0
@@ -569,11 +602,37 @@ class DagRun:
     online_values: int = 0
 
     @property
+    def compared(self) -> bool:
+        return self.state == "success" and self.stopped_after_s is None
+
+    @property
+    def stopped_note(self) -> str | None:
+        if self.stopped_after_s is None:
+            return None
+        projected = self.projected_wall_s or 0.0
+        return (
+            f"stopped by {self.stopped_by} {self.stopped_after_s:.0f} s after the trigger with {self.done_at_stop:,}"
+            f" of {self.expected_task_instances:,} task instances done; at that rate the run would take"
+            f" ~{projected:.0f} s ({projected / 3600:.1f} h)"
+        )
+
+    @property
+    def projected_wall_s(self) -> float | None:
+        """For a stopped run: its wall time if the remaining task instances went at the same rate."""
+        if self.stopped_after_s is None or not self.done_at_stop:
+            return None
+        return self.stopped_after_s * self.expected_task_instances / self.done_at_stop
+
+    @property
     def first_job_share(self) -> float | None:
         return self.first_job_s / self.wall_s if self.first_job_s is not None and self.wall_s else None
 
 
-def scheduler_path(stack: Stack, settings: Settings, *, timeout: float, parallelism: int, max_active: int) -> DagRun:
+def scheduler_path(
+    stack: Stack, settings: Settings, shape: Shape, *, max_wall: float, parallelism: int, max_active: int
+) -> DagRun:
+    """One run for the benchmark hour; a run still going `max_wall` seconds after the trigger is stopped
+    (marked failed through the REST API) and reported with how far it got and a projection."""
     run_id = f"scale__{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     roots = {name: p.pid for name, p in stack.processes.items()}
     fs = psycopg.connect(settings.database_url, autocommit=True)
@@ -583,9 +642,11 @@ def scheduler_path(stack: Stack, settings: Settings, *, timeout: float, parallel
         log(f"triggered {run_id}")
         first_polled: float | None = None
         last_report = 0.0
+        stopped: tuple[float, int] | None = None  # (seconds after the trigger, task instances done by then)
+        last_stop = 0.0
 
         def finished() -> dict[str, Any] | None:
-            nonlocal first_polled, last_report
+            nonlocal first_polled, last_report, stopped, last_stop
             row = fs.execute(
                 "SELECT count(*) FILTER (WHERE status = 'completed') FROM feature_store.materialization_jobs"
                 " WHERE dag_id = %s AND run_id = %s",
@@ -599,9 +660,23 @@ def scheduler_path(stack: Stack, settings: Settings, *, timeout: float, parallel
                 states = ", ".join(f"{k} {v}" for k, v in ti_states(stack, run_id).items())
                 log(f"  {time.monotonic() - triggered:5.0f} s: {states}")
             run = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
-            return run if run["state"] in TERMINAL else None
+            if run["state"] in TERMINAL:
+                if stopped is not None and run["state"] == "success":
+                    log("the run succeeded after all: reporting it whole")
+                    stopped = None
+                return run
+            elapsed = time.monotonic() - triggered
+            if elapsed > max_wall and (stopped is None or elapsed - last_stop >= 15):
+                # The scheduler can write its own view of the run over a PATCH: repeat until it sticks.
+                if stopped is None:
+                    done = sum(n for state, n in ti_states(stack, run_id).items() if state in ("success", "failed"))
+                    stopped = (elapsed, done)
+                    log(f"still running after {elapsed:.0f} s (--max-wall): {done} task instances done; stopping it")
+                last_stop = elapsed
+                stack.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}", {"state": "failed"})
+            return None
 
-        run = stack.wait(f"run {run_id}", finished, timeout, every=1.0)
+        run = stack.wait(f"run {run_id}", finished, max_wall + 600, every=1.0)
     queued, end = _ts(run["queued_at"]), _ts(run["end_date"])
     assert queued is not None and end is not None
     jobs = fs.execute(
@@ -614,25 +689,28 @@ def scheduler_path(stack: Stack, settings: Settings, *, timeout: float, parallel
     assert jobs is not None
     with stack.metadata() as conn:
         tis = conn.execute(
-            "SELECT count(*), min(start_date), coalesce(sum(duration), 0),"
-            " count(*) FILTER (WHERE try_number > 1) FROM task_instance WHERE dag_id = %s AND run_id = %s",
-            (DAG_ID, run_id),
-        ).fetchone()
-        latency = conn.execute(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM queued_dttm - scheduled_dttm)),"
-            " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM start_date - queued_dttm)),"
-            " percentile_cont(0.5) WITHIN GROUP (ORDER BY duration)"
+            "SELECT count(*), min(start_date), coalesce(sum(duration), 0), count(*) FILTER (WHERE try_number > 1),"
+            " count(*) FILTER (WHERE start_date IS NOT NULL AND state <> 'skipped')"
             " FROM task_instance WHERE dag_id = %s AND run_id = %s",
             (DAG_ID, run_id),
         ).fetchone()
+        latency = conn.execute(  # over the task instances that ran (a stopped run skips the rest)
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM queued_dttm - scheduled_dttm)),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM start_date - queued_dttm)),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY duration)"
+            " FROM task_instance WHERE dag_id = %s AND run_id = %s AND start_date IS NOT NULL AND state <> 'skipped'",
+            (DAG_ID, run_id),
+        ).fetchone()
     assert tis is not None and latency is not None
+    wall = (end - queued).total_seconds()
     return DagRun(
         run_id=run_id,
         state=run["state"],
         task_instances=int(tis[0]),
         ti_states=ti_states(stack, run_id),
         retried=int(tis[3]),
-        wall_s=(end - queued).total_seconds(),
+        ran=int(tis[4]),
+        wall_s=wall,
         first_job_s=(jobs[0] - queued).total_seconds() if jobs[0] else None,
         first_job_polled_s=first_polled,
         first_task_start_s=(tis[1] - queued).total_seconds() if tis[1] else None,
@@ -643,6 +721,10 @@ def scheduler_path(stack: Stack, settings: Settings, *, timeout: float, parallel
         max_active_tasks=max_active,
         peaks=sampler.peaks,
         deadline_misses=int(missed[0]) if missed else 0,
+        batches=scheduler_batches(stack.home / "scheduler.log", queued, end),
+        expected_task_instances=shape.task_instances,
+        stopped_after_s=stopped[0] if stopped else None,
+        done_at_stop=stopped[1] if stopped else None,
         median_ti_s={
             "scheduled -> queued": float(latency[0] or 0),
             "queued -> running": float(latency[1] or 0),
@@ -857,13 +939,18 @@ def run_row(result: Result) -> str | None:
     if dag is None or not result.library:
         return None
     first = f"{dag.first_job_s:.0f} s ({dag.first_job_share:.0%})" if dag.first_job_share is not None else "none"
+    wall, ratio = f"{dag.wall_s:.0f} s", f"**{result.ratio:.1f}x**"
+    rows = f"offline {_ok(dag.offline_equal)}, online {_ok(dag.online_equal)}" if dag.compared else "not compared"
+    if (projected := dag.projected_wall_s) is not None:
+        wall = f"stopped at {dag.wall_s:.0f} s: {dag.done_at_stop:,} TIs done; ~{projected / 3600:.1f} h projected"
+        ratio = f"**> {result.ratio:.0f}x** (~{projected / result.library_s:.0f}x projected)"
+    batches = f"{dag.batches.median_interval_s:.1f} s / {dag.batches.median_size:.0f}"
     return (
         f"| `{result.shape}` | {result.shape.jobs} | {dag.task_instances:,} | {result.library_s:.1f} s "
-        f"({len(result.library)}) | {dag.wall_s:.0f} s | **{result.ratio:.1f}x** | {first} | "
+        f"({len(result.library)}) | {wall} | {ratio} | {first} | "
         f"{_mb(dag.peaks['scheduler'])} | {_mb(dag.peaks['api-server'])} | "
-        f"{dag.parallelism} / {dag.max_active_tasks} | {dag.state}, offline {_ok(dag.offline_equal)}, "
-        f"online {_ok(dag.online_equal)} | {sum(x.cpu_s for x in dag.peaks.values()):.0f} / "
-        f"{statistics.median(r.cpu_s for r in result.library):.1f} | "
+        f"{dag.parallelism} / {dag.max_active_tasks} | {batches} | {dag.state}; rows {rows} | "
+        f"{sum(x.cpu_s for x in dag.peaks.values()):.0f} / {statistics.median(r.cpu_s for r in result.library):.1f} | "
         f"{result.loadavg[0]:.1f} / {result.loadavg[1]:.1f} | {datetime.now(timezone.utc):%Y-%m-%d} |"
     )
 
@@ -879,8 +966,9 @@ def plan_row(plan: Plan) -> str:
 RUN_HEADER = """\
 | T x G x F | jobs | task instances | library (median, runs) | DAG wall (queued → end) | ratio (target ≤ 3x) \
 | queued → first job completed (target ≤ 10 % of wall) | scheduler tree peak RSS | api-server tree peak RSS \
-| parallelism / max_active_tasks | run, rows equal | CPU-s Airflow / library | load avg before / after | date |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"""
+| parallelism / max_active_tasks | scheduler batches: every / TIs (median) | run; rows equal \
+| CPU-s Airflow / library | load avg before / after | date |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"""
 
 PLAN_HEADER = """\
 | T x G x F | jobs (→ finish.expand) | work items (→ materialize_feature.expand) | max_map_length \
@@ -918,6 +1006,8 @@ def print_summary(result: Result) -> None:
             f"  DAG run           {dag.wall_s:8.1f} s queued -> end ({dag.state}); ratio {result.ratio:.2f}x"
             f" (target <= 3x: {_ok(result.ratio is not None and result.ratio <= 3)})"
         )
+        if dag.stopped_note:
+            print(f"  stopped           {dag.stopped_note}")
         if dag.first_job_s is not None:
             share = dag.first_job_share or 0.0
             print(
@@ -929,8 +1019,13 @@ def print_summary(result: Result) -> None:
             f" {dag.retried} retried"
         )
         print(
-            f"  first task start  {dag.first_task_start_s or 0:8.1f} s after queued;"
-            f" task time sum {dag.task_time_s:.0f} s = {dag.task_time_s / max(dag.task_instances, 1):.2f} s per TI"
+            f"  first task start  {dag.first_task_start_s or 0:8.1f} s after queued; {dag.ran} ran,"
+            f" task time sum {dag.task_time_s:.0f} s = {dag.task_time_s / max(dag.ran, 1):.2f} s per TI that ran"
+        )
+        b = dag.batches
+        print(
+            f"  scheduler         queued {b.count} batches, one every {b.median_interval_s:.1f} s,"
+            f" {b.median_size:.0f} TIs each (medians)"
         )
         medians = ", ".join(f"{k} {v:.2f} s" for k, v in dag.median_ti_s.items())
         print(f"  per TI (median)   {medians}")
@@ -941,10 +1036,13 @@ def print_summary(result: Result) -> None:
                 f"  {name:17s} peak {_mb(peak)}; {peak.idle_rss_mb:.0f} MB RSS before the trigger;"
                 f" {peak.cpu_s:.0f} CPU-s during the run"
             )
-        print(
-            f"  correctness       offline rows {dag.offline_rows}, equal to library: {_ok(dag.offline_equal)}"
-            f" ({dag.offline_diff} differing); online values {dag.online_values}, equal: {_ok(dag.online_equal)}"
-        )
+        if dag.compared:
+            print(
+                f"  correctness       offline rows {dag.offline_rows}, equal to library: {_ok(dag.offline_equal)}"
+                f" ({dag.offline_diff} differing); online values {dag.online_values}, equal: {_ok(dag.online_equal)}"
+            )
+        else:
+            print("  correctness       not compared: the run did not succeed")
     plan = result.plan
     if plan:
         print(
@@ -1022,7 +1120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="Library-path runs (median); the DAG runs once.")
     parser.add_argument("--parallelism", type=int, default=4, help="[core] parallelism (default: 2 per core).")
     parser.add_argument("--max-active-tasks", type=int, default=None, help="Default: = parallelism.")
-    parser.add_argument("--timeout", type=float, default=3 * 3600, help="Longest the DAG run may take (s).")
+    parser.add_argument(
+        "--max-wall", type=float, default=3600, help="Stop the DAG run after this many seconds and project (s)."
+    )
     parser.add_argument("--plan-tenants", type=int, default=500)
     parser.add_argument("--plan-groups", type=int, default=4)
     parser.add_argument("--plan-features", type=int, default=10)
@@ -1069,9 +1169,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.plan_only:
                 assert stack is not None
                 result.dag = scheduler_path(
-                    stack, settings, timeout=args.timeout, parallelism=args.parallelism, max_active=max_active
+                    stack, settings, shape, max_wall=args.max_wall, parallelism=args.parallelism, max_active=max_active
                 )
-                compare(settings, result.dag, library_online)
+                if result.dag.compared:
+                    compare(settings, result.dag, library_online)
             if not args.no_plan:
                 with FeatureStore(settings=settings) as store:
                     apply_shape(store, plan_shape)
