@@ -13,13 +13,17 @@ In one run, on its own databases (dropped at the end unless --keep):
    `feature_materialization` for the same hour through the REST API. Reports task instances, wall
    time from queued to end, queued -> first job `completed` (completed_at of the run's first job),
    the ratio to the library time, and peak RSS / PSS of each component's process tree (sampled from
-   /proc every second). Checks that the offline rows (and online values) equal the library path's.
+   /proc every second), CPU seconds, and how the scheduler queued (batches from its log). Checks
+   that the offline rows (and online values) equal the library path's. A run still going after
+   --max-wall seconds (default 3600) is marked failed through the REST API and reported with how
+   many task instances it got through and its wall time projected at that rate.
 4. Planning at --plan-tenants x --plan-groups x --plan-features (default 500 x 4 x 10): applies that
    repo and calls the DAG's own plan logic (`featurepipe_airflow.tasks.plan` and `work_items`, with
    the DAG's default params) in a child process, and compares the two mapped lists (jobs feed
    `finish.expand`, work items `materialize_feature.expand`) with `[core] max_map_length`.
    With --plan-run it also triggers a real run at that size and reports what the plan task did.
-5. Prints a summary and writes a section of bench/RESULTS.md (one row per shape, newest kept).
+5. Prints a summary and writes a section of bench/RESULTS.md (one row per shape, newest kept; a
+   `### Notes` subsection written by hand is kept as it is).
 
     python bench/scale.py                                   # 50 x 4 x 5, plan 500 x 4 x 10
     python bench/scale.py --tenants 5 --groups 2 --features 2 --no-results
@@ -1063,6 +1067,7 @@ def write_results(path: Path, result: Result) -> None:
         before, old, after = text.rstrip("\n") + "\n\n", "", ""
     runs = _rows(old, "### Runs")
     plans = _rows(old, "### Planning")
+    notes = old.partition("### Notes")[2].strip()  # written by hand, kept as they are
     if (row := run_row(result)) is not None:
         runs[f"`{result.shape}`"] = row
     if result.plan is not None:
@@ -1088,6 +1093,7 @@ def write_results(path: Path, result: Result) -> None:
         + PLAN_HEADER
         + "\n"
         + "\n".join(plans.values())
+        + (f"\n\n### Notes\n\n{notes}" if notes else "")
         + f"\n{MARK_END}"
     )
     path.write_text(before + section + after + ("" if after.endswith("\n") else "\n"))
@@ -1100,7 +1106,7 @@ def _rows(section: str, heading: str) -> dict[str, str]:
     rows: dict[str, str] = {}
     _, _, body = section.partition(heading)
     for line in body.splitlines()[1:]:
-        if line.startswith("### "):
+        if line.startswith("### ") or line.startswith("<!--"):
             break
         if line.startswith("| `"):
             rows[line.split("|")[1].strip()] = line
