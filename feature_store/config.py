@@ -48,6 +48,10 @@ def check_redis_url(url: str) -> None:
         raise ConfigurationError("FEATURE_STORE_REDIS_URL", url, first_line(exc), REDIS_URL_FIX) from None
 
 
+ONLINE_BACKENDS = ("redis", "redis-cluster")
+"""Names of the online store backends (see feature_store.stores.online.BACKENDS)."""
+
+
 def check_redis_prefix(prefix: str) -> None:
     """Raise ConfigurationError unless `prefix` is a safe online-store key prefix (see REDIS_PREFIX_PATTERN)."""
     if not REDIS_PREFIX_PATTERN.fullmatch(prefix):
@@ -99,6 +103,10 @@ class Settings:
     max_full_windows: int = 24 * 400
     """Most schedule windows (hours) one full-mode job may recompute (FEATURE_STORE_MAX_FULL_WINDOWS)."""
 
+    online_backend: str = "redis"
+    """Where online values live (FEATURE_STORE_ONLINE_BACKEND): `redis` (one server) or `redis-cluster`
+    (FEATURE_STORE_REDIS_URL names any node of the cluster)."""
+
     max_entity_id_length: int = 256
     """Longest entity id, in characters; longer (and empty) ids are quarantined (FEATURE_STORE_MAX_ENTITY_ID_LENGTH)."""
 
@@ -109,6 +117,13 @@ class Settings:
         check_database_url(self.database_url)
         check_redis_url(self.redis_url)
         check_redis_prefix(self.redis_prefix)
+        if self.online_backend not in ONLINE_BACKENDS:
+            raise ConfigurationError(
+                "FEATURE_STORE_ONLINE_BACKEND",
+                self.online_backend,
+                "not a known online store backend",
+                f"choose one of {', '.join(ONLINE_BACKENDS)}",
+            )
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -121,6 +136,7 @@ class Settings:
             sandbox_password=env.get("FEATURE_STORE_SANDBOX_PASSWORD") or None,
             max_clock_skew_s=_env_float("FEATURE_STORE_MAX_CLOCK_SKEW", 300.0),
             max_full_windows=_env_positive_int("FEATURE_STORE_MAX_FULL_WINDOWS", 24 * 400),
+            online_backend=env.get("FEATURE_STORE_ONLINE_BACKEND") or "redis",
             max_entity_id_length=_env_positive_int("FEATURE_STORE_MAX_ENTITY_ID_LENGTH", 256),
             max_value_bytes=_env_positive_int("FEATURE_STORE_MAX_VALUE_BYTES", 64 * 1024),
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -15,12 +14,11 @@ import redis
 
 from feature_store import schema
 from feature_store.config import Settings
-from feature_store.db import connect, connect_redis, ensure_database, fetch_models
+from feature_store.db import connect, ensure_database, fetch_models
 from feature_store.definitions.apply import ApplyReport, apply_repo
-from feature_store.definitions.models import FeatureGroup
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import load_repo
-from feature_store.errors import FeatureNotFoundError, FeatureStoreError, SchemaNotInitializedError
+from feature_store.errors import SchemaNotInitializedError
 from feature_store.monitoring import deadlines, freshness
 from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
@@ -37,14 +35,12 @@ from feature_store.pipeline.models import (
 from feature_store.pipeline.publish import reconcile_group
 from feature_store.pipeline.sandbox import set_password as set_sandbox_password
 from feature_store.pipeline.stages import FeaturePipeline
-from feature_store.serving.models import HistoricalRow, OnlineFeatureRow
+from feature_store.serving.features import FeatureResolver
+from feature_store.serving.models import HistoricalRow, OnlineFeatures
 from feature_store.stores.offline import postgres as offline_store
-from feature_store.stores.online.base import FeatureSpec
-from feature_store.stores.online.redis import RedisOnlineStore
+from feature_store.stores.online import open_online_store
+from feature_store.stores.online.base import OnlineStore
 from feature_store.types import FeatureRef, ProgressCallback
-
-# Online reads resolve feature refs against the registry; a short cache keeps that off the hot path.
-_REGISTRY_CACHE_S = 30.0
 
 
 class FeatureStore:
@@ -74,12 +70,9 @@ class FeatureStore:
         )
         self._conn = conn
         self._owns_conn = conn is None
-        self._redis = redis_client
-        self._owns_redis = redis_client is None
-        self._online: RedisOnlineStore | None = None
-        self._groups: dict[str, FeatureGroup] = {}
-        self._tenants: set[str] = set()
-        self._groups_loaded_at = 0.0  # when _groups and _tenants were loaded
+        self._redis_client = redis_client
+        self._online: OnlineStore | None = None
+        self._features = FeatureResolver(lambda: self.registry)
         self._schema_checked = False
 
     @classmethod
@@ -95,11 +88,10 @@ class FeatureStore:
         return self._conn
 
     @property
-    def online(self) -> RedisOnlineStore:
+    def online(self) -> OnlineStore:
+        """The online store backend the settings choose (on the given Redis client, if one was given)."""
         if self._online is None:
-            if self._redis is None:
-                self._redis = connect_redis(self.settings.redis_url)
-            self._online = RedisOnlineStore(self._redis, prefix=self.settings.redis_prefix)
+            self._online = open_online_store(self.settings, self._redis_client)
         return self._online
 
     @property
@@ -111,9 +103,8 @@ class FeatureStore:
         if self._owns_conn and self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self._owns_redis and self._redis is not None:
-            self._redis.close()
-            self._redis = None
+        if self._online is not None:
+            self._online.close()  # closes its client only if it opened it
             self._online = None
 
     def __enter__(self) -> FeatureStore:
@@ -141,7 +132,7 @@ class FeatureStore:
         repo = load_repo(path)
         self._require_schema()
         report = apply_repo(self.conn, repo, self.settings)
-        self._groups_loaded_at = 0.0
+        self._features.invalidate()
         return report
 
     # -- materialization -----------------------------------------------------------------------
@@ -284,23 +275,19 @@ class FeatureStore:
 
     def get_online_features(
         self, tenant_id: str, entity_type: str, entity_ids: Sequence[str], features: Sequence[FeatureRef]
-    ) -> list[OnlineFeatureRow]:
-        """Latest values of `features` (as `group:feature`) for each entity, in one Redis round trip.
+    ) -> OnlineFeatures:
+        """Latest values of `features` (as `group:feature`) for each entity, in one round trip.
 
         Returns:
-            One row per entity id, in order; every requested feature is present in each row, with
-            status `missing` or `expired` where there is no servable value.
+            Columns of one value per entity id, in order, for every requested feature, each with
+            status `present`, `missing` or `expired` and its event time; `result[i]` is entity i's row.
 
         Raises:
             TenantNotFoundError: the tenant is not registered.
         """
-        self._require_tenant(tenant_id)
-        specs = [self._spec(ref, entity_type) for ref in features]
-        values = self.online.read(tenant_id=tenant_id, entity_ids=list(entity_ids), features=specs)
-        return [
-            OnlineFeatureRow(entity_id=entity_id, features=row)
-            for entity_id, row in zip(entity_ids, values, strict=True)
-        ]
+        self._features.require_tenant(tenant_id)
+        specs = self._features.specs(features, entity_type=entity_type)
+        return self.online.read(tenant_id=tenant_id, entity_ids=entity_ids, features=specs)
 
     def get_historical_features(
         self, tenant_id: str, entity_rows: Sequence[tuple[str, datetime]], features: Sequence[FeatureRef]
@@ -310,47 +297,14 @@ class FeatureStore:
         Raises:
             TenantNotFoundError: the tenant is not registered.
         """
-        self._require_tenant(tenant_id)
-        specs = [self._spec(ref, None) for ref in features]
+        self._features.require_tenant(tenant_id)
+        specs = self._features.specs(features, entity_type=None)
         return offline_store.get_historical_features(
             self.conn,
             tenant_id=tenant_id,
             entity_rows=entity_rows,
             features=[(s.group_id, s.name, s.value_type) for s in specs],
         )
-
-    def _spec(self, ref: FeatureRef, entity_type: str | None) -> FeatureSpec:
-        group_id, sep, name = ref.partition(":")
-        if not sep or not group_id or not name:
-            raise FeatureStoreError(f"feature reference {ref!r} must look like 'group:feature'")
-        group = self._group(group_id)
-        if entity_type is not None and group.entity_type != entity_type:
-            raise FeatureStoreError(
-                f"feature {ref!r} belongs to entity type {group.entity_type!r}, not {entity_type!r}"
-            )
-        feature = group.feature(name)
-        if feature is None:
-            raise FeatureNotFoundError(group_id, name)
-        return FeatureSpec(group_id=group.id, name=name, value_type=feature.value_type, ttl_seconds=group.ttl_seconds)
-
-    def _group(self, group_id: str) -> FeatureGroup:
-        self._refresh_registry_cache()
-        if group_id not in self._groups:
-            return self.registry.get_group(group_id)  # raises FeatureGroupNotFoundError
-        return self._groups[group_id]
-
-    def _require_tenant(self, tenant_id: str) -> None:
-        self._refresh_registry_cache()
-        if tenant_id not in self._tenants:
-            self.registry.get_tenant(tenant_id)  # raises TenantNotFoundError
-
-    def _refresh_registry_cache(self) -> None:
-        now = time.monotonic()
-        if now - self._groups_loaded_at > _REGISTRY_CACHE_S:
-            registry = self.registry
-            self._groups = {g.id: g for g in registry.list_groups()}
-            self._tenants = {t.id for t in registry.list_tenants()}
-            self._groups_loaded_at = now
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -90,3 +90,12 @@ def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
 def db(database_url: str) -> Iterator[Sql]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield Sql(conn)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real three-node Redis Cluster on loopback ports, for the whole test run."""
+    from redis_cluster import redis_cluster
+
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url

@@ -13,6 +13,7 @@ import pytest
 from feature_store import FeatureStore, JobStatus, PipelineConfig, Settings, TimeWindow
 from feature_store.errors import FinishError, OnlineStoreLostDataError, WindowError
 from feature_store.pipeline.models import JobType
+from feature_store.stores.online.base import OnlineWrite
 from feature_store.stores.online.redis import RedisOnlineStore
 from support import HOURS, Sql
 
@@ -26,11 +27,11 @@ def config(tenant: str, group: str, window_index: int = -1, **overrides: Any) ->
 
 def online_values(store: FeatureStore, tenant: str, group: str) -> dict[tuple[str, str], tuple[Any, datetime]]:
     """Everything the online store holds for (tenant, group): (entity, feature) -> (value, event time)."""
-    client = store.online.client
-    prefix = f"{store.settings.redis_prefix}:{tenant}:{group}:"
+    online = store.online
+    client = online.client
     found = {}
-    for key in client.scan_iter(match=prefix + "*", count=1000):
-        entity = key.decode()[len(prefix) :].replace("%3A", ":").replace("%25", "%")
+    for key in online.scan_keys(tenant_id=tenant, group_id=group):  # type: ignore[attr-defined]
+        entity = online.entity_of(key)  # type: ignore[attr-defined]
         for field, raw in client.hgetall(key).items():
             if field == b"~":  # the store's own summary of the hash
                 continue
@@ -148,13 +149,13 @@ def test_a_corrective_rerun_may_replace_newer_online_values_and_says_so(store: F
         (HOURS[-1].end,),
     )
     # A bad value stamped far in the future (as a run with a wrong clock would have left it).
-    future_us = int(datetime(2031, 1, 1, tzinfo=timezone.utc).timestamp() * 1_000_000)
-    store.online.write_batch(
+    in_2031 = datetime(2031, 1, 1, tzinfo=timezone.utc)
+    store.online.write_values(
         tenant_id="acme",
         group_id="user_engagement",
-        rows=[(user, json.dumps([["message_count", str(future_us), "9999"]]))],
+        values=[OnlineWrite(user, "message_count", in_2031, 9999)],
         ttl_seconds=None,
-        write_time_us=future_us,
+        write_time_us=int(in_2031.timestamp() * 1_000_000),
     )
     store.materialize(config("acme", "user_engagement"))
     stuck = store.get_online_features("acme", "user", [user], ["user_engagement:message_count"])[0]
@@ -212,8 +213,8 @@ class _LosingStore(RedisOnlineStore):
     batches = 0
     first_batch: list[str] = []
 
-    def write_batch(self, **kwargs: Any) -> int:
-        written = super().write_batch(**kwargs)
+    def write_encoded(self, **kwargs: Any) -> int:
+        written = super().write_encoded(**kwargs)
         self.batches += 1
         if self.batches == 1:
             self.first_batch = [entity for entity, _ in kwargs["rows"]]
@@ -290,7 +291,7 @@ def test_freshness_reflects_what_the_online_store_holds(store: FeatureStore) -> 
     fresh = acme_messages()
     assert fresh.online_sampled and fresh.online_present == fresh.online_sampled and not fresh.stale
     client = store.online.client
-    client.unlink(*client.scan_iter(match=f"{store.settings.redis_prefix}:acme:message_features:*", count=1000))
+    client.unlink(*store.online.scan_keys(tenant_id="acme", group_id="message_features"))  # type: ignore[attr-defined]
     lost = acme_messages()
     assert lost.online_present == 0 and lost.stale
     store.reconcile_online(tenant_id="acme", group_id="message_features")

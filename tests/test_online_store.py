@@ -1,9 +1,12 @@
-"""The Redis online store: newer-only writes in Lua, TTL, typed reads with explicit missing values."""
+"""The online store backends, standalone Redis and a real local Redis Cluster: newer-only writes in Lua,
+TTL, typed reads with explicit missing values."""
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 import redis
@@ -12,17 +15,26 @@ from feature_store import Settings
 from feature_store.definitions.models import ValueType
 from feature_store.errors import ConfigurationError
 from feature_store.serving.models import OnlineValueStatus
-from feature_store.stores.online.base import FeatureSpec
+from feature_store.stores.online import open_online_store
+from feature_store.stores.online.base import EPOCH, FeatureSpec, OnlineWrite
 from feature_store.stores.online.redis import RedisOnlineStore
 
 
-@pytest.fixture
-def online(settings: Settings) -> RedisOnlineStore:
-    return RedisOnlineStore(redis.Redis.from_url(settings.redis_url), prefix=settings.redis_prefix)
+@pytest.fixture(params=["redis", "redis-cluster"])
+def online(request: pytest.FixtureRequest, settings: Settings) -> Iterator[RedisOnlineStore]:
+    if request.param == "redis-cluster":
+        settings = replace(
+            settings, online_backend="redis-cluster", redis_url=request.getfixturevalue("redis_cluster_url")
+        )
+    store = open_online_store(settings)
+    assert isinstance(store, RedisOnlineStore)
+    yield store
+    store.teardown()
+    store.close()
 
 
-def fields(*items: tuple[str, int, object]) -> str:
-    return json.dumps([[name, str(event_us), json.dumps(value)] for name, event_us, value in items])
+def fields(*items: tuple[str, int, object]) -> list[tuple[str, int, object]]:
+    return list(items)
 
 
 SPECS = [
@@ -32,15 +44,26 @@ SPECS = [
 
 
 def read(online: RedisOnlineStore, *entities: str, specs: list[FeatureSpec] = SPECS) -> list[dict[str, object]]:
-    rows = online.read(tenant_id="t", entity_ids=list(entities), features=specs)
+    result = online.read(tenant_id="t", entity_ids=list(entities), features=specs)
     return [
-        {ref: (v.value if v.status is OnlineValueStatus.PRESENT else v.status.value) for ref, v in r.items()}
-        for r in rows
+        {ref: (v.value if v.status is OnlineValueStatus.PRESENT else v.status.value) for ref, v in row.features.items()}
+        for row in result
     ]
 
 
-def write(online: RedisOnlineStore, rows: list[tuple[str, str]], write_us: int, ttl: int | None = None) -> int:
-    return online.write_batch(tenant_id="t", group_id="g", rows=rows, ttl_seconds=ttl, write_time_us=write_us)
+def write(
+    online: RedisOnlineStore,
+    rows: list[tuple[str, list[tuple[str, int, object]]]],
+    write_us: int,
+    ttl: int | None = None,
+    tenant: str = "t",
+) -> int:
+    values = [
+        OnlineWrite(entity, name, EPOCH + timedelta(microseconds=event_us), value)
+        for entity, items in rows
+        for name, event_us, value in items
+    ]
+    return online.write_values(tenant_id=tenant, group_id="g", values=values, ttl_seconds=ttl, write_time_us=write_us)
 
 
 def test_newer_event_time_wins_and_older_is_skipped(online: RedisOnlineStore) -> None:
@@ -103,9 +126,8 @@ def test_concurrent_writers_keep_the_newest_value(online: RedisOnlineStore) -> N
     ]
     best: dict[str, tuple[int, int]] = {}
     for batch in batches:
-        for entity, payload in batch:
-            event = int(json.loads(payload)[0][1])
-            best[entity] = max(best.get(entity, (0, 0)), (event, 0))
+        for entity, items in batch:
+            best[entity] = max(best.get(entity, (0, 0)), (items[0][1], 0))
     threads = [threading.Thread(target=write, args=(online, b, 5)) for b in batches]
     for t in threads:
         t.start()
@@ -118,9 +140,7 @@ def test_concurrent_writers_keep_the_newest_value(online: RedisOnlineStore) -> N
 
 def test_teardown_removes_only_this_tenants_keys(online: RedisOnlineStore) -> None:
     write(online, [("e", fields(("count", 1, 1)))], write_us=1)
-    online.write_batch(
-        tenant_id="other", group_id="g", rows=[("e", fields(("count", 1, 1)))], ttl_seconds=None, write_time_us=1
-    )
+    write(online, [("e", fields(("count", 1, 1)))], write_us=1, tenant="other")
     assert online.teardown(tenant_id="t") == 1
     assert read(online, "e")[0]["g:count"] == "missing"
     assert online.client.exists(online.key("other", "g", "e")) == 1
@@ -134,9 +154,7 @@ def test_teardown_never_removes_another_stores_or_another_tenants_keys(settings:
     tenants = ["a*", "a?", "a[b]", "ab"]
     for store in (short, longer):
         for tenant in tenants:
-            store.write_batch(
-                tenant_id=tenant, group_id="g", rows=[("e", fields(("count", 1, 1)))], ttl_seconds=None, write_time_us=1
-            )
+            write(store, [("e", fields(("count", 1, 1)))], write_us=1, tenant=tenant)
 
     def alive(store: RedisOnlineStore) -> list[str]:
         return [t for t in tenants if store.client.exists(store.key(t, "g", "e"))]

@@ -332,7 +332,7 @@ def test_online_and_offline_writes_can_each_be_switched_off(store: FeatureStore,
     only_offline = store.materialize(config("initech", "user_engagement", write_online=False))
     assert only_offline.status is JobStatus.COMPLETED and only_offline.rows_online == 0
     assert db.value("SELECT count(*) FROM feature_store.feature_values WHERE tenant_id = 'initech'") > 0
-    keys = list(store.online.client.scan_iter(match=f"{store.settings.redis_prefix}:initech:*"))
+    keys = list(store.online.scan_keys(tenant_id="initech"))  # type: ignore[attr-defined]
     assert keys == []
 
 

@@ -52,12 +52,8 @@ def foreign_rows(db: Sql) -> int:
 
 
 def foreign_online_keys(store: FeatureStore) -> list[bytes]:
-    client = store.online.client
-    return [
-        k
-        for k in client.scan_iter(match=f"{store.settings.redis_prefix}:acme:*")
-        if b":acme-" not in k and not k.endswith(b":acme")
-    ]
+    online = store.online
+    return [k for k in online.scan_keys(tenant_id="acme") if not online.entity_of(k).startswith("acme-")]  # type: ignore[attr-defined]
 
 
 ESCALATIONS = {

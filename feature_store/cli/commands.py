@@ -288,7 +288,7 @@ def online_get(
 ) -> None:
     """Latest feature values of entities, as served online (one Redis round trip)."""
     with FeatureStore.from_env() as store:
-        rows = store.get_online_features(tenant_id, entity_type, list(entity_ids), list(features))
+        rows = store.get_online_features(tenant_id, entity_type, list(entity_ids), list(features)).rows()
     if as_json:
         emit_json(rows)
     else:
@@ -421,13 +421,13 @@ def _demo_summary(store: FeatureStore, *, since: datetime | None) -> dict[str, A
                     f"user_engagement:{f}"
                     for f in ("message_count", "avg_message_length", "conversation_count", "avg_rating")
                 ],
-            ),
+            ).rows(),
             "message": store.get_online_features(
                 tenant,
                 "message",
                 entities["message"],
                 [f"message_features:{f}" for f in ("length", "token_count", "intent", "is_question")],
-            ),
+            ).rows(),
         }
     return {"jobs": jobs, "quarantined": quarantined, "quarantine_by_rule": by_rule, "online": lookups}
 

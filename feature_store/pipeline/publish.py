@@ -33,12 +33,9 @@ from feature_store.windows import TimeWindow
 SAMPLE_SIZE = 50
 """Entities of the first and of the last batch checked for presence after a publish."""
 
-# One entity's fields as the online store's Lua script takes them: [feature, event_us, value] or [feature].
-_FIELDS = (
-    "json_agg(CASE WHEN x.event_time IS NULL THEN json_build_array(x.feature_name)"
-    " ELSE json_build_array(x.feature_name, (extract(epoch FROM x.event_time) * 1000000)::bigint::text,"
-    " coalesce(x.value::text, 'null')) END)::text, bool_or(x.event_time IS NOT NULL)"
-)
+# One entity's payload in the online backend's encoding, and whether it writes (not only removes) a value:
+# aggregates over rows x(feature_name, event_time, value) of the entity.
+_PAYLOAD = "{encoded}, bool_or(x.event_time IS NOT NULL)"
 
 
 @dataclass(frozen=True)
@@ -78,21 +75,24 @@ def publish_job(
         and offline.has_values_after(conn, tenant_id=tenant_id, group_id=group.id, feature=f, after=window.end)
     ]
     fresh = [f for f in features if f not in later]
-    event_us = "(extract(epoch FROM w.event_time) * 1000000)::bigint::text"
+    write_time_us = time.time_ns() // 1000
+    encoded = online.encode_sql(write_time_us=write_time_us)
+    payload = sql.SQL(_PAYLOAD).format(encoded=encoded)
     if one_row_per_entity:
-        # Each wide row is its entity's latest values: its fields straight from the row, no grouping.
+        # Each wide row is its entity's latest values: its payload straight from the row, no grouping.
         latest = sql.SQL(
-            "SELECT w.entity_id, (SELECT json_agg(json_build_array(e.key, {ev}, e.value::text))"
-            "  FROM jsonb_each(w.features) e WHERE e.key = ANY(%(fresh)s))::text AS fields, true AS has_value"
+            "SELECT w.entity_id, (SELECT {encoded} FROM ("
+            "  SELECT e.key AS feature_name, w.event_time, e.value FROM jsonb_each(w.features) e"
+            "  WHERE e.key = ANY(%(fresh)s)) x) AS payload, true AS has_value"
             " FROM {wide} w WHERE w.features ?| %(fresh)s::text[]"
-        ).format(ev=sql.SQL(event_us), wide=wide)
+        ).format(encoded=encoded, wide=wide)
     else:
         latest = sql.SQL(
-            "SELECT x.entity_id, {fields} FROM ("
+            "SELECT x.entity_id, {payload} FROM ("
             "  SELECT DISTINCT ON (w.entity_id, e.key) w.entity_id, e.key AS feature_name, w.event_time, e.value"
             "  FROM {wide} w, jsonb_each(w.features) e WHERE e.key = ANY(%(fresh)s)"
             "  ORDER BY w.entity_id, e.key, w.event_time DESC) x GROUP BY x.entity_id"
-        ).format(fields=sql.SQL(_FIELDS), wide=wide)
+        ).format(payload=payload, wide=wide)
     lookup = offline.latest_value(
         tenant=sql.SQL("%(tenant)s"),
         group=sql.SQL("%(group)s"),
@@ -102,7 +102,7 @@ def publish_job(
     query = sql.SQL(
         "{latest}"
         " UNION ALL"
-        " SELECT x.entity_id, {fields} FROM ("
+        " SELECT x.entity_id, {payload} FROM ("
         "  SELECT m.entity_id, m.feature_name, f.event_time, f.value FROM ("
         "   SELECT s.feature_name, s.entity_id FROM {staging} s WHERE s.feature_name = ANY(%(features)s)"
         "    AND s.entity_id IS NOT NULL AND (s.rejected_rule IS NOT NULL OR s.feature_name = ANY(%(later)s))"
@@ -111,7 +111,7 @@ def publish_job(
         "  WHERE NOT EXISTS (SELECT 1 FROM {wide} w WHERE w.entity_id = m.entity_id AND w.features ? m.feature_name"
         "   AND m.feature_name = ANY(%(fresh)s))) x"
         " GROUP BY x.entity_id"
-    ).format(latest=latest, fields=sql.SQL(_FIELDS), staging=staging, replaced=replaced, wide=wide, lookup=lookup)
+    ).format(latest=latest, payload=payload, staging=staging, replaced=replaced, wide=wide, lookup=lookup)
     params = {
         "features": list(features),
         "fresh": fresh,
@@ -120,10 +120,9 @@ def publish_job(
         "tenant": tenant_id,
         "group": group.id,
     }
-    write_time_us = time.time_ns() // 1000
 
     def write(rows: list[tuple[str, str]]) -> int:
-        return online.write_batch(
+        return online.write_encoded(
             tenant_id=tenant_id,
             group_id=group.id,
             rows=rows,
@@ -149,8 +148,9 @@ def reconcile_group(
 
     Values whose last write is older than the group's TTL stay out: online they would have expired.
     """
+    write_time_us = time.time_ns() // 1000
     query = sql.SQL(
-        "SELECT x.entity_id, {fields} FROM ("
+        "SELECT x.entity_id, {payload} FROM ("
         "  SELECT DISTINCT ON (r.entity_id, e.key) r.entity_id, e.key AS feature_name, r.event_time, e.value,"
         "   r.created_at"
         "  FROM feature_store.offline_rows r, jsonb_each(r.features) e"
@@ -158,12 +158,11 @@ def reconcile_group(
         "  ORDER BY r.entity_id, e.key, r.event_time DESC) x"
         " WHERE %(ttl)s::int IS NULL OR x.created_at > now() - make_interval(secs => %(ttl)s::int)"
         " GROUP BY x.entity_id"
-    ).format(fields=sql.SQL(_FIELDS))
+    ).format(payload=sql.SQL(_PAYLOAD).format(encoded=online.encode_sql(write_time_us=write_time_us)))
     params = {"tenant": tenant_id, "group": group.id, "features": list(features), "ttl": group.ttl_seconds}
-    write_time_us = time.time_ns() // 1000
 
     def write(rows: list[tuple[str, str]]) -> int:
-        return online.write_batch(
+        return online.write_encoded(
             tenant_id=tenant_id,
             group_id=group.id,
             rows=rows,

@@ -1,7 +1,7 @@
 """Staging: unlogged tables per in-flight job holding its rows until they reach the stores.
 
 - `job_N`: one row per staged value (feature, entity, event time), as transforms insert them and
-  validation marks them;
+  validation marks them, partitioned by feature (each stage of a feature scans its own rows only);
 - `job_N_wide`: the job's valid values, one row per (entity, event time) with all its features,
   built once when the job is flushed; the offline write and the online publish both read it;
 - `job_N_replaced`: the (feature, entity) pairs whose offline values of the window a flush replaced,
@@ -13,6 +13,8 @@ first transform creates them, finishing or failing the job drops them.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import psycopg
 from psycopg import sql
@@ -40,15 +42,17 @@ def wide_table(job_id: int) -> sql.Composed:
 def build_wide(conn: psycopg.Connection, job_id: int, features: list[str]) -> int:
     """(Re)build the job's wide rows from the valid staged values of `features`; returns the rows built."""
     wide = wide_table(job_id)
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
-    cur = conn.execute(
-        sql.SQL(
-            "CREATE UNLOGGED TABLE {} AS"
-            " SELECT entity_id, event_time, jsonb_object_agg(feature_name, value) AS features"
-            " FROM {} WHERE feature_name = ANY(%s) AND rejected_rule IS NULL GROUP BY entity_id, event_time"
-        ).format(wide, staging_table(job_id)),
-        (features,),
-    )
+    with conn.transaction():
+        conn.execute("SET LOCAL work_mem = '64MB'")  # sort and aggregate ~1M staged values in memory
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
+        cur = conn.execute(
+            sql.SQL(
+                "CREATE UNLOGGED TABLE {} AS"
+                " SELECT entity_id, event_time, jsonb_object_agg(feature_name, value) AS features"
+                " FROM {} WHERE feature_name = ANY(%s) AND rejected_rule IS NULL GROUP BY entity_id, event_time"
+            ).format(wide, staging_table(job_id)),
+            (features,),
+        )
     return cur.rowcount
 
 
@@ -65,10 +69,10 @@ def _create(conn: psycopg.Connection, job_id: int) -> None:
     table = staging_table(job_id)
     conn.execute(
         sql.SQL(
-            "CREATE UNLOGGED TABLE IF NOT EXISTS {} ("
+            "CREATE TABLE IF NOT EXISTS {} ("
             " feature_name text NOT NULL, entity_id text, event_time timestamptz, value jsonb,"
             " window_start timestamptz NOT NULL, window_end timestamptz NOT NULL,"
-            " rejected_rule text, rejected_reason text)"
+            " rejected_rule text, rejected_reason text) PARTITION BY LIST (feature_name)"
         ).format(table)
     )
     conn.execute(
@@ -79,6 +83,29 @@ def _create(conn: psycopg.Connection, job_id: int) -> None:
     )
     # Transformation SQL runs as the restricted role: it may add rows here and nothing else.
     conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(table, sql.Identifier(SANDBOX_ROLE)))
+
+
+def partition_table(job_id: int, feature: str) -> sql.Composed:
+    """The staging partition holding one feature's rows (named by a digest: feature names may be long)."""
+    digest = hashlib.md5(feature.encode(), usedforsecurity=False).hexdigest()[:12]
+    return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_{digest}"))
+
+
+def empty_partition(conn: psycopg.Connection, job_id: int, feature: str) -> sql.Composed:
+    """The feature's staging partition, created or emptied for a (re)run of its transform."""
+    partition = partition_table(job_id, feature)
+    with conn.transaction():
+        advisory_xact_lock(conn, f"featurepipe staging {int(job_id)}")
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (partition.as_string(conn),)).fetchone()
+        if exists and exists[0]:
+            conn.execute(sql.SQL("TRUNCATE {}").format(partition))
+        else:
+            conn.execute(
+                sql.SQL("CREATE UNLOGGED TABLE {} PARTITION OF {} FOR VALUES IN ({})").format(
+                    partition, staging_table(job_id), sql.Literal(feature)
+                )
+            )
+    return partition
 
 
 def drop_staging(conn: psycopg.Connection, job_id: int) -> None:

@@ -20,7 +20,7 @@ from feature_store.config import Settings
 from feature_store.definitions.models import FeatureDefinition, ValueType
 from feature_store.errors import FeatureStoreError
 from feature_store.pipeline.sandbox import SandboxSession, sandbox_session
-from feature_store.pipeline.staging import staging_table
+from feature_store.pipeline.staging import empty_partition, staging_table
 from feature_store.windows import TimeWindow
 
 PARAMETERS = ("tenant_id", "start_time", "end_time")
@@ -152,7 +152,7 @@ def run(
     `event_time` column are stamped with their window's end: the value as known then.
     """
     table = staging_table(job_id)
-    conn.execute(sql.SQL("DELETE FROM {} WHERE feature_name = %s").format(table), (feature.name,))
+    partition = empty_partition(conn, job_id, feature.name)
     with sandbox_session(
         conn,
         database_url=settings.database_url,
@@ -167,7 +167,7 @@ def run(
             params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
             rows += session.execute(query, params).rowcount
     # Fresh statistics let the planner pick hash joins and aggregates for the stages that follow.
-    conn.execute(sql.SQL("ANALYZE {}").format(table))
+    conn.execute(sql.SQL("ANALYZE {}").format(partition))
     return Staged(rows=rows, relations=shape.relations, own_event_time=shape.has_event_time)
 
 

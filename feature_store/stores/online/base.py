@@ -1,4 +1,11 @@
-"""The online store's interface: latest value per entity, newer-only writes, one-round-trip reads."""
+"""The online store's interface: latest value per entity, newer-only writes, one-round-trip reads.
+
+A backend is one module with a subclass of `OnlineStore`, registered by name in
+`feature_store.stores.online.BACKENDS`. Writes come set-wise from PostgreSQL: the backend says, as a
+SQL aggregate, how one entity's values are encoded for it (`encode_sql`), the pipeline streams one
+encoded payload per entity (`write_encoded`), and Python never touches single values. Code that has
+values in Python (tests, event consumers) uses `write_values`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
+
+from psycopg import sql
 
 from feature_store.definitions.models import ValueType
-from feature_store.serving.models import OnlineValue
+from feature_store.serving.models import OnlineFeatures
+from feature_store.types import FeatureValue
 from feature_store.windows import TimeWindow
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+REMOVE: Any = object()
+"""The value of an OnlineWrite that removes the stored value instead of writing one."""
 
 
 @dataclass(frozen=True)
@@ -23,12 +37,39 @@ class FeatureSpec:
     value_type: ValueType
     ttl_seconds: int | None
 
+    @property
+    def ref(self) -> str:
+        return f"{self.group_id}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineWrite:
+    """One typed value of one entity's feature, stamped with its event time (or REMOVE it)."""
+
+    entity_id: str
+    feature: str
+    event_time: datetime
+    value: FeatureValue | Any
+
 
 class OnlineStore(ABC):
-    """Where the latest feature values live for serving."""
+    """Where the latest feature values live for serving.
+
+    Every write is newer-only per (entity, feature): an incoming value wins when its event time is
+    later (or equal, with a later write time); a stored value inside the window being replaced gives
+    way to any incoming one, and may be removed.
+    """
+
+    # -- writes --------------------------------------------------------------------------------
 
     @abstractmethod
-    def write_batch(
+    def encode_sql(self, *, write_time_us: int) -> sql.Composable:
+        """A SQL aggregate over rows `x(feature_name text, event_time timestamptz, value jsonb)` of one
+        entity that yields its payload as text for `write_encoded`; a row with a NULL event_time stands
+        for removing that feature's stored value."""
+
+    @abstractmethod
+    def write_encoded(
         self,
         *,
         tenant_id: str,
@@ -39,11 +80,9 @@ class OnlineStore(ABC):
         replaces: TimeWindow | None = None,
         force: bool = False,
     ) -> int:
-        """Write one batch so that each entity ends with its latest valid value.
+        """Write one batch of (entity_id, payload from `encode_sql`) pairs, newer-only.
 
         Args:
-            rows: (entity_id, fields) pairs, `fields` a JSON array of [feature, event_time_us, value_json]
-                to write or [feature] to remove.
             replaces: the window whose values were recomputed: stored values inside it give way to
                 incoming ones even when those are older (a fallback), and may be removed.
             force: overwrite (or remove) whatever is stored: an audited corrective rerun.
@@ -53,24 +92,53 @@ class OnlineStore(ABC):
         """
 
     @abstractmethod
+    def encode(self, values: Sequence[OnlineWrite], *, write_time_us: int) -> list[tuple[str, str]]:
+        """The (entity_id, payload) pairs `write_encoded` takes, built in Python (one pair per entity)."""
+
+    def write_values(
+        self,
+        *,
+        tenant_id: str,
+        group_id: str,
+        values: Sequence[OnlineWrite],
+        ttl_seconds: int | None,
+        write_time_us: int,
+        replaces: TimeWindow | None = None,
+        force: bool = False,
+    ) -> int:
+        """Write typed values, newer-only; for callers that hold values in Python rather than in SQL."""
+        return self.write_encoded(
+            tenant_id=tenant_id,
+            group_id=group_id,
+            rows=self.encode(values, write_time_us=write_time_us),
+            ttl_seconds=ttl_seconds,
+            write_time_us=write_time_us,
+            replaces=replaces,
+            force=force,
+        )
+
+    # -- reads and upkeep ----------------------------------------------------------------------
+
+    @abstractmethod
+    def read(self, *, tenant_id: str, entity_ids: Sequence[str], features: Sequence[FeatureSpec]) -> OnlineFeatures:
+        """Read many entities and features in one round trip.
+
+        Returns:
+            Columns of one value per requested entity (in order) for each feature, with a status
+            (present, missing, expired) and the event time of each.
+        """
+
+    @abstractmethod
     def instance_id(self) -> str:
-        """Identity of the running server: it changes when a restart may have lost data."""
+        """Identity of the running server(s): it changes when a restart may have lost data."""
 
     @abstractmethod
     def count_present(self, *, tenant_id: str, group_id: str, entity_ids: Sequence[str]) -> int:
         """How many of these entities have a stored value of the group, in one round trip."""
 
     @abstractmethod
-    def read(
-        self, *, tenant_id: str, entity_ids: Sequence[str], features: Sequence[FeatureSpec]
-    ) -> list[dict[str, OnlineValue]]:
-        """Read many entities and features in one round trip.
-
-        Returns:
-            A list of the same length as entity_ids; each maps `group:feature` to an OnlineValue
-            whose status says present, missing or expired.
-        """
-
-    @abstractmethod
     def teardown(self, *, tenant_id: str | None = None) -> int:
         """Delete stored values (of one tenant, or all); returns the number of keys removed."""
+
+    def close(self) -> None:  # noqa: B027 - optional: backends without resources of their own
+        """Release the backend's connections (when it opened them itself)."""

@@ -6,15 +6,18 @@
 -- ARGV[3]: start of the window being replaced, event-time microseconds ("" for none).
 -- ARGV[4]: end of that window ("" for none).
 -- ARGV[5]: "1" to overwrite whatever is stored (an audited corrective rerun), else "0".
--- ARGV[6]: JSON array aligned with KEYS; each element lists [field, event_time_us, value_json] to
---          write, or [field] to remove the stored value.
+-- ARGV[6]: JSON array aligned with KEYS; each element is one entity's
+--          [oldest_event_us, newest_event_us, has_removals (0|1), [field, ...], [stored, ...]]
+--          where `stored` is the field's new value "event_time_us|write_time_us|value_json" (built by the
+--          caller with the write time of ARGV[1]), or "" to remove the stored value.
 --
 -- A field holds "event_time_us|write_time_us|value_json"; the field "~" holds
--- "latest_event_time_us|latest_write_time_us" over every value written to the hash. An incoming value replaces the stored one when it is newer (later
--- event time, or equal with a write time not earlier), or when the stored one lies inside the window
--- being replaced (that window was recomputed, so its old values are stale, and an entity whose latest
--- value disappeared falls back to its previous one). A removal only removes a value inside that
--- window. An old backfill therefore never clobbers a value of a later window.
+-- "latest_event_time_us|latest_write_time_us" over every value written to the hash. An incoming value
+-- replaces the stored one when it is newer (later event time, or equal with a write time not earlier),
+-- or when the stored one lies inside the window being replaced (that window was recomputed, so its old
+-- values are stale, and an entity whose latest value disappeared falls back to its previous one). A
+-- removal only removes a value inside that window. An old backfill therefore never clobbers a value of
+-- a later window.
 --
 -- Fast path: when every incoming value is newer than anything "~" says is stored (the usual hourly
 -- run), all of them win without reading the stored ones. The TTL is refreshed on every write.
@@ -29,64 +32,46 @@ local rows = cjson.decode(ARGV[6])
 local changed = 0
 for i = 1, #KEYS do
     local key = KEYS[i]
-    local fields = rows[i]
-    -- Event times stay strings where they are stored: Lua prints big numbers with 14 digits only.
-    local oldest_in, newest_in, newest_text, removals_in = nil, nil, nil, false
-    for j = 1, #fields do
-        local f = fields[j]
-        if #f == 1 then
-            removals_in = true
-        else
-            local e = tonumber(f[2])
-            if oldest_in == nil or e < oldest_in then oldest_in = e end
-            if newest_in == nil or e > newest_in then newest_in, newest_text = e, f[2] end
-        end
-    end
+    local entity = rows[i]
+    local oldest, newest_text, removals_in = tonumber(entity[1]), entity[2], entity[3] == 1
+    local names, values = entity[4], entity[5]
     local summary = redis.call('HGET', key, '~')
     local latest, latest_write, latest_text, latest_write_text
     if summary then
         latest_text, latest_write_text = string.match(summary, '^(%-?%d+)|(%d+)$')
         latest, latest_write = tonumber(latest_text), tonumber(latest_write_text)
     end
-    local sets = {}
-    local removals = {}
-    local newest_all = not removals_in
-        and (latest == nil or oldest_in > latest or (oldest_in == latest and write_n >= latest_write))
+    local sets, removals = {}, {}
+    local newest_all = not removals_in and oldest ~= nil
+        and (latest == nil or oldest > latest or (oldest == latest and write_n >= latest_write))
     if force or newest_all then
-        for j = 1, #fields do
-            local f = fields[j]
-            if #f == 1 then
-                removals[#removals + 1] = f[1]
+        for j = 1, #names do
+            if values[j] == '' then
+                removals[#removals + 1] = names[j]
             else
-                sets[#sets + 1] = f[1]
-                sets[#sets + 1] = f[2] .. '|' .. write_us .. '|' .. f[3]
+                sets[#sets + 1] = names[j]
+                sets[#sets + 1] = values[j]
             end
         end
     else
-        local names = {}
-        for j = 1, #fields do
-            names[j] = fields[j][1]
-        end
         local current = redis.call('HMGET', key, unpack(names))
-        for j = 1, #fields do
-            local f = fields[j]
+        for j = 1, #names do
             local stored = current[j]
             local s_event, s_write
             if stored then
                 s_event, s_write = string.match(stored, '^(%-?%d+)|(%d+)|')
-                s_event = tonumber(s_event)
-                s_write = tonumber(s_write)
+                s_event, s_write = tonumber(s_event), tonumber(s_write)
             end
             local in_window = s_event and window_start and s_event > window_start and s_event <= window_end
-            if #f == 1 then
+            if values[j] == '' then
                 if stored and in_window then
-                    removals[#removals + 1] = f[1]
+                    removals[#removals + 1] = names[j]
                 end
             else
-                local event_n = tonumber(f[2])
+                local event_n = tonumber(string.match(values[j], '^(%-?%d+)|'))
                 if not s_event or in_window or event_n > s_event or (event_n == s_event and write_n >= s_write) then
-                    sets[#sets + 1] = f[1]
-                    sets[#sets + 1] = f[2] .. '|' .. write_us .. '|' .. f[3]
+                    sets[#sets + 1] = names[j]
+                    sets[#sets + 1] = values[j]
                 end
             end
         end
@@ -97,8 +82,9 @@ for i = 1, #KEYS do
     end
     if #sets > 0 then
         changed = changed + #sets / 2
+        -- Event times stay strings where they are stored: Lua prints big numbers with 14 digits only.
         local summary_event, summary_write = newest_text, write_us
-        if latest ~= nil and latest > newest_in then
+        if latest ~= nil and latest > tonumber(newest_text) then
             summary_event = latest_text
         end
         if latest_write ~= nil and latest_write > write_n then

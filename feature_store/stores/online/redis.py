@@ -1,51 +1,103 @@
-"""Online store: the latest value of each feature per entity in Redis, for low-latency serving.
+"""Online store on a standalone Redis: the latest value of each feature per entity, for low-latency serving.
 
-Layout: one hash per (tenant, group, entity) at `{prefix}:{tenant}:{group}:{entity}`, one field per
-feature holding `event_time_us|write_time_us|value_json`. Writes go through a Lua script that keeps
-only newer values (event time, then write time) and refreshes the group's TTL, server-side and
-atomically, so concurrent writers cannot race the way a read-then-write from Python would."""
+Layout: one hash per (tenant, group, entity) at `{prefix}:{{tenant}:{group}:{bucket}}:{entity}`, one
+field per feature holding `event_time_us|write_time_us|value_json`, and a field `~` summarising the
+latest event and write times in the hash. The `{...}` part is a Redis Cluster hash tag: keys of one
+bucket (a hash of the entity id, `BUCKETS` per group) share a slot, so the cluster backend can write a
+bucket's keys in one script call while a group still spreads over every node.
+
+Writes go through a Lua script that keeps only newer values (see online_write.lua), server-side and
+atomically, so concurrent writers cannot race the way a read-then-write from Python would.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from importlib import resources
+from typing import Any
 
 import redis
+from psycopg import sql
 
-from feature_store.config import check_redis_prefix
-from feature_store.serving.models import OnlineValue, OnlineValueStatus
-from feature_store.stores.online.base import EPOCH, FeatureSpec, OnlineStore
-from feature_store.values import coerce
+from feature_store.config import Settings, check_redis_prefix
+from feature_store.definitions.models import ValueType
+from feature_store.serving.models import OnlineFeatures, OnlineValueStatus
+from feature_store.stores.online.base import EPOCH, REMOVE, FeatureSpec, OnlineStore, OnlineWrite
+from feature_store.types import FeatureValue
 from feature_store.windows import TimeWindow
+
+BUCKETS = 256
+"""Hash-tag buckets per (tenant, group): how many slots (of 16 384) one group's keys spread over."""
+
+_SCRIPT = resources.files("feature_store.stores.online").joinpath("online_write.lua").read_text(encoding="utf-8")
 
 
 class RedisOnlineStore(OnlineStore):
-    """Online store on a standalone Redis.
+    """Online store on one Redis server (or any client speaking to one keyspace)."""
 
-    One Lua call writes a batch of keys, so on Redis Cluster a batch would have to be split by hash
-    slot first (not done yet); reads are plain pipelined HMGETs and would work there as they are.
-    """
-
-    def __init__(self, client: redis.Redis, *, prefix: str = "fs") -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str = "fs", owns_client: bool = False) -> None:
         check_redis_prefix(prefix)  # no `:` or glob characters: teardown's SCAN pattern stays in this store
         self._client = client
         self._prefix = prefix
-        self._script = client.register_script(
-            resources.files("feature_store.stores.online").joinpath("online_write.lua").read_text(encoding="utf-8")
-        )
+        self._owns_client = owns_client
+        self._script = client.register_script(_SCRIPT)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client: Any = None) -> RedisOnlineStore:
+        from feature_store.db import connect_redis
+
+        if client is not None:
+            return cls(client, prefix=settings.redis_prefix)
+        return cls(connect_redis(settings.redis_url), prefix=settings.redis_prefix, owns_client=True)
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> Any:
         return self._client
 
     def key(self, tenant_id: str, group_id: str, entity_id: str) -> str:
-        return f"{self._prefix}:{tenant_id}:{group_id}:{_escape(entity_id)}"
+        bucket = zlib.crc32(entity_id.encode()) % BUCKETS
+        return f"{self._prefix}:{{{tenant_id}:{group_id}:{bucket:03d}}}:{_escape(entity_id)}"
 
-    def write_batch(
+    # -- writes --------------------------------------------------------------------------------
+
+    def encode_sql(self, *, write_time_us: int) -> sql.Composable:
+        # [oldest_event_us, newest_event_us, has_removals, [field, ...], ["event_us|write_us|value_json" or ""]]:
+        # the stored fields are built here, in PostgreSQL, so the script only compares and stores.
+        event_us = sql.SQL("(extract(epoch FROM x.event_time) * 1000000)::bigint")
+        return sql.SQL(
+            "json_build_array(min({ev})::text, max({ev})::text, bool_or(x.event_time IS NULL)::int,"
+            " json_agg(x.feature_name),"
+            " json_agg(CASE WHEN x.event_time IS NULL THEN ''"
+            "  ELSE {ev}::text || {write} || coalesce(x.value::text, 'null') END))::text"
+        ).format(ev=event_us, write=sql.Literal(f"|{int(write_time_us)}|"))
+
+    def encode(self, values: Sequence[OnlineWrite], *, write_time_us: int) -> list[tuple[str, str]]:
+        by_entity: dict[str, list[OnlineWrite]] = {}
+        for v in values:
+            by_entity.setdefault(v.entity_id, []).append(v)
+        rows = []
+        for entity, items in by_entity.items():
+            events = [_epoch_us(v.event_time) for v in items if v.value is not REMOVE]
+            stored = [
+                "" if v.value is REMOVE else f"{_epoch_us(v.event_time)}|{write_time_us}|{json.dumps(v.value)}"
+                for v in items
+            ]
+            payload = [
+                str(min(events)) if events else None,
+                str(max(events)) if events else None,
+                int(len(events) < len(items)),
+                [v.feature for v in items],
+                stored,
+            ]
+            rows.append((entity, json.dumps(payload)))
+        return rows
+
+    def write_encoded(
         self,
         *,
         tenant_id: str,
@@ -59,11 +111,59 @@ class RedisOnlineStore(OnlineStore):
         if not rows:
             return 0
         keys = [self.key(tenant_id, group_id, entity_id) for entity_id, _ in rows]
-        payload = "[" + ",".join(fields for _, fields in rows) + "]"
-        ttl_ms = (ttl_seconds or 0) * 1000
+        return int(self._script(keys=keys, args=self._args(rows, ttl_seconds, write_time_us, replaces, force)))
+
+    @staticmethod
+    def _args(
+        rows: Iterable[tuple[str, str]],
+        ttl_seconds: int | None,
+        write_time_us: int,
+        replaces: TimeWindow | None,
+        force: bool,
+    ) -> list[str]:
         window = [str(_epoch_us(replaces.start)), str(_epoch_us(replaces.end))] if replaces else ["", ""]
-        args = [str(write_time_us), str(ttl_ms), *window, "1" if force else "0", payload]
-        return int(self._script(keys=keys, args=args))
+        payload = "[" + ",".join(fields for _, fields in rows) + "]"
+        return [str(write_time_us), str((ttl_seconds or 0) * 1000), *window, "1" if force else "0", payload]
+
+    # -- reads and upkeep ----------------------------------------------------------------------
+
+    def read(self, *, tenant_id: str, entity_ids: Sequence[str], features: Sequence[FeatureSpec]) -> OnlineFeatures:
+        by_group: dict[str, list[FeatureSpec]] = {}
+        for spec in features:
+            by_group.setdefault(spec.group_id, []).append(spec)
+        groups = list(by_group.items())
+        pipe = self._client.pipeline(transaction=False)
+        for entity_id in entity_ids:
+            for group_id, specs in groups:
+                pipe.hmget(self.key(tenant_id, group_id, entity_id), [s.name for s in specs])
+        replies = pipe.execute()
+        now_us = time.time_ns() // 1000
+        result = OnlineFeatures(entity_ids, [s.ref for s in features])
+        width = len(groups)
+        for g, (_, specs) in enumerate(groups):
+            for f, spec in enumerate(specs):
+                parse = _PARSERS[spec.value_type]
+                ttl_us = spec.ttl_seconds * 1_000_000 if spec.ttl_seconds else None
+                values: list[FeatureValue] = []
+                events: list[int | None] = []
+                statuses: list[OnlineValueStatus] = []
+                for e in range(len(entity_ids)):
+                    raw = replies[e * width + g][f]
+                    if raw is None:
+                        values.append(None)
+                        events.append(None)
+                        statuses.append(OnlineValueStatus.MISSING)
+                        continue
+                    event_us, write_us, value_json = raw.split(b"|", 2)
+                    events.append(int(event_us))
+                    if ttl_us is not None and now_us - int(write_us) > ttl_us:
+                        values.append(None)
+                        statuses.append(OnlineValueStatus.EXPIRED)
+                    else:
+                        values.append(parse(value_json))
+                        statuses.append(OnlineValueStatus.PRESENT)
+                result.set_column(spec.ref, values, events, statuses)
+        return result
 
     def instance_id(self) -> str:
         return str(self._client.info("server")["run_id"])
@@ -73,33 +173,24 @@ class RedisOnlineStore(OnlineStore):
             return 0
         return int(self._client.exists(*(self.key(tenant_id, group_id, e) for e in entity_ids)))
 
-    def read(
-        self, *, tenant_id: str, entity_ids: Sequence[str], features: Sequence[FeatureSpec]
-    ) -> list[dict[str, OnlineValue]]:
-        by_group: dict[str, list[FeatureSpec]] = {}
-        for spec in features:
-            by_group.setdefault(spec.group_id, []).append(spec)
-        pipe = self._client.pipeline(transaction=False)
-        for entity_id in entity_ids:
-            for group_id, specs in by_group.items():
-                pipe.hmget(self.key(tenant_id, group_id, entity_id), [s.name for s in specs])
-        replies = iter(pipe.execute())
-        now_us = time.time_ns() // 1000
-        result: list[dict[str, OnlineValue]] = []
-        for _ in entity_ids:
-            row: dict[str, OnlineValue] = {}
-            for group_id, specs in by_group.items():
-                for spec, raw in zip(specs, next(replies), strict=True):
-                    row[f"{group_id}:{spec.name}"] = _decode(raw, spec, now_us)
-            result.append(row)
-        return result
+    def scan_keys(self, *, tenant_id: str | None = None, group_id: str | None = None) -> Iterator[bytes]:
+        """The keys of this store (of one tenant, or of one tenant's group), as SCAN finds them."""
+        # Escaped, so a tenant id like `a*` finds tenant `a*` and never `ab`.
+        start = f"{self._prefix}:"
+        if tenant_id is not None:
+            start += f"{{{tenant_id}:" + (f"{group_id}:" if group_id is not None else "")
+        yield from self._client.scan_iter(match=_glob_escape(start) + "*", count=1000)
+
+    @staticmethod
+    def entity_of(key: bytes | str) -> str:
+        """The entity id a key stores (the inverse of `key`)."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return text[text.index("}:") + 2 :].replace("%3A", ":").replace("%25", "%")
 
     def teardown(self, *, tenant_id: str | None = None) -> int:
-        # Escaped, so a tenant id like `a*` clears tenant `a*` and never `ab`.
-        pattern = _glob_escape(f"{self._prefix}:{tenant_id}:" if tenant_id is not None else f"{self._prefix}:") + "*"
         removed = 0
-        batch: list[str] = []
-        for key in self._client.scan_iter(match=pattern, count=1000):
+        batch: list[Any] = []
+        for key in self.scan_keys(tenant_id=tenant_id):
             batch.append(key)
             if len(batch) >= 1000:
                 removed += int(self._client.unlink(*batch))
@@ -108,20 +199,34 @@ class RedisOnlineStore(OnlineStore):
             removed += int(self._client.unlink(*batch))
         return removed
 
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
 
 def _epoch_us(value: datetime) -> int:
     return (value - EPOCH) // timedelta(microseconds=1)
 
 
-def _decode(raw: bytes | None, spec: FeatureSpec, now_us: int) -> OnlineValue:
-    if raw is None:
-        return OnlineValue()
-    event_us, write_us, value_json = raw.decode().split("|", 2)
-    event_time = EPOCH + timedelta(microseconds=int(event_us))
-    if spec.ttl_seconds and now_us - int(write_us) > spec.ttl_seconds * 1_000_000:
-        return OnlineValue(event_time=event_time, status=OnlineValueStatus.EXPIRED)
-    value = coerce(json.loads(value_json), spec.value_type)
-    return OnlineValue(value=value, event_time=event_time, status=OnlineValueStatus.PRESENT)
+def _parse_string(raw: bytes) -> FeatureValue:
+    value = json.loads(raw)
+    return None if value is None else str(value)
+
+
+def _parse_number(cast: Any) -> Any:
+    def parse(raw: bytes) -> FeatureValue:
+        return None if raw == b"null" else cast(raw)
+
+    return parse
+
+
+# How a stored value_json becomes the feature's declared type without a general JSON decode.
+_PARSERS = {
+    ValueType.FLOAT64: _parse_number(float),
+    ValueType.INT64: _parse_number(lambda raw: int(float(raw)) if b"." in raw or b"e" in raw else int(raw)),
+    ValueType.BOOL: lambda raw: None if raw == b"null" else raw == b"true",
+    ValueType.STRING: _parse_string,
+}
 
 
 def _glob_escape(text: str) -> str:
