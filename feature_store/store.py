@@ -33,6 +33,8 @@ from feature_store.pipeline.models import (
     ReconcileResult,
 )
 from feature_store.pipeline.publish import reconcile_group
+from feature_store.pipeline.runner import run_job
+from feature_store.pipeline.runs import RunLedger
 from feature_store.pipeline.sandbox import set_password as set_sandbox_password
 from feature_store.pipeline.stages import FeaturePipeline
 from feature_store.serving.features import FeatureResolver
@@ -95,6 +97,12 @@ class FeatureStore:
         return self._online
 
     @property
+    def runs(self) -> RunLedger:
+        """What an orchestrator reports about its runs (tasks failed for good, runs that ended)."""
+        self._require_schema()
+        return RunLedger(self.conn)
+
+    @property
     def registry(self) -> Registry:
         self._require_schema()
         return Registry(self.conn)
@@ -142,7 +150,7 @@ class FeatureStore:
         self._require_schema()
         return FeaturePipeline(
             self.conn,
-            online=self.online if online else None,
+            online=(lambda: self.online) if online else None,
             settings=self.settings,
             progress=progress,
             connect=lambda: connect(self.settings.database_url),
@@ -156,7 +164,7 @@ class FeatureStore:
         `parallelism` features run at once, on their own connections (default: the machine's cores).
         """
         workers = parallelism if parallelism is not None else min(4, os.cpu_count() or 1)
-        return self.pipeline(online=config.write_online, progress=progress).run(config, parallelism=workers)
+        return run_job(self.pipeline(online=config.write_online, progress=progress), config, parallelism=workers)
 
     def list_jobs(self, **filters: object) -> list[MaterializationJob]:
         self._require_schema()

@@ -28,7 +28,6 @@ from feature_store.pipeline.models import (
     MaterializationJob,
     TimeWindow,
 )
-from feature_store.pipeline.staging import create_staging, drop_staging
 
 JOB_COLUMNS = (
     "id, tenant_id, feature_group_id, job_type, start_time, end_time, status, progress, error_message,"
@@ -65,7 +64,7 @@ def create_job(
     run: RunInfo | None = None,
     overwrite_online: str | None = None,
 ) -> int:
-    """Create a pending job for `features` of the group and its staging table.
+    """Create a pending job for `features` of the group (its first transform creates its staging).
 
     `overwrite_online` is the recorded reason of a corrective rerun whose publish replaces newer
     online values too.
@@ -117,7 +116,6 @@ def create_job(
             " SELECT %s, unnest(%s::text[])",
             (job_id, list(features)),
         )
-        create_staging(conn, job_id)
     return job_id
 
 
@@ -304,18 +302,7 @@ def finish_job(
 
 
 def fail_jobs_of_run(conn: psycopg.Connection, *, dag_id: str, run_id: str, reason: str) -> int:
-    """Fail every unfinished job of an orchestrator run (killed, timed out or failed from outside).
-
-    The run is over, so the staging tables of all its jobs are dropped too.
-    """
-    job_ids = [
-        int(r[0])
-        for r in conn.execute(
-            "SELECT id FROM feature_store.materialization_jobs WHERE dag_id = %s AND run_id = %s", (dag_id, run_id)
-        ).fetchall()
-    ]
-    for job_id in job_ids:
-        drop_staging(conn, job_id)
+    """Fail every unfinished job of an orchestrator run (killed, timed out or failed from outside)."""
     cur = conn.execute(
         "UPDATE feature_store.materialization_jobs SET status = 'failed',"
         " error_message = concat_ws(E'\\n', error_message, %(reason)s::text), completed_at = now(),"
@@ -357,6 +344,15 @@ def claim_finish(conn: psycopg.Connection, job_id: int) -> bool:
         (job_id,),
     ).fetchone()
     return row is not None
+
+
+def run_jobs(conn: psycopg.Connection, *, dag_id: str, run_id: str) -> list[int]:
+    """Every job of an orchestrator run."""
+    rows = conn.execute(
+        "SELECT id FROM feature_store.materialization_jobs WHERE dag_id = %s AND run_id = %s ORDER BY id",
+        (dag_id, run_id),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 def find_run_job(conn: psycopg.Connection, *, dag_id: str, run_id: str, tenant_id: str, group_id: str) -> int | None:

@@ -1,20 +1,29 @@
-"""One stage of one feature for many jobs (a tenant shard), each job on its own.
+"""Running stages: one stage of one feature for many jobs (what an orchestrator task does for a tenant
+shard), and one job end to end in this process (what `FeatureStore.materialize` does).
 
-An orchestrator task can then cover many tenants at once without coupling their fates: a failure
-stays with its tenant's job, a retry skips the tenants that already got past the stage, and a job
-whose features are all done is published and finished right away instead of at the end of the run.
+A shard's task covers many tenants without coupling their fates: a failure stays with its tenant's
+job, a retry skips the tenants that already got past the stage, and a job whose features are all
+done is published and finished right away instead of at the end of the run.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+import psycopg
+import redis
 
 from feature_store.errors import FinishError, PipelineError
 from feature_store.pipeline import jobs
-from feature_store.pipeline.models import FeatureStatus
+from feature_store.pipeline.failures import is_transient
+from feature_store.pipeline.jobs import RunInfo
+from feature_store.pipeline.models import FeatureStatus, PipelineConfig, PipelineResult
 from feature_store.pipeline.stages import FeaturePipeline
 
 log = logging.getLogger(__name__)
@@ -106,3 +115,81 @@ def _run(
     if stage is Stage.VALIDATE:
         return pipeline.validate(job_id, feature, try_number=try_number, final=final).rows_total
     return pipeline.write(job_id, feature, try_number=try_number, final=final)
+
+
+# -- one job, without an orchestrator ------------------------------------------------------------
+
+# A retryable failure gets this many attempts, waiting RUN_BACKOFF_S after the first and twice as
+# long after each further one (what Airflow's retries do for the DAG's tasks).
+RUN_ATTEMPTS = 3
+RUN_BACKOFF_S = 0.5
+
+T = TypeVar("T")
+
+
+def run_job(
+    pipeline: FeaturePipeline, config: PipelineConfig, *, run: RunInfo | None = None, parallelism: int = 1
+) -> PipelineResult:
+    """Run one job end to end; a failing feature is recorded and its siblings still run.
+
+    With `parallelism` > 1 (and a pipeline that can open connections), that many features run at
+    once, each on its own connection: the work happens inside PostgreSQL, which then uses as many
+    cores. Finishing the job flushes its features to the stores in one pass.
+    """
+    planned = pipeline.start(config, run=run)
+    job_id = planned.job_id
+    with pipeline.reconnecting():
+        try:
+            if parallelism > 1 and pipeline.can_reconnect and len(planned.features) > 1:
+                with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="feature") as pool:
+                    list(pool.map(lambda name: _run_feature_apart(pipeline, job_id, name), planned.features))
+            else:
+                for name in planned.features:
+                    _run_feature(pipeline, job_id, name)
+        except Exception as exc:
+            # Not a feature's own failure (those are recorded and skipped): the job cannot go on.
+            pipeline.fail(job_id, f"materialization stopped: {exc}")
+            raise
+        try:
+            return _attempts(pipeline, lambda final: pipeline.finish(job_id, final=final))
+        except FinishError as exc:
+            log.warning("%s", exc)  # finish ended the job failed
+            return pipeline.close_failed(job_id)
+        except Exception as exc:
+            log.exception("finishing job %s failed", job_id)
+            return pipeline.fail(job_id, f"finish failed: {exc}")
+
+
+def _run_feature(pipeline: FeaturePipeline, job_id: int, name: str) -> None:
+    try:
+        _attempts(pipeline, lambda final: pipeline.transform(job_id, name, final=final))
+        _attempts(pipeline, lambda final: pipeline.validate(job_id, name, final=final))
+        _attempts(pipeline, lambda final: pipeline.write(job_id, name, final=final))
+    except PipelineError as exc:
+        log.warning("%s", exc)
+
+
+def _run_feature_apart(pipeline: FeaturePipeline, job_id: int, name: str) -> None:
+    apart = pipeline.sibling()
+    try:
+        with apart.reconnecting():
+            _run_feature(apart, job_id, name)
+    finally:
+        apart.conn.close()
+
+
+def _attempts(pipeline: FeaturePipeline, call: Callable[[bool], T]) -> T:
+    """Call a stage (given whether this is its last attempt), retrying a failure a retry can fix
+    with a short backoff, on a new connection if the old one died."""
+    for attempt in range(1, RUN_ATTEMPTS + 1):
+        final = attempt == RUN_ATTEMPTS
+        try:
+            return call(final)
+        except (PipelineError, FinishError, psycopg.Error, redis.RedisError) as exc:
+            if final or not is_transient(exc):
+                raise
+            delay = RUN_BACKOFF_S * 2 ** (attempt - 1)
+            log.warning("%s; attempt %d of %d in %.1fs", exc, attempt + 1, RUN_ATTEMPTS, delay)
+        time.sleep(delay)
+        pipeline.reconnect_if_lost()
+    raise AssertionError("unreachable")

@@ -12,13 +12,10 @@ once when retrying cannot help (bad SQL, bad data)."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TypeVar
 
 import psycopg
 import redis
@@ -66,13 +63,6 @@ from feature_store.types import ProgressCallback
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# Without an orchestrator, `run` gives a retryable failure this many attempts, waiting RUN_BACKOFF_S
-# after the first and twice as long after each further one.
-RUN_ATTEMPTS = 3
-RUN_BACKOFF_S = 0.5
-
 
 @dataclass(frozen=True)
 class PlannedJob:
@@ -115,11 +105,13 @@ class FeaturePipeline:
         self,
         conn: psycopg.Connection,
         *,
-        online: OnlineStore | None,
+        online: OnlineStore | Callable[[], OnlineStore] | None,
         settings: Settings,
         progress: ProgressCallback | None = None,
         connect: Callable[[], psycopg.Connection] | None = None,
     ) -> None:
+        """`online` may be a factory: the online store is then opened when a job is first published, so
+        stages that never publish do not need it reachable (a Redis outage only holds up publishing)."""
         self._conn = conn
         self._connect = connect
         self._online = online
@@ -353,80 +345,34 @@ class FeaturePipeline:
         for job_id in job_ids:
             self.fail(job_id, reason)
 
+    def close_failed(self, job_id: int) -> PipelineResult:
+        """The result of a job that `finish` ended failed; its staging goes (nobody will finish it now)."""
+        drop_staging(self._conn, job_id)
+        return self._result(jobs.get_job(self._conn, job_id), 0)
+
     def fail(self, job_id: int, reason: str) -> PipelineResult:
         """End a job as failed (e.g. its online publish could not be done) and drop its staging."""
         job = jobs.finish_job(self._conn, job_id, extra_errors=[reason])
         drop_staging(self._conn, job_id)
         return self._result(job, 0)
 
-    # -- without an orchestrator ---------------------------------------------------------------
+    # -- connections -----------------------------------------------------------------------------
 
-    def run(self, config: PipelineConfig, *, run: RunInfo | None = None, parallelism: int = 1) -> PipelineResult:
-        """Run one job end to end; a failing feature is recorded and its siblings still run.
+    def sibling(self) -> FeaturePipeline:
+        """A pipeline like this one on a connection of its own (no online store), for parallel stages."""
+        if self._connect is None:
+            raise JobStateError("the pipeline has no connection factory to open a sibling with")
+        return FeaturePipeline(
+            self._connect(), online=None, settings=self._settings, progress=self._progress, connect=self._connect
+        )
 
-        With `parallelism` > 1 (and a `connect` factory), that many features run at once, each on its
-        own connection: the work happens inside PostgreSQL, which then uses as many cores.
-        """
-        planned = self.start(config, run=run)
-        job_id = planned.job_id
-        with self._reconnecting():
-            try:
-                if parallelism > 1 and self._connect is not None and len(planned.features) > 1:
-                    with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="feature") as pool:
-                        list(pool.map(lambda name: self._run_feature_apart(job_id, name), planned.features))
-                else:
-                    for name in planned.features:
-                        self._run_feature(job_id, name)
-            except Exception as exc:
-                # Not a feature's own failure (those are recorded and skipped): the job cannot go on.
-                self.fail(job_id, f"materialization stopped: {exc}")
-                raise
-            try:
-                return self._attempts(lambda final: self.finish(job_id, final=final))
-            except FinishError as exc:
-                log.warning("%s", exc)  # finish ended the job failed
-                drop_staging(self._conn, job_id)
-                return self._result(jobs.get_job(self._conn, job_id), 0)
-            except Exception as exc:
-                log.exception("finishing job %s failed", job_id)
-                return self.fail(job_id, f"finish failed: {exc}")
-
-    def _run_feature(self, job_id: int, name: str) -> None:
-        try:
-            self._attempts(lambda final: self.transform(job_id, name, final=final))
-            self._attempts(lambda final: self.validate(job_id, name, final=final))
-            self._attempts(lambda final: self.write(job_id, name, final=final))
-        except PipelineError as exc:
-            log.warning("%s", exc)
-
-    def _run_feature_apart(self, job_id: int, name: str) -> None:
-        assert self._connect is not None
-        with self._connect() as conn:
-            apart = FeaturePipeline(
-                conn, online=None, settings=self._settings, progress=self._progress, connect=self._connect
-            )
-            with apart._reconnecting():
-                apart._run_feature(job_id, name)
-
-    def _attempts(self, call: Callable[[bool], T]) -> T:
-        """Call a stage (given whether this is its last attempt), retrying a failure a retry can fix
-        with a short backoff, on a new connection if the old one died."""
-        for attempt in range(1, RUN_ATTEMPTS + 1):
-            final = attempt == RUN_ATTEMPTS
-            try:
-                return call(final)
-            except (PipelineError, FinishError, psycopg.Error, redis.RedisError) as exc:
-                if final or not is_transient(exc):
-                    raise
-                delay = RUN_BACKOFF_S * 2 ** (attempt - 1)
-                log.warning("%s; attempt %d of %d in %.1fs", exc, attempt + 1, RUN_ATTEMPTS, delay)
-            time.sleep(delay)
-            self._reconnect_if_lost()
-        raise AssertionError("unreachable")
+    @property
+    def can_reconnect(self) -> bool:
+        return self._connect is not None
 
     @contextmanager
-    def _reconnecting(self) -> Iterator[None]:
-        """Let `_reconnect_if_lost` replace a dead connection until the block ends, then close the
+    def reconnecting(self) -> Iterator[None]:
+        """Let `reconnect_if_lost` replace a dead connection until the block ends, then close the
         replacement and hand the pipeline its own connection back."""
         own = self._conn
         try:
@@ -437,7 +383,8 @@ class FeaturePipeline:
                 self._conn = own
                 self._registry = Registry(own)
 
-    def _reconnect_if_lost(self) -> None:
+    def reconnect_if_lost(self) -> None:
+        """Replace the connection if it died (a terminated backend), so the next attempt can run."""
         if not self._conn.closed or self._connect is None:
             return
         log.warning("the database connection was lost; retrying on a new one")
@@ -598,6 +545,8 @@ class FeaturePipeline:
             return 0
         if self._online is None:
             raise JobStateError(f"job {job_id} writes online but the pipeline has no online store")
+        if not isinstance(self._online, OnlineStore):
+            self._online = self._online()
         self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")
         return publish_job(
             self._conn,

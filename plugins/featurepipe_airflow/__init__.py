@@ -1,4 +1,4 @@
-"""Airflow side of featurepipe: connections, task bodies, deadline callback, listener and UI view.
+"""Airflow side of featurepipe: the FeatureStoreHook, task bodies, deadline callback, listener and UI view.
 
 Thin orchestration over the plain `feature_store` library, which never imports Airflow.
 """

@@ -28,9 +28,9 @@ async def record_deadline_miss(context: dict[str, Any] | None = None, **_: Any) 
 
 
 def _record(dag_id: str, run_id: str, deadline_time: datetime | None, message: str) -> None:
-    from featurepipe_airflow.connections import open_store
+    from featurepipe_airflow.hooks import open_store
 
-    with open_store(online=False) as store:
+    with open_store() as store:
         store.record_deadline_miss(dag_id=dag_id, run_id=run_id, deadline_time=deadline_time, message=message)
 
 

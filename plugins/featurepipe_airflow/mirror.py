@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from feature_store.pipeline import jobs
-from featurepipe_airflow.connections import open_store
 from featurepipe_airflow.fanout import shard_of
+from featurepipe_airflow.hooks import open_store
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +35,17 @@ def task_failed(
     else:
         return
     reason = f"Airflow task {task_id} [{label}] of run {run_id} failed (try {try_number}): {error}"
-    with open_store(online=False) as store:
+    with open_store() as store:
+        runs = store.runs
         if shard is not None:
-            job_ids = jobs.find_shard_jobs(store.conn, dag_id=dag_id, run_id=run_id, group_id=group_id, shard=shard)
+            job_ids = runs.find_shard(dag_id=dag_id, run_id=run_id, group_id=group_id, shard=shard)
         else:
-            found = jobs.find_run_job(store.conn, dag_id=dag_id, run_id=run_id, tenant_id=parts[0], group_id=group_id)
+            found = runs.find_job(dag_id=dag_id, run_id=run_id, tenant_id=parts[0], group_id=group_id)
             job_ids = [found] if found is not None else []
         changed = [
             job_id
             for job_id in job_ids
-            if (
-                jobs.fail_feature(store.conn, job_id, feature, reason)
-                if feature is not None
-                else jobs.fail_job(store.conn, job_id, reason)
-            )
+            if (runs.fail_feature(job_id, feature, reason) if feature is not None else runs.fail_job(job_id, reason))
         ]
     if changed:
         log.warning("featurepipe: job(s) %s: %s", ", ".join(map(str, changed)), reason)
@@ -60,7 +56,7 @@ def run_ended(*, dag_id: str, run_id: str, state: str, message: str | None) -> N
     if dag_id != DAG_ID:
         return
     reason = f"Airflow run {run_id} ended {state} before the job finished" + (f" ({message})" if message else "")
-    with open_store(online=False) as store:
-        failed = jobs.fail_jobs_of_run(store.conn, dag_id=dag_id, run_id=run_id, reason=reason)
+    with open_store() as store:
+        failed = store.runs.fail_run(dag_id=dag_id, run_id=run_id, reason=reason)
     if failed:
         log.warning("featurepipe: %s unfinished job(s) of run %s marked failed", failed, run_id)

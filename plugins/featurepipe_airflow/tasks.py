@@ -15,8 +15,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from feature_store import ConnectionFailedError, FeatureStoreError, JobType, RunInfo, TimeWindow
 from feature_store.pipeline.runner import Stage, run_stage
 from featurepipe_airflow import fanout
-from featurepipe_airflow.connections import open_store
 from featurepipe_airflow.fanout import FanOutError, FinishItem, WorkItem, fan_out
+from featurepipe_airflow.hooks import open_store
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def plan(context: Any) -> list[FinishItem]:
         window = resolve_window(context)
     except ValueError as exc:  # bad params: retrying cannot help
         raise AirflowFailException(f"invalid window for this run: {exc}") from exc
-    with open_store(online=False) as store, _failing_fast():
+    with open_store() as store, _failing_fast():
         pipeline = store.pipeline(online=False)
         planned = pipeline.plan(
             window=window,
@@ -140,7 +140,7 @@ def _stage(stage: Stage, item: WorkItem, context: Any) -> dict[str, int]:
     task fails at the end, naming the failed tenants, so the failure shows in the grid.
     """
     online = stage is Stage.WRITE
-    with open_store(online=online) as store, _failing_fast():
+    with open_store() as store, _failing_fast():
         pipeline = store.pipeline(online=online)
         report = run_stage(pipeline, stage, item["job_ids"], item["feature"], finish_done_jobs=online, **tries(context))
     counts = {"jobs": len(item["job_ids"]), "rows": report.rows, "finished": len(report.finished)}

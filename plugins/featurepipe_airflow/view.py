@@ -21,7 +21,7 @@ from feature_store import FeatureStore, MaterializationJob
 from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
 from feature_store.pipeline.models import QuarantinedRow
-from featurepipe_airflow.connections import open_store
+from featurepipe_airflow.hooks import open_store
 
 require_user = requires_authenticated()
 """Airflow's own check that the request carries a valid user (cookie or bearer token)."""

@@ -247,7 +247,10 @@ def test_a_terminated_write_and_a_redis_outage_in_finish_are_retried_to_a_clean_
         and "(tenant 'acme', group 'user_engagement'): the database connection was terminated" in note
         for note in notes
     ), notes
-    assert any("finish failed for job" in note and "Redis is unreachable" in note for note in notes), notes
+    assert any(
+        "finish failed for job" in note and ("Redis is unreachable" in note or "cannot connect to Redis" in note)
+        for note in notes
+    ), notes
     assert online[0].features["user_engagement:message_count"].status is OnlineValueStatus.PRESENT
 
     # The offline rows are those of a clean run (the library alone, no faults).
