@@ -1,0 +1,220 @@
+"""End to end on CeleryExecutor: api-server, scheduler, dag-processor, triggerer and two Celery workers
+(Redis database of their own as broker; PostgreSQL for Airflow's metadata and Celery's results) backfill
+the test hours through the REST API. While feature tasks run, one worker is killed with SIGKILL; the runs
+still complete, every job ends `completed`, and the offline rows equal those of a clean library-only run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from e2e_stack import (
+    DAG_ID,
+    HERE,
+    Stack,
+    airflow_stack,
+    clone_database,
+    free_port,
+    metadata_database,
+    redis_database,
+    wait_for,
+)
+
+from feature_store import FeatureStore, JobStatus, PipelineConfig, Settings
+from support import HOURS, Sql
+
+pytestmark = pytest.mark.e2e
+
+WORKERS = ("worker-a", "worker-b")
+VICTIM, SURVIVOR = WORKERS[1], WORKERS[0]
+TENANTS = ("acme", "globex", "initech")
+GROUPS = ("user_engagement", "conversation_stats", "message_features")
+
+# What makes the killed worker's tasks come back within the test, and why. Everything else is Airflow's
+# default. The DAG itself gives every task retries=2 (a killed try is one failed try; the next one runs).
+RECOVERY = {
+    # A running task's supervisor heartbeats every [workers] min_heartbeat_interval (5 s). The scheduler fails
+    # a running task whose heartbeat is older than this (default 300 s) -> up_for_retry, as retries allow;
+    # and looks for such tasks this often (default 10 s). 30 s leaves six heartbeats of slack on a busy
+    # 2-core machine, so healthy tasks are not failed.
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+    # A task whose message the dead worker had taken but not started yet stays `queued`: the scheduler
+    # revokes and requeues it after this long (default 600 s), checking this often (default 120 s). It is
+    # also the lifetime of the token a queued task starts with, so it must exceed the time a task waits in
+    # the broker (a few seconds here).
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
+    # Celery: a message is acknowledged when its task ends (acks_late) and a worker takes one message per
+    # free slot (prefetch 1), so a dying worker holds no message beyond those it runs. Unacknowledged
+    # messages would be redelivered after the visibility timeout; it is longer than any task may run (the
+    # DAG's execution_timeout is 30 min), so a running task is never delivered twice: recovering the dead
+    # worker's tasks is the scheduler's job (above), not the broker's.
+    "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+    "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+    "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "3600",
+    # The DAG's first retry waits this long (doubling after), instead of 20 s.
+    "FEATUREPIPE_RETRY_DELAY_SECONDS": "2",
+}
+CONCURRENCY = 2  # task slots per worker
+
+
+@dataclass
+class Reference:
+    """What the library alone leaves for the test hours in a clean database."""
+
+    offline: list[tuple[Any, ...]]
+    quarantined: list[tuple[Any, ...]]
+
+
+OFFLINE_ROWS = (
+    "SELECT tenant_id, feature_group_id, feature_name, entity_id, event_time, value"
+    " FROM feature_store.feature_values ORDER BY 1, 2, 3, 4, 5"
+)
+QUARANTINED_ROWS = (
+    "SELECT tenant_id, feature_group_id, feature_name, entity_id, event_time, value, rule, reason"
+    " FROM feature_store.quarantined_rows ORDER BY 1, 2, 3, 4, 5, 7, 8, 6"
+)
+
+
+@pytest.fixture
+def reference(template_db: str, settings: Settings) -> Reference:
+    """FeatureStore.materialize over the same hours, tenants and groups, in a fresh copy of the demo database."""
+    with clone_database(template_db) as url:
+        library = Settings(database_url=url, redis_url=settings.redis_url, redis_prefix=f"{settings.redis_prefix}lib")
+        with FeatureStore(settings=library) as store:
+            for hour in HOURS:
+                for tenant in TENANTS:
+                    for group in GROUPS:
+                        result = store.materialize(
+                            PipelineConfig(
+                                tenant_id=tenant,
+                                feature_group_id=group,
+                                start_time=hour.start,
+                                end_time=hour.end,
+                                write_online=False,
+                            )
+                        )
+                        assert result.status is JobStatus.COMPLETED, result.errors
+        with psycopg.connect(url) as conn:
+            return Reference(
+                offline=conn.execute(OFFLINE_ROWS).fetchall(), quarantined=conn.execute(QUARANTINED_ROWS).fetchall()
+            )
+
+
+@pytest.fixture
+def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+    with redis_database() as broker_url, metadata_database() as metadata_url:
+        env = {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            # Twice the workers' slots: a freed slot takes the next task from the broker at once instead of
+            # waiting for the scheduler's next loop to queue one.
+            "AIRFLOW__CORE__PARALLELISM": str(2 * CONCURRENCY * len(WORKERS)),
+            "AIRFLOW__CELERY__BROKER_URL": broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_url}",
+            "FEATUREPIPE_DEADLINE_MINUTES": "0",  # deadlines are the LocalExecutor test's subject
+            **RECOVERY,
+        }
+        home = tmp_path / "airflow_home"
+        with airflow_stack(
+            home=home, settings=settings, executor="CeleryExecutor", metadata_url=metadata_url, env=env
+        ) as stack:
+            try:
+                for name in WORKERS:
+                    stack.start(
+                        name,
+                        *("celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", str(CONCURRENCY)),
+                        env={
+                            # Task instances record this as their `hostname` (see e2e_hostname.py).
+                            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "e2e_hostname.hostname",
+                            "FEATUREPIPE_E2E_HOSTNAME": name,
+                            "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), stack.env.get("PYTHONPATH")) if p),
+                            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                        },
+                    )
+                for name in WORKERS:
+                    wait_for(f"Celery {name} to be ready", lambda name=name: worker_ready(stack, name), 120)
+            except BaseException:
+                print(stack.logs())  # pytest shows it with the failure
+                raise
+            yield stack
+
+
+def worker_ready(stack: Stack, name: str) -> bool:
+    """Celery logs `<node name> ready.` once the worker consumes from the broker."""
+    return any(f" {name}@" in line and " ready. " in f"{line} " for line in stack.log(name).splitlines())
+
+
+def running_on(stack: Stack, hostname: str) -> list[dict[str, Any]] | None:
+    """Feature tasks (transform/validate/write) running now on `hostname`, per the REST API."""
+    tis = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/~/taskInstances?state=running&limit=100")["task_instances"]
+    return [ti for ti in tis if ti["hostname"] == hostname and ti["task_id"].startswith("materialize_feature.")] or None
+
+
+def tries(stack: Stack, ti: dict[str, Any]) -> list[dict[str, Any]]:
+    path = f"/dags/{DAG_ID}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}/{ti['map_index']}/tries"
+    return sorted(stack.api("GET", path)["task_instances"], key=lambda t: t["try_number"])
+
+
+def test_the_runs_complete_with_the_library_values_after_a_worker_is_killed_mid_run(
+    reference: Reference, stack: Stack, db: Sql
+) -> None:
+    wait_for("the DAG to be parsed", lambda: stack.api("GET", f"/dags/{DAG_ID}"), 180)
+    stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+    stack.api(
+        "POST",
+        "/backfills",
+        {
+            "dag_id": DAG_ID,
+            "from_date": HOURS[0].start.isoformat(),
+            "to_date": HOURS[-1].start.isoformat(),
+            "reprocess_behavior": "none",
+            "max_active_runs": len(HOURS),
+            "dag_run_conf": {},
+        },
+    )
+
+    # Kill the victim while it runs feature tasks (known from their `hostname`), not after a blind sleep.
+    hit = wait_for(f"a feature task to run on {VICTIM}", lambda: running_on(stack, VICTIM), 300, interval=0.5)
+    stack.kill(VICTIM)
+
+    def finished_runs() -> list[dict[str, Any]] | None:
+        runs = stack.api("GET", f"/dags/{DAG_ID}/dagRuns?run_type=backfill&limit=50")["dag_runs"]
+        done = [r for r in runs if r["state"] in ("success", "failed")]
+        return runs if len(runs) == len(HOURS) and len(done) == len(runs) else None
+
+    runs = wait_for("the backfill runs to finish", finished_runs, 600)
+    assert [r["state"] for r in runs] == ["success"] * len(HOURS), runs
+
+    # The kill hit running tasks: each try that was running on the victim and did not end by itself
+    # failed there (no heartbeat) and a later try succeeded on the survivor.
+    killed = []
+    for ti in hit:
+        history = tries(stack, ti)
+        on_victim = next(t for t in history if t["try_number"] == ti["try_number"])
+        assert on_victim["hostname"] == VICTIM
+        if on_victim["state"] == "success":
+            continue  # it ended between the API's answer and the kill
+        killed.append(ti)
+        assert on_victim["state"] in ("failed", "up_for_retry"), history
+        last = history[-1]
+        assert last["try_number"] > ti["try_number"] and last["state"] == "success", history
+        assert last["hostname"] == SURVIVOR, history
+    assert killed, f"every task running on {VICTIM} had ended before the kill: {hit}"
+
+    jobs = db.rows("SELECT run_id, tenant_id, feature_group_id, status FROM feature_store.materialization_jobs")
+    assert len(jobs) == len(HOURS) * len(TENANTS) * len(GROUPS)
+    assert len({(r, t, g) for r, t, g, _ in jobs}) == len(jobs)  # one job per run, tenant and group
+    assert {status for *_, status in jobs} == {"completed"}, jobs
+    assert {run_id for run_id, *_ in jobs} == {r["dag_run_id"] for r in runs}
+
+    offline = db.rows(OFFLINE_ROWS)
+    assert offline and offline == reference.offline
+    assert len({row[:5] for row in offline}) == len(offline)  # no duplicate (tenant, group, feature, entity, time)
+    assert db.rows(QUARANTINED_ROWS) == reference.quarantined  # the retried stages quarantined nothing twice
