@@ -227,6 +227,19 @@ class Stack:
             for name in self.processes
         )
 
+    def connections_to(self, name: str, port: int) -> set[int]:
+        """Local ports of the TCP connections to `port` that component `name` or a process under it holds."""
+        try:
+            root = psutil.Process(self.processes[name].pid)
+            members = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return set()
+        ports: set[int] = set()
+        for process in members:
+            with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                ports |= {c.laddr.port for c in process.net_connections("tcp") if c.raddr and c.raddr.port == port}
+        return ports
+
     def kill(self, name: str) -> set[int]:
         """SIGKILL component `name` as a crashed machine would: its process group and those of every process
         under it (the task runners). It is stopped first, so it cannot start more meanwhile.

@@ -7,6 +7,7 @@ still complete, every job ends `completed`, and the offline rows equal those of 
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,11 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from e2e_stack import (
     DAG_ID,
     HERE,
+    ROOT,
     Stack,
     airflow_stack,
     clone_database,
@@ -151,10 +154,10 @@ def worker_ready(stack: Stack, name: str) -> bool:
     return any(f" {name}@" in line and " ready. " in f"{line} " for line in stack.log(name).splitlines())
 
 
-def running_on(stack: Stack, hostname: str) -> list[dict[str, Any]] | None:
-    """Feature tasks (transform/validate/write) running now on `hostname`, per the REST API."""
+def running_on(stack: Stack, hostname: str, task_id: str) -> list[dict[str, Any]]:
+    """Task instances of `task_id` running now on `hostname`, per the REST API."""
     tis = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/~/taskInstances?state=running&limit=100")["task_instances"]
-    return [ti for ti in tis if ti["hostname"] == hostname and ti["task_id"].startswith("materialize_feature.")] or None
+    return [ti for ti in tis if ti["hostname"] == hostname and ti["task_id"] == task_id]
 
 
 def tries(stack: Stack, ti: dict[str, Any]) -> list[dict[str, Any]]:
@@ -163,26 +166,45 @@ def tries(stack: Stack, ti: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_the_runs_complete_with_the_library_values_after_a_worker_is_killed_mid_run(
-    reference: Reference, stack: Stack, db: Sql
+    reference: Reference, stack: Stack, db: Sql, settings: Settings
 ) -> None:
     wait_for("the DAG to be parsed", lambda: stack.api("GET", f"/dags/{DAG_ID}"), 180)
     stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
-    stack.api(
-        "POST",
-        "/backfills",
-        {
-            "dag_id": DAG_ID,
-            "from_date": HOURS[0].start.isoformat(),
-            "to_date": HOURS[-1].start.isoformat(),
-            "reprocess_behavior": "none",
-            "max_active_runs": len(HOURS),
-            "dag_run_conf": {},
-        },
-    )
 
-    # Kill the victim while it runs feature tasks (known from their `hostname`), not after a blind sleep.
-    hit = wait_for(f"a feature task to run on {VICTIM}", lambda: running_on(stack, VICTIM), 300, interval=0.5)
-    stack.kill(VICTIM)
+    # Kill the victim inside an offline write: until then the test holds a SHARE lock on feature_values (reads
+    # go on, writes wait), and the victim is killed once the REST API shows a write task running on it and
+    # one of its processes is waiting for that lock.
+    blocker = psycopg.connect(settings.database_url)
+    try:
+        blocker.execute("LOCK TABLE feature_store.feature_values IN SHARE MODE")
+        stack.api(
+            "POST",
+            "/backfills",
+            {
+                "dag_id": DAG_ID,
+                "from_date": HOURS[0].start.isoformat(),
+                "to_date": HOURS[-1].start.isoformat(),
+                "reprocess_behavior": "none",
+                "max_active_runs": len(HOURS),
+                "dag_run_conf": {},
+            },
+        )
+        pg_port = urllib.parse.urlsplit(settings.database_url).port or 5432
+
+        def victim_writing() -> list[dict[str, Any]] | None:
+            writes = running_on(stack, VICTIM, "materialize_feature.write")
+            ports = stack.connections_to(VICTIM, pg_port) if writes else set()
+            blocked = ports and db.rows(
+                "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s) AND %s = ANY(pg_blocking_pids(pid))",
+                (sorted(ports), blocker.info.backend_pid),
+            )
+            return writes if blocked else None
+
+        hit = wait_for(f"a write task on {VICTIM} to wait inside its transaction", victim_writing, 300, interval=0.5)
+        stack.kill(VICTIM)
+    finally:
+        blocker.rollback()
+        blocker.close()
 
     def finished_runs() -> list[dict[str, Any]] | None:
         runs = stack.api("GET", f"/dags/{DAG_ID}/dagRuns?run_type=backfill&limit=50")["dag_runs"]
@@ -218,3 +240,18 @@ def test_the_runs_complete_with_the_library_values_after_a_worker_is_killed_mid_
     assert offline and offline == reference.offline
     assert len({row[:5] for row in offline}) == len(offline)  # no duplicate (tenant, group, feature, entity, time)
     assert db.rows(QUARANTINED_ROWS) == reference.quarantined  # the retried stages quarantined nothing twice
+
+
+def test_docker_compose_runs_celery_with_the_settings_of_this_test() -> None:
+    """docker-compose.yaml's Airflow services use this test's executor, databases and Celery delivery settings."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-worker", "airflow-triggerer"):
+        env = {key: str(value) for key, value in compose["services"][name]["environment"].items()}
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        metadata = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        assert metadata.startswith("postgresql+psycopg://")
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+{metadata}"
+        broker, online = env["AIRFLOW__CELERY__BROKER_URL"], env["FEATURE_STORE_REDIS_URL"]
+        assert broker.startswith("redis://") and broker.rsplit("/", 1)[1] != online.rsplit("/", 1)[1]
+        for key in (k for k in RECOVERY if "CELERY" in k):
+            assert env[key].lower() == RECOVERY[key].lower(), key
