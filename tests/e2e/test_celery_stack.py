@@ -1,7 +1,8 @@
 """End to end on CeleryExecutor: api-server, scheduler, dag-processor, triggerer and two Celery workers
 (Redis database of their own as broker; PostgreSQL for Airflow's metadata and Celery's results) backfill
-the test hours through the REST API. While feature tasks run, one worker is killed with SIGKILL; the runs
-still complete, every job ends `completed`, and the offline rows equal those of a clean library-only run.
+the test hours through the REST API. While an offline write runs on one worker, that worker is killed with
+SIGKILL; the runs still complete, every job ends `completed`, and the offline (and quarantined) rows equal
+those of a clean library-only run.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ GROUPS = ("user_engagement", "conversation_stats", "message_features")
 # What makes the killed worker's tasks come back within the test, and why. Everything else is Airflow's
 # default. The DAG itself gives every task retries=2 (a killed try is one failed try; the next one runs).
 RECOVERY = {
-    # A running task's supervisor heartbeats every [workers] min_heartbeat_interval (5 s). The scheduler fails
-    # a running task whose heartbeat is older than this (default 300 s) -> up_for_retry, as retries allow;
-    # and looks for such tasks this often (default 10 s). 30 s leaves six heartbeats of slack on a busy
-    # 2-core machine, so healthy tasks are not failed.
+    # A running task's supervisor heartbeats every [workers] min_heartbeat_interval (1 s in these tests, see
+    # e2e_stack.py; default 5 s). The scheduler fails a running task whose heartbeat is older than this
+    # (default 300 s) -> up_for_retry, as retries allow; and looks for such tasks this often (default 10 s).
+    # 30 s is ample slack on a busy 2-core machine, so healthy tasks are not failed.
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
     # A task whose message the dead worker had taken but not started yet stays `queued`: the scheduler
