@@ -172,12 +172,12 @@ def test_the_runs_complete_with_the_library_values_after_a_worker_is_killed_mid_
     wait_for("the DAG to be parsed", lambda: stack.api("GET", f"/dags/{DAG_ID}"), 180)
     stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
 
-    # Kill the victim inside an offline write: until then the test holds a SHARE lock on feature_values (reads
-    # go on, writes wait), and the victim is killed once the REST API shows a write task running on it and
-    # one of its processes is waiting for that lock.
+    # Kill the victim inside an offline write (the flush a write task makes when it completes its job): until
+    # then the test holds a SHARE lock on offline_rows (reads go on, writes wait), and the victim is killed once
+    # the REST API shows a write task running on it and one of its processes is waiting for that lock.
     blocker = psycopg.connect(settings.database_url)
     try:
-        blocker.execute("LOCK TABLE feature_store.feature_values IN SHARE MODE")
+        blocker.execute("LOCK TABLE feature_store.offline_rows IN SHARE MODE")
         stack.api(
             "POST",
             "/backfills",
