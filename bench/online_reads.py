@@ -34,6 +34,7 @@ import benchlib as bl
 import redis
 
 from feature_store import FeatureStore, PipelineConfig, Settings
+from feature_store.stores.online.redis import RedisOnlineStore
 
 SIZES = (1, 100)
 WARMUP = 20
@@ -113,12 +114,13 @@ def child_featurepipe(config: Settings, calls: dict[str, Any]) -> dict[str, Any]
 def child_raw(config: Settings, calls: dict[str, Any]) -> dict[str, Any]:
     client = redis.Redis.from_url(config.redis_url)
     client.ping()
-    key = f"{bl.FP_PREFIX}:{bl.TENANT}:{bl.GROUP}:"
+    # featurepipe's own keys (its hash-tagged layout), read with nothing else around them.
+    layout = RedisOnlineStore(client, prefix=bl.FP_PREFIX)
 
     def read(ids: Sequence[str]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
         for entity_id in ids:
-            pipe.hmget(key + entity_id, bl.FEATURES)
+            pipe.hmget(layout.key(bl.TENANT, bl.GROUP, entity_id), bl.FEATURES)
         return list(pipe.execute())
 
     latencies = timed_calls(read, calls)

@@ -589,7 +589,7 @@ class DagRun:
     max_active_tasks: int
     peaks: dict[str, TreePeak]
     deadline_misses: int
-    """Deadline misses the triggerer recorded for the run (FEATUREPIPE_DEADLINE_MINUTES, default 45)."""
+    """Deadline misses the triggerer recorded for the run (FEATURE_STORE_DEADLINE_MINUTES, default 45)."""
     batches: Batches
     expected_task_instances: int
     median_ti_s: dict[str, float]

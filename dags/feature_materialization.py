@@ -14,7 +14,7 @@ Every hour, for each active tenant x active feature group, runs each batch featu
 - **check_online** reconciles Redis from the offline store when Redis restarted since the last check.
 - A failing feature fails only its own tasks; its job ends `failed` with the reason
   (see `feature_store.materialization_jobs` and the *Feature Store* view).
-- A run still going `FEATUREPIPE_DEADLINE_MINUTES` (default 45; 0 turns it off) after it was queued
+- A run still going `FEATURE_STORE_DEADLINE_MINUTES` (default 45; 0 turns it off) after it was queued
   misses its deadline: the triggerer records it for the *Feature Store* view.
 """
 

@@ -1,21 +1,43 @@
 """featurepipe's feature store: batch SQL features into PostgreSQL (offline) and Redis (online).
 
-Plain Python with no Airflow import; the DAGs in `dags/` call these stages one task at a time.
+Plain Python with no Airflow import; the DAGs in `dags/` call its stages one task at a time. The
+data path, module by module: definitions (what a repo declares, apply, registry) -> sources (what
+transforms may read) -> pipeline (sandboxed transform, validate, write, publish, jobs) -> stores
+(offline in PostgreSQL, online in Redis or Redis Cluster) -> serving (reads) and monitoring.
 """
 
 from feature_store.config import Settings
-from feature_store.definitions.models import FeatureDefinition, FeatureGroup, Tenant, ValidationRules, ValueType
+from feature_store.definitions.apply import ApplyReport
+from feature_store.definitions.models import (
+    FeatureDefinition,
+    FeatureGroup,
+    SourceTable,
+    Tenant,
+    ValidationRules,
+    ValueType,
+)
 from feature_store.errors import (
+    ConfigurationError,
     ConnectionFailedError,
+    DatabaseNotFoundError,
     DefinitionError,
     FeatureGroupNotFoundError,
     FeatureNotFoundError,
     FeatureStoreError,
+    FinishError,
+    InvalidInputError,
+    JobNotFoundError,
+    JobStateError,
     NotFoundError,
+    OnlineStoreLostDataError,
     PipelineError,
+    SchemaNotInitializedError,
+    SourceIsolationError,
+    StatementTimeoutError,
     TenantNotFoundError,
     TransformError,
-    ValidationError,
+    ValidationFailedError,
+    WindowError,
     WriteError,
 )
 from feature_store.pipeline.jobs import RunInfo
@@ -23,16 +45,24 @@ from feature_store.pipeline.models import (
     JobStatus,
     JobType,
     MaterializationJob,
+    OnlineCheck,
     PipelineConfig,
     PipelineResult,
-    TimeWindow,
+    QuarantineCount,
+    QuarantinedRow,
+    ReconcileResult,
 )
 from feature_store.pipeline.stages import FeaturePipeline, PlannedJob
-from feature_store.serving.models import HistoricalRow, OnlineFeatureRow, OnlineValue
+from feature_store.serving.models import HistoricalRow, OnlineFeatureRow, OnlineFeatures, OnlineValue, OnlineValueStatus
 from feature_store.store import FeatureStore
+from feature_store.stores.online.base import OnlineStore, OnlineWrite
+from feature_store.windows import TimeWindow
 
 __all__ = [
+    "ApplyReport",
+    "ConfigurationError",
     "ConnectionFailedError",
+    "DatabaseNotFoundError",
     "DefinitionError",
     "FeatureDefinition",
     "FeatureGroup",
@@ -41,25 +71,43 @@ __all__ = [
     "FeaturePipeline",
     "FeatureStore",
     "FeatureStoreError",
+    "FinishError",
     "HistoricalRow",
+    "InvalidInputError",
+    "JobNotFoundError",
+    "JobStateError",
     "JobStatus",
     "JobType",
     "MaterializationJob",
     "NotFoundError",
+    "OnlineCheck",
     "OnlineFeatureRow",
+    "OnlineFeatures",
+    "OnlineStore",
+    "OnlineStoreLostDataError",
     "OnlineValue",
+    "OnlineValueStatus",
+    "OnlineWrite",
     "PipelineConfig",
     "PipelineError",
     "PipelineResult",
     "PlannedJob",
+    "QuarantineCount",
+    "QuarantinedRow",
+    "ReconcileResult",
     "RunInfo",
+    "SchemaNotInitializedError",
     "Settings",
+    "SourceIsolationError",
+    "SourceTable",
+    "StatementTimeoutError",
     "Tenant",
     "TenantNotFoundError",
     "TimeWindow",
     "TransformError",
-    "ValidationError",
+    "ValidationFailedError",
     "ValidationRules",
     "ValueType",
+    "WindowError",
     "WriteError",
 ]

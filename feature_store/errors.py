@@ -211,7 +211,7 @@ class TransformError(PipelineError):
     stage = "transform"
 
 
-class ValidationError(PipelineError):
+class ValidationFailedError(PipelineError):
     """Too many rows of one feature broke its rules (more than the group's max_failure_rate)."""
 
     stage = "validate"

@@ -242,7 +242,7 @@ def test_a_hostile_tenant_id_is_treated_as_data(store: FeatureStore, db: Sql, se
     group = store.registry.get_group("user_engagement")
     feature = group.feature("message_count")
     assert feature is not None
-    staged = transform.run(
+    staged = transform.stage_rows(
         store.conn,
         settings=store.settings,
         job_id=planned.job_id,

@@ -31,7 +31,7 @@ from feature_store.errors import (
     JobStateError,
     PipelineError,
     TransformError,
-    ValidationError,
+    ValidationFailedError,
     WindowError,
     WriteError,
 )
@@ -49,7 +49,6 @@ from feature_store.pipeline.models import (
 from feature_store.pipeline.publish import publish_job
 from feature_store.pipeline.staging import (
     build_wide,
-    create_staging,
     drop_staging,
     replaced_table,
     staging_exists,
@@ -204,10 +203,9 @@ class FeaturePipeline:
         with self._stage(
             ctx, feature_name, TransformError, try_number, final, timeout_s=self._settings.statement_timeout_s
         ):
-            create_staging(self._conn, job_id)  # gone if the job was finished and is being rerun
             schemas, declared = self._registry.source_declarations()
             isolation.verify(self._conn, schemas, declared)
-            staged = transform.run(
+            staged = transform.stage_rows(
                 self._conn,
                 settings=self._settings,
                 job_id=job_id,
@@ -251,9 +249,9 @@ class FeaturePipeline:
         ctx = self._context(job_id)
         feature = ctx.feature(feature_name)
         self._progress(f"validate {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}")
-        with self._stage(ctx, feature_name, ValidationError, try_number, final):
+        with self._stage(ctx, feature_name, ValidationFailedError, try_number, final):
             self._require_staging(ctx, feature_name)
-            outcome = validate.run(
+            outcome = validate.check_rules(
                 self._conn,
                 job_id=job_id,
                 tenant_id=ctx.job.tenant_id,
@@ -265,7 +263,7 @@ class FeaturePipeline:
             )
             if outcome.failure_rate > ctx.group.max_failure_rate:
                 by_rule = ", ".join(f"{rule}: {n}" for rule, n in sorted(outcome.failures_by_rule.items()))
-                raise ValidationError(
+                raise ValidationFailedError(
                     tenant_id=ctx.job.tenant_id,
                     group_id=ctx.group.id,
                     feature=feature_name,

@@ -20,7 +20,7 @@ from feature_store.config import Settings
 from feature_store.definitions.models import FeatureDefinition, ValueType
 from feature_store.errors import FeatureStoreError
 from feature_store.pipeline.sandbox import SandboxSession, sandbox_session
-from feature_store.pipeline.staging import empty_partition, staging_table
+from feature_store.pipeline.staging import create_staging, empty_partition, staging_table
 from feature_store.windows import TimeWindow
 
 PARAMETERS = ("tenant_id", "start_time", "end_time")
@@ -135,7 +135,7 @@ def _relations(plan: Any) -> Iterator[str]:
                 yield from _relations(value)
 
 
-def run(
+def stage_rows(
     conn: psycopg.Connection,
     *,
     settings: Settings,
@@ -145,12 +145,13 @@ def run(
     windows: Sequence[TimeWindow],
     source_schemas: Sequence[str],
 ) -> Staged:
-    """Replace this feature's staged rows with fresh runs of its SQL, one per window.
+    """Stage the feature's rows: replace its staged rows with fresh runs of its SQL, one per window.
 
     `conn` is the feature store's own connection (it clears the staged rows and records the
     sandbox's scope); the SQL itself runs in a sandbox session for `tenant_id`. Rows without an
     `event_time` column are stamped with their window's end: the value as known then.
     """
+    create_staging(conn, job_id)  # the job's first transform creates it (or a rerun of a finished job)
     table = staging_table(job_id)
     partition = empty_partition(conn, job_id, feature.name)
     with sandbox_session(

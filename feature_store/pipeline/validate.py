@@ -82,7 +82,7 @@ class ValidationOutcome:
         return self.rows_failed / self.rows_total if self.rows_total else 0.0
 
 
-def run(
+def check_rules(
     conn: psycopg.Connection,
     *,
     job_id: int,
@@ -93,7 +93,8 @@ def run(
     max_entity_id_length: int,
     max_value_bytes: int,
 ) -> ValidationOutcome:
-    """Mark and quarantine the failing rows of one feature; safe to rerun (it starts from a clean slate).
+    """Check the feature's staged rows against its rules: mark and quarantine the failing ones; safe to
+    rerun (it starts from a clean slate).
 
     Args:
         max_entity_id_length: longest entity id, in characters (`Settings.max_entity_id_length`).

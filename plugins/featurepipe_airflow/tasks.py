@@ -75,7 +75,7 @@ def plan(context: Any) -> list[FinishItem]:
                 granularity=params.get("fanout") or "auto",
                 shard_size=params.get("shard_size") or None,
                 max_map_length=_max_map_length(),
-                target_items=int(os.environ.get("FEATUREPIPE_TARGET_ITEMS") or 48),
+                target_items=int(os.environ.get("FEATURE_STORE_TARGET_ITEMS") or 48),
             )
         except FanOutError as exc:
             pipeline.fail_jobs([p.job_id for p in planned], f"the run could not be planned: {exc}")
@@ -210,16 +210,16 @@ def _failing_fast() -> Iterator[None]:
 
 
 def retry_delay() -> timedelta:
-    """First retry delay of every task (FEATUREPIPE_RETRY_DELAY_SECONDS, default 20); it doubles each try."""
-    return timedelta(seconds=float(os.environ.get("FEATUREPIPE_RETRY_DELAY_SECONDS") or 20))
+    """First retry delay of every task (FEATURE_STORE_RETRY_DELAY_SECONDS, default 20); it doubles each try."""
+    return timedelta(seconds=float(os.environ.get("FEATURE_STORE_RETRY_DELAY_SECONDS") or 20))
 
 
 def run_deadline() -> list[timedelta]:
-    """How long after being queued a run may take (FEATUREPIPE_DEADLINE_MINUTES; 0 or empty: no deadline).
+    """How long after being queued a run may take (FEATURE_STORE_DEADLINE_MINUTES; 0 or empty: no deadline).
 
     Measured from when the run was queued rather than from its logical date, so backfills of old
     hours do not all miss their deadline at once.
     """
-    raw = os.environ.get("FEATUREPIPE_DEADLINE_MINUTES", "45").strip()
+    raw = os.environ.get("FEATURE_STORE_DEADLINE_MINUTES", "45").strip()
     minutes = float(raw) if raw else 0.0
     return [timedelta(minutes=minutes)] if minutes > 0 else []

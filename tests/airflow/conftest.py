@@ -28,10 +28,10 @@ os.environ.update(
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME}/airflow.db",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         # Retries stay on, but short, so failure tests do not wait minutes.
-        "FEATUREPIPE_RETRY_DELAY_SECONDS": "1",
+        "FEATURE_STORE_RETRY_DELAY_SECONDS": "1",
         # Airflow 3.3.2's dag.test() cannot prune deadlines of a successful run (it passes the
         # serialized alert dicts where ids are expected); the e2e test covers deadlines for real.
-        "FEATUREPIPE_DEADLINE_MINUTES": "0",
+        "FEATURE_STORE_DEADLINE_MINUTES": "0",
     }
 )
 

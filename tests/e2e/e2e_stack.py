@@ -305,7 +305,7 @@ def component_env(*, home: Path, port: int, sql_alchemy_conn: str, settings: Set
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW_CONN_FEATURE_STORE_DB": settings.database_url,
         "AIRFLOW_CONN_FEATURE_STORE_REDIS": json.dumps(redis_conn),
-        "FEATUREPIPE_RETRY_DELAY_SECONDS": "2",
+        "FEATURE_STORE_RETRY_DELAY_SECONDS": "2",
     }
     env.pop("FEATURE_STORE_DATABASE_URL", None)
     return env

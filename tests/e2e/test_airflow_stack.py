@@ -27,7 +27,7 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     env = {
         "AIRFLOW__CORE__PARALLELISM": "4",
         # A deadline every run misses (3 s after it is queued), to see the triggerer record misses.
-        "FEATUREPIPE_DEADLINE_MINUTES": "0.05",
+        "FEATURE_STORE_DEADLINE_MINUTES": "0.05",
     }
     with airflow_stack(home=tmp_path / "airflow_home", settings=settings, executor="LocalExecutor", env=env) as stack:
         yield stack

@@ -64,7 +64,7 @@ RECOVERY = {
     "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
     "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "3600",
     # The DAG's first retry waits this long (doubling after), instead of 20 s.
-    "FEATUREPIPE_RETRY_DELAY_SECONDS": "2",
+    "FEATURE_STORE_RETRY_DELAY_SECONDS": "2",
 }
 CONCURRENCY = 2  # task slots per worker
 
@@ -122,7 +122,7 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
             "AIRFLOW__CORE__PARALLELISM": str(2 * CONCURRENCY * len(WORKERS)),
             "AIRFLOW__CELERY__BROKER_URL": broker_url,
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_url}",
-            "FEATUREPIPE_DEADLINE_MINUTES": "0",  # deadlines are the LocalExecutor test's subject
+            "FEATURE_STORE_DEADLINE_MINUTES": "0",  # deadlines are the LocalExecutor test's subject
             **RECOVERY,
         }
         home = tmp_path / "airflow_home"
