@@ -191,7 +191,7 @@ def apply_shape(store: FeatureStore, shape: Shape) -> None:
 def reset_outputs(settings: Settings) -> None:
     """Empty the offline store and this bench's online keys, so the next path writes from scratch."""
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE feature_store.feature_values")
+        conn.execute("TRUNCATE feature_store.offline_rows")
     clear_redis(settings)
 
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from feature_store.windows import TimeWindow
@@ -49,3 +50,33 @@ class Sql:
     def value(self, query: str, params: Any = None) -> Any:
         row = self.conn.execute(query, params).fetchone()
         return row[0] if row else None
+
+    def try_counter(self, name: str) -> str:
+        """A counter feature SQL can bump, for tests that count how often a transform ran.
+
+        Transforms run read-only and roll back, so nothing they do persists; the counter is a
+        sequence bumped over a dblink connection of its own by a SECURITY DEFINER function, which this
+        test (and only it) grants to the transform role. Returns the SQL expression that bumps it;
+        `SELECT last_value FROM app.<name>` reads it.
+        """
+        info = self.conn.info
+        dsn = f"host={info.host} port={info.port} dbname={info.dbname} user={info.user}"
+        self.execute("CREATE EXTENSION IF NOT EXISTS dblink")
+        self.execute(psycopg.sql.SQL("CREATE SEQUENCE app.{}").format(psycopg.sql.Identifier(name)))
+        self.execute(
+            psycopg.sql.SQL(
+                "CREATE FUNCTION app.{fn}() RETURNS bigint LANGUAGE sql SECURITY DEFINER"
+                " SET search_path = pg_catalog, public AS $$"
+                " SELECT n FROM dblink({dsn}, {query}) AS t(n bigint) $$"
+            ).format(
+                fn=psycopg.sql.Identifier(name),
+                dsn=psycopg.sql.Literal(dsn),
+                query=psycopg.sql.Literal(f"SELECT nextval('app.{name}')"),
+            )
+        )
+        self.execute(
+            psycopg.sql.SQL("GRANT EXECUTE ON FUNCTION app.{}() TO featurepipe_transform").format(
+                psycopg.sql.Identifier(name)
+            )
+        )
+        return f"app.{name}()"

@@ -133,6 +133,31 @@ def test_transforms_run_as_a_session_user_without_privileges(store: FeatureStore
     )
 
 
+def test_feature_sql_cannot_leave_data_behind_for_another_tenant(store: FeatureStore, db: Sql) -> None:
+    # Run for acme, the SQL stores acme's messages in a large object (any role may create one, and it
+    # outlives the session); run for globex, other SQL would read them back as globex's values.
+    set_sql(
+        db,
+        """
+        SELECT m.user_id AS entity_id, lo_from_bytea(0, convert_to(m.content, 'UTF8'))::int AS value
+        FROM app.messages m WHERE m.tenant_id = %(tenant_id)s
+        """,
+    )
+    run(store)
+    # The sandbox's transaction is rolled back, whatever the SQL did in it.
+    assert db.value("SELECT count(*) FROM pg_largeobject_metadata") == 0
+    # Nor does the role hold any right on staging: its rows reach staging over the store's connection.
+    assert (
+        db.value(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'feature_store_staging'"
+            " AND has_table_privilege('featurepipe_transform', c.oid, 'INSERT')"
+        )
+        == 0
+    )
+    assert db.value("SELECT has_schema_privilege('featurepipe_transform', 'feature_store_staging', 'USAGE')") is False
+
+
 TENANT_SWITCHES = {
     "materialized CTE": """
         WITH s AS MATERIALIZED (SELECT set_config('featurepipe.tenant_id', 'globex', false) AS t)

@@ -3,7 +3,8 @@
 Feature SQL is untrusted. It runs on a connection whose *session* user is `featurepipe_transform`, a
 login role without superuser, memberships or BYPASSRLS (created by `init`), so nothing inside the SQL
 (`set_config('role', ...)`, `query_to_xml(...)`, any function) can act with more rights than that
-role has: SELECT on the tenant-isolated or shared source tables, INSERT on the job's staging table.
+role has: SELECT on the tenant-isolated or shared source tables, in a READ ONLY transaction that is always
+rolled back (see `transform`).
 
 The tenant a session may see is not a setting the SQL could change: the feature store's own
 connection records (backend pid, backend start, tenant) in `feature_store.sandbox_sessions`, which
@@ -22,6 +23,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Buffer
 
 from feature_store.db import connect
 from feature_store.errors import StatementTimeoutError
@@ -60,6 +62,17 @@ class SandboxSession:
 
     def execute(self, query: Any, params: Mapping[str, Any] | None = None) -> psycopg.Cursor:
         """Run one statement under the statement timeout, enforced from outside the session."""
+        with self._watchdog():
+            return self.conn.execute(query, params)
+
+    @contextmanager
+    def copy_out(self, statement: str, params: Mapping[str, Any]) -> Iterator[Iterator[Buffer]]:
+        """Run a `COPY (…) TO STDOUT` under the timeout and yield its data blocks as they arrive."""
+        with self._watchdog(), self.conn.cursor() as cur, cur.copy(statement, params) as copy:
+            yield iter(copy)
+
+    @contextmanager
+    def _watchdog(self) -> Iterator[None]:
         timed_out = threading.Event()
 
         def cancel() -> None:
@@ -70,7 +83,7 @@ class SandboxSession:
         watchdog.daemon = True
         watchdog.start()
         try:
-            return self.conn.execute(query, params)
+            yield
         except psycopg.errors.QueryCanceled as exc:
             if timed_out.is_set() or "statement timeout" in str(exc):
                 raise StatementTimeoutError(self._timeout_s) from exc

@@ -20,7 +20,6 @@ import psycopg
 from psycopg import sql
 
 from feature_store.db import advisory_xact_lock
-from feature_store.pipeline.sandbox import SANDBOX_ROLE
 
 STAGING_SCHEMA = "feature_store_staging"
 
@@ -81,8 +80,6 @@ def _create(conn: psycopg.Connection, job_id: int) -> None:
             " (feature_name text, entity_id text, PRIMARY KEY (feature_name, entity_id))"
         ).format(replaced_table(job_id))
     )
-    # Transformation SQL runs as the restricted role: it may add rows here and nothing else.
-    conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(table, sql.Identifier(SANDBOX_ROLE)))
 
 
 def partition_table(job_id: int, feature: str) -> sql.Composed:

@@ -1,9 +1,13 @@
 """Transform: run a feature's SQL server-side, for one tenant and window, into the job's staging table.
 
 The SQL runs in the sandbox (see `sandbox`): on a connection of its own whose session user may read
-the tenant-isolated source tables and insert into staging only, scoped to one tenant in a way the
-SQL cannot change, under a statement timeout, with `tenant_id` / `start_time` / `end_time` always
-bound, never interpolated.
+the tenant-isolated source tables only, scoped to one tenant in a way the SQL cannot change, under a
+statement timeout, with `tenant_id` / `start_time` / `end_time` always bound, never interpolated.
+
+The sandbox keeps nothing, not even staging: its transaction is READ ONLY and always rolled back,
+and its rows stream (binary COPY, block by block) into staging over the feature store's own
+connection. A transaction that commits could leave something behind for the next tenant's run of
+the same SQL to read: a large object, which any role may create, even in a READ ONLY transaction.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from feature_store.config import Settings
 from feature_store.definitions.models import FeatureDefinition, ValueType
 from feature_store.errors import FeatureStoreError
 from feature_store.pipeline.sandbox import SandboxSession, sandbox_session
-from feature_store.pipeline.staging import create_staging, empty_partition, staging_table
+from feature_store.pipeline.staging import create_staging, empty_partition
 from feature_store.windows import TimeWindow
 
 PARAMETERS = ("tenant_id", "start_time", "end_time")
@@ -152,7 +156,6 @@ def stage_rows(
     `event_time` column are stamped with their window's end: the value as known then.
     """
     create_staging(conn, job_id)  # the job's first transform creates it (or a rerun of a finished job)
-    table = staging_table(job_id)
     partition = empty_partition(conn, job_id, feature.name)
     with sandbox_session(
         conn,
@@ -162,29 +165,47 @@ def stage_rows(
         timeout_s=settings.statement_timeout_s,
     ) as session:
         shape = describe(session, feature, source_schemas=source_schemas)
-        query = _insert_query(session.conn, table, feature, shape)
+        query = _select_query(session.conn, feature, shape)
         rows = 0
-        for window in windows:
-            params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
-            rows += session.execute(query, params).rowcount
+        with session.conn.transaction(force_rollback=True):
+            session.conn.execute("SET TRANSACTION READ ONLY")
+            for window in windows:
+                params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
+                rows += _pipe(session, conn, query, params, partition)
     # Fresh statistics let the planner pick hash joins and aggregates for the stages that follow.
     conn.execute(sql.SQL("ANALYZE {}").format(partition))
     return Staged(rows=rows, relations=shape.relations, own_event_time=shape.has_event_time)
 
 
-def _insert_query(conn: psycopg.Connection, table: sql.Composed, feature: FeatureDefinition, shape: SqlShape) -> str:
+_STAGED_COLUMNS = sql.SQL("feature_name, entity_id, event_time, value, window_start, window_end")
+
+
+def _pipe(
+    session: SandboxSession, conn: psycopg.Connection, query: str, params: dict[str, Any], partition: sql.Composed
+) -> int:
+    """Stream one run of the SQL from the sandbox into the partition; returns the rows staged.
+
+    COPY cannot take server-side parameters, so psycopg binds them into the statement client-side
+    (quoted as literals by the driver, never by string formatting of ours).
+    """
+    copy_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(partition, _STAGED_COLUMNS)
+    copy_out = f"COPY ({query}) TO STDOUT (FORMAT binary)"
+    with conn.cursor() as dest:
+        with dest.copy(copy_in) as writer, session.copy_out(copy_out, params) as reader:
+            for block in reader:
+                writer.write(block)
+        return max(dest.rowcount, 0)
+
+
+def _select_query(conn: psycopg.Connection, feature: FeatureDefinition, shape: SqlShape) -> str:
+    """The feature's SQL wrapped to produce staging's columns, in staging's types (binary COPY needs them exact)."""
     event_time = "q.event_time::timestamptz" if shape.has_event_time else "%(end_time)s::timestamptz"
-    insert = sql.SQL(
-        "INSERT INTO {table} (feature_name, entity_id, event_time, value, window_start, window_end)"
-        " SELECT {feature}, q.entity_id::text, {event_time}, {value},"
+    name = sql.Literal(feature.name).as_string(conn)
+    wrapper = (
+        f"SELECT {name}::text, q.entity_id::text, {event_time}, ({_VALUE_EXPRESSIONS[feature.value_type]})::jsonb,"
         " %(start_time)s::timestamptz, %(end_time)s::timestamptz FROM (\n"
-    ).format(
-        table=table,
-        feature=sql.Literal(feature.name),
-        event_time=sql.SQL(event_time),
-        value=sql.SQL(_VALUE_EXPRESSIONS[feature.value_type]),
     )
-    return insert.as_string(conn) + feature.transformation_sql + "\n) AS q"  # type: ignore[operator]
+    return wrapper + feature.transformation_sql + "\n) AS q"  # type: ignore[operator]
 
 
 def _check_columns(columns: dict[str, str], value_type: ValueType) -> None:

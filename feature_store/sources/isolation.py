@@ -23,8 +23,9 @@ from feature_store.errors import SourceIsolationError
 from feature_store.pipeline.sandbox import SANDBOX_ROLE, SCOPE_FUNCTION
 from feature_store.sources.expectations import sync_policies
 
-# Schemas the sandbox role needs besides the source schemas (see migrations 001 and 003).
-_SANDBOX_SCHEMAS = ("feature_store_staging", "featurepipe_sandbox")
+# Schemas the sandbox role needs besides the source schemas (see migration 003; since 007 it writes
+# nothing, so not staging either).
+_SANDBOX_SCHEMAS = ("featurepipe_sandbox",)
 
 # pg_get_expr's rendering of `col = (SELECT featurepipe_sandbox.current_tenant())` and of the direct call.
 _COLUMN = r'(?:"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)'
@@ -193,12 +194,12 @@ def verify(conn: psycopg.Connection, schemas: Sequence[str], declared: Sequence[
 
 
 def _granted_relations(conn: psycopg.Connection, *, privilege: str | None = None) -> list[str]:
-    """Relations outside the staging schema on which the sandbox role holds a privilege of its own."""
+    """Relations on which the sandbox role holds a privilege of its own."""
     rows = conn.execute(
         "SELECT DISTINCT n.nspname || '.' || c.relname FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a"
         " WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s)"
-        " AND (%s::text IS NULL OR a.privilege_type = %s) AND n.nspname <> 'feature_store_staging'",
+        " AND (%s::text IS NULL OR a.privilege_type = %s)",
         (SANDBOX_ROLE, privilege, privilege),
     ).fetchall()
     return [str(r[0]) for r in rows]

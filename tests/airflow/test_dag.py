@@ -135,14 +135,13 @@ def test_a_retried_task_and_a_rerun_do_not_duplicate_rows(
     # The first try of each tenant's message_count transform hits the statement timeout (retryable);
     # the retry succeeds.
     monkeypatch.setenv("FEATURE_STORE_STATEMENT_TIMEOUT", "1")
-    db.execute("CREATE SEQUENCE app.tries")
-    db.execute("GRANT USAGE, UPDATE ON SEQUENCE app.tries TO featurepipe_transform")
+    bump = db.try_counter("tries")
     db.execute(
         "UPDATE feature_store.feature_definitions SET transformation_sql ="
         " 'SELECT m.user_id AS entity_id, count(*) AS value FROM app.messages m"
         "  WHERE m.tenant_id = %(tenant_id)s AND m.role = ''user''"
         "    AND m.created_at > %(start_time)s AND m.created_at <= %(end_time)s"
-        "    AND (SELECT CASE WHEN nextval(''app.tries'') <= 3 THEN pg_sleep(3) END) IS NULL"
+        f"    AND (SELECT CASE WHEN {bump} <= 3 THEN pg_sleep(3) END) IS NULL"
         "  GROUP BY m.user_id'"
         " WHERE feature_group_id = 'user_engagement' AND name = 'message_count'"
     )

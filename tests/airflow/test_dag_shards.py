@@ -90,17 +90,15 @@ def test_a_retry_in_a_shard_redoes_only_the_tenant_that_failed(
     # globex's first transform of message_count hits the statement timeout (retryable); acme's does not.
     # Each transform of either tenant counts itself in a sequence.
     monkeypatch.setenv("FEATURE_STORE_STATEMENT_TIMEOUT", "1")
-    for name in ("globex_tries", "acme_tries"):
-        db.execute(f"CREATE SEQUENCE app.{name}")
-        db.execute(f"GRANT USAGE, UPDATE ON SEQUENCE app.{name} TO featurepipe_transform")
+    globex, acme = db.try_counter("globex_tries"), db.try_counter("acme_tries")
     db.execute(
         "UPDATE feature_store.feature_definitions SET transformation_sql ="
         " 'SELECT m.user_id AS entity_id, count(*) AS value FROM app.messages m"
         "  WHERE m.tenant_id = %(tenant_id)s AND m.role = ''user''"
         "    AND m.created_at > %(start_time)s AND m.created_at <= %(end_time)s"
         "    AND (SELECT CASE %(tenant_id)s"
-        "         WHEN ''globex'' THEN CASE WHEN nextval(''app.globex_tries'') = 1 THEN pg_sleep(3) END"
-        "         WHEN ''acme'' THEN CASE WHEN nextval(''app.acme_tries'') < 0 THEN pg_sleep(0) END END) IS NULL"
+        f"         WHEN ''globex'' THEN CASE WHEN {globex} = 1 THEN pg_sleep(3) END"
+        f"         WHEN ''acme'' THEN CASE WHEN {acme} < 0 THEN pg_sleep(0) END END) IS NULL"
         "  GROUP BY m.user_id'"
         " WHERE feature_group_id = 'user_engagement' AND name = 'message_count'"
     )
