@@ -221,9 +221,16 @@ class FeatureStore:
         """
         self._require_schema()
         tenants = [self.registry.get_tenant(tenant_id)] if tenant_id else self.registry.list_tenants(active_only=True)
-        groups = [self.registry.get_group(group_id)] if group_id else self.registry.list_groups(active_only=True)
         results = []
         for tenant in tenants:
+            # Each tenant's own groups and the shared ones it keeps, with its overrides (TTL).
+            if group_id and tenant_id:
+                groups = [self.registry.tenant_group(tenant.id, group_id, enabled_only=True)]
+            else:
+                groups = self.registry.tenant_groups(tenant.id, active_only=True, enabled_only=True)
+                if group_id:
+                    self.registry.get_group(group_id)  # an unknown id is an error
+                    groups = [g for g in groups if g.id == group_id]
             for group in groups:
                 if not (group.online_enabled and group.offline_enabled):
                     continue
@@ -292,9 +299,10 @@ class FeatureStore:
 
         Raises:
             TenantNotFoundError: the tenant is not registered.
+            FeatureGroupNotFoundError, FeatureNotFoundError: not there for this tenant (another
+                tenant's group reads the same as one that does not exist).
         """
-        self._features.require_tenant(tenant_id)
-        specs = self._features.specs(features, entity_type=entity_type)
+        specs = self._features.specs(tenant_id, features, entity_type=entity_type)
         return self.online.read(tenant_id=tenant_id, entity_ids=entity_ids, features=specs)
 
     def get_historical_features(
@@ -304,9 +312,9 @@ class FeatureStore:
 
         Raises:
             TenantNotFoundError: the tenant is not registered.
+            FeatureGroupNotFoundError, FeatureNotFoundError: not there for this tenant.
         """
-        self._features.require_tenant(tenant_id)
-        specs = self._features.specs(features, entity_type=None)
+        specs = self._features.specs(tenant_id, features, entity_type=None)
         return offline_store.get_historical_features(
             self.conn,
             tenant_id=tenant_id,

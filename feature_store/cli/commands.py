@@ -148,13 +148,16 @@ def apply(path: str, as_json: bool) -> None:
     if as_json:
         emit_json(report.__dict__)
         return
-    for verb, items, style in (
-        ("created", report.created, "green"),
-        ("updated", report.updated, "yellow"),
-        ("deactivated", report.deactivated, "red"),
-    ):
-        for item in items:
-            console.print(f"[{style}]{verb}[/] {item}")
+    styles = {"created": "green", "updated": "yellow", "deactivated": "red"}
+    console.print(
+        f"scopes applied: {', '.join(report.scopes)}; groups missing from the repo are deactivated only in"
+        " these scopes, every other scope is untouched"
+    )
+    for scope, changes in report.changes.items():
+        console.print(f"{scope}:")
+        for change in changes:
+            verb, _, item = change.partition(" ")
+            console.print(f"  [{styles[verb]}]{verb}[/] {item}")
     if not report.changed:
         console.print(f"no changes ({len(report.unchanged)} objects up to date)")
 
