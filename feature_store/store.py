@@ -16,6 +16,7 @@ from feature_store import schema
 from feature_store.config import Settings
 from feature_store.db import connect, ensure_database, fetch_models
 from feature_store.definitions.apply import ApplyReport, apply_repo
+from feature_store.definitions.models import TenantGroup
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import load_repo
 from feature_store.errors import SchemaNotInitializedError
@@ -142,6 +143,12 @@ class FeatureStore:
         report = apply_repo(self.conn, repo, self.settings)
         self._features.invalidate()
         return report
+
+    def tenant_groups(self, tenant_id: str | None = None) -> list[TenantGroup]:
+        """Per tenant (or for one), each group it sees: shared or its own, enabled, its overrides."""
+        if tenant_id is not None:
+            self.registry.get_tenant(tenant_id)
+        return self.registry.tenant_scopes(tenant_id)
 
     # -- materialization -----------------------------------------------------------------------
 
@@ -271,10 +278,10 @@ class FeatureStore:
 
     # -- monitoring ----------------------------------------------------------------------------
 
-    def freshness(self, *, check_online: bool = True) -> list[GroupFreshness]:
-        """Freshness of every active (tenant, group); with `check_online`, sampled against the online store."""
+    def freshness(self, *, check_online: bool = True, tenant_id: str | None = None) -> list[GroupFreshness]:
+        """Freshness of every active (tenant, group), or one tenant's; with `check_online`, sampled online."""
         self._require_schema()
-        return freshness.freshness(self.conn, self.online if check_online else None)
+        return freshness.freshness(self.conn, self.online if check_online else None, tenant_id=tenant_id)
 
     def deadline_misses(self, *, limit: int = 20) -> list[DeadlineMiss]:
         self._require_schema()

@@ -154,11 +154,11 @@ def _check_scopes(registry: Registry, repo: FeatureRepo) -> list[str]:
             )
     for tenant_id, settings in repo.group_settings.items():
         for group_id in settings:
-            group = declared.get(group_id) or existing.get(group_id)
+            target = declared.get(group_id) or existing.get(group_id)
             where = repo.where("settings", tenant_id, group_id)
-            if group is None or (group.tenant is not None and group.tenant != tenant_id):
+            if target is None or (target.tenant is not None and target.tenant != tenant_id):
                 problems.append(f"{where}: tenant {tenant_id!r}: group_settings: no shared feature group {group_id!r}")
-            elif group.tenant is not None:
+            elif target.tenant is not None:
                 problems.append(
                     f"{where}: tenant {tenant_id!r}: group_settings: feature group {group_id!r} is the tenant's own;"
                     " set its values on the group itself"

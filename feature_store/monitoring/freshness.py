@@ -33,7 +33,9 @@ class GroupFreshness(BaseModel):
     last_online_job_id: int | None = None
 
 
-def freshness(conn: psycopg.Connection, online: OnlineStore | None = None) -> list[GroupFreshness]:
+def freshness(
+    conn: psycopg.Connection, online: OnlineStore | None = None, *, tenant_id: str | None = None
+) -> list[GroupFreshness]:
     """One row per active tenant x each of its active, enabled groups; `stale` when past its target or
     never materialized.
 
@@ -59,7 +61,9 @@ def freshness(conn: psycopg.Connection, online: OnlineStore | None = None) -> li
         "   ORDER BY j.completed_at DESC LIMIT 1) pub ON true"
         " CROSS JOIN LATERAL (SELECT extract(epoch FROM now() - last.end_time)::float8 AS seconds) age"
         " WHERE t.status = 'active' AND g.status = 'active' AND g.enabled"
+        " AND (%(tenant)s::text IS NULL OR t.id = %(tenant)s)"
         " ORDER BY t.id, g.id",
+        {"tenant": tenant_id},
     )
     if online is None:
         return rows
