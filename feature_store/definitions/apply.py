@@ -57,7 +57,7 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) 
     stored declarations are put back.
     """
     registry = Registry(conn)
-    report = ApplyReport(scopes=[_scope_label(s) for s in repo.scopes])
+    report = ApplyReport(scopes=[_scope_label(s) for s in sorted(repo.scopes, key=lambda s: (s != SHARED, s))])
     owns_shared = SHARED in repo.scopes
     problems = _check_sources(conn, repo) + _check_scopes(registry, repo)
     if problems:

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Annotated
 
 from airflow.api_fastapi.core_api.security import requires_authenticated
-from fastapi import Depends, FastAPI, Query
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from feature_store import FeatureStore, MaterializationJob
 from feature_store.definitions.models import TenantGroup
+from feature_store.errors import NotFoundError
 from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
 from feature_store.pipeline.models import QuarantinedRow
@@ -30,7 +31,10 @@ require_user = requires_authenticated()
 
 def _store() -> Iterator[FeatureStore]:
     with open_store() as store:
-        yield store
+        try:
+            yield store
+        except NotFoundError as exc:  # e.g. ?tenant= of a tenant that is not registered
+            raise HTTPException(status_code=404, detail=str(exc)) from exc
 
 
 StoreDep = Annotated[FeatureStore, Depends(_store)]

@@ -23,7 +23,7 @@ HOSTILE = [
 
 # Every element the page itself is made of; anything else came from data.
 PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "table", "thead", "tbody", "tr", "th", "td"}
-PAGE_TAGS |= {"p", "span"}
+PAGE_TAGS |= {"p", "span", "form", "label", "select", "option", "noscript", "button"}
 BADGES = {"fresh", "stale", "pending", "running", "completed", "failed"}
 
 
