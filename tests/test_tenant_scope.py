@@ -87,9 +87,7 @@ def test_a_tenant_owned_group_materializes_only_for_its_tenant(store: FeatureSto
     assert tenants == [("acme",)]
 
 
-def test_disabling_a_shared_group_for_one_tenant_stops_its_jobs_there_only(
-    store: FeatureStore, tmp_path: Path
-) -> None:
+def test_disabling_a_shared_group_for_one_tenant_stops_its_jobs_there_only(store: FeatureStore, tmp_path: Path) -> None:
     before = planned(store)
     store.apply(repo(tmp_path, "globex", GLOBEX_GROUP))
 
