@@ -249,3 +249,31 @@ def test_the_demo_tenant_repos_apply_on_top_of_the_platform_repo(store: FeatureS
     assert ("globex", "message_features") not in plan
     assert store.registry.tenant_group("globex", "user_engagement").ttl_seconds == 86400
     assert store.registry.tenant_group("acme", "user_engagement").ttl_seconds == 604800
+
+
+def test_a_tenant_owned_features_sql_reads_only_its_tenants_rows(store: FeatureStore, tmp_path: Path, db: Sql) -> None:
+    # A filter that names the tenant but keeps every tenant's rows: the sandbox's row-level security
+    # still shows Acme's rows only.
+    greedy = """
+tenant: acme
+feature_groups:
+  - id: acme_greedy
+    entity_type: user
+    features:
+      - name: messages
+        value_type: int64
+        transformation_sql: |
+          SELECT m.user_id AS entity_id, count(*) AS value FROM app.messages m
+          WHERE (m.tenant_id = %(tenant_id)s OR m.tenant_id <> %(tenant_id)s)
+            AND m.created_at > %(start_time)s AND m.created_at <= %(end_time)s GROUP BY m.user_id
+"""
+    store.apply(repo(tmp_path, "acme", greedy))
+    assert run(store, "acme", "acme_greedy") is JobStatus.COMPLETED
+    entities = [r[0] for r in db.rows("SELECT entity_id FROM feature_store.feature_values")]
+    assert entities
+    assert all(e.startswith("acme-") for e in entities)
+    everyone = db.value(
+        "SELECT count(DISTINCT user_id) FROM app.messages WHERE created_at > %s AND created_at <= %s",
+        (HOURS[-1].start, HOURS[-1].end),
+    )
+    assert len(set(entities)) < everyone

@@ -24,6 +24,23 @@ _GROUP_COLUMNS = (
     " max_failure_rate, freshness_target_seconds"
 )
 
+OVERRIDABLE = ("online_enabled", "offline_enabled", "ttl_seconds", "max_failure_rate", "freshness_target_seconds")
+"""Group settings a tenant can override for a shared group (columns of tenant_group_settings)."""
+
+# What a tenant sees: its own groups and the shared ones, a shared group's settings overridden by the
+# tenant's (`s`, joined only for shared groups). Any other group column is the group's own.
+_TENANT_FROM = (
+    " FROM feature_store.feature_groups g"
+    " JOIN feature_store.tenants t ON g.owner_tenant_id IS NULL OR g.owner_tenant_id = t.id"
+    " LEFT JOIN feature_store.tenant_group_settings s"
+    "   ON s.tenant_id = t.id AND s.feature_group_id = g.id AND g.owner_tenant_id IS NULL"
+)
+_PLAIN_FROM = " FROM feature_store.feature_groups g"
+_TENANT_COLUMNS = ", ".join(
+    f"coalesce(s.{c}, g.{c}) AS {c}" if c in OVERRIDABLE else f"g.{c}"
+    for c in _GROUP_COLUMNS.replace(" ", "").split(",")
+)
+
 
 class Registry:
     """Reads and writes registry objects on one connection. Writes join the caller's transaction."""
@@ -65,9 +82,7 @@ class Registry:
             FeatureGroupNotFoundError: no such group for this tenant (also when another tenant owns it).
             FeatureGroupDisabledError: `enabled_only` and the tenant switched the shared group off.
         """
-        groups = self._load_groups(
-            "WHERE g.tenant_id = %s AND g.id = %s", (tenant_id, group_id), table="tenant_feature_groups"
-        )
+        groups = self._load_groups("WHERE t.id = %s AND g.id = %s", (tenant_id, group_id), tenant_scoped=True)
         if not groups:
             raise FeatureGroupNotFoundError(group_id, tenant_id)
         if enabled_only and not self._enabled(tenant_id, group_id):
@@ -78,12 +93,12 @@ class Registry:
         self, tenant_id: str, *, active_only: bool = False, enabled_only: bool = False
     ) -> list[FeatureGroup]:
         """The tenant's own groups and the shared ones, as it sees them (its overrides applied)."""
-        where = "WHERE g.tenant_id = %s"
+        where = "WHERE t.id = %s"
         if active_only:
             where += " AND g.status = 'active'"
         if enabled_only:
-            where += " AND g.enabled"
-        return self._load_groups(where, (tenant_id,), table="tenant_feature_groups")
+            where += " AND coalesce(s.enabled, true)"
+        return self._load_groups(where, (tenant_id,), tenant_scoped=True)
 
     def tenant_scopes(self, tenant_id: str | None = None) -> list[TenantGroup]:
         """One row per (tenant, visible group): shared or owned, enabled, and the tenant's overrides."""
@@ -97,10 +112,7 @@ class Registry:
             "   'offline_enabled', s.offline_enabled, 'ttl_seconds', s.ttl_seconds,"
             "   'max_failure_rate', s.max_failure_rate, 'freshness_target_seconds', s.freshness_target_seconds)),"
             "   '{}') AS overrides"
-            " FROM feature_store.tenants t"
-            " JOIN feature_store.feature_groups g ON g.owner_tenant_id IS NULL OR g.owner_tenant_id = t.id"
-            " LEFT JOIN feature_store.tenant_group_settings s ON s.tenant_id = t.id AND s.feature_group_id = g.id"
-            " WHERE %(tenant)s::text IS NULL OR t.id = %(tenant)s ORDER BY t.id, g.id",
+            f"{_TENANT_FROM} WHERE %(tenant)s::text IS NULL OR t.id = %(tenant)s ORDER BY t.id, g.id",
             {"tenant": tenant_id},
         )
 
@@ -121,24 +133,23 @@ class Registry:
 
     def _enabled(self, tenant_id: str, group_id: str) -> bool:
         row = self._conn.execute(
-            "SELECT enabled FROM feature_store.tenant_feature_groups WHERE tenant_id = %s AND id = %s",
-            (tenant_id, group_id),
+            f"SELECT coalesce(s.enabled, true){_TENANT_FROM} WHERE t.id = %s AND g.id = %s", (tenant_id, group_id)
         ).fetchone()
         return bool(row and row[0])
 
-    def _load_groups(
-        self, where: str, params: Sequence[object], *, table: str = "feature_groups"
-    ) -> list[FeatureGroup]:
+    def _load_groups(self, where: str, params: Sequence[object], *, tenant_scoped: bool = False) -> list[FeatureGroup]:
+        """Groups with their features; `tenant_scoped`: as the tenant `t` of `where` sees them."""
+        columns, source = (_TENANT_COLUMNS, _TENANT_FROM) if tenant_scoped else (_GROUP_COLUMNS, _PLAIN_FROM)
         return fetch_models(
             self._conn,
             FeatureGroup,
-            f"SELECT {_GROUP_COLUMNS}, g.owner_tenant_id AS tenant, coalesce(("
+            f"SELECT {columns}, g.owner_tenant_id AS tenant, coalesce(("
             "  SELECT jsonb_agg(jsonb_build_object("
             "     'name', f.name, 'description', f.description, 'source_type', f.source_type,"
             "     'value_type', f.value_type, 'transformation_sql', f.transformation_sql,"
             "     'validation', f.validation_rules, 'status', f.status) ORDER BY f.name)"
             "  FROM feature_store.feature_definitions f WHERE f.feature_group_id = g.id), '[]') AS features"
-            f" FROM feature_store.{table} g {where} ORDER BY g.id",
+            f"{source} {where} ORDER BY g.id",
             params,
         )
 

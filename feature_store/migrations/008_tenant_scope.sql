@@ -19,9 +19,9 @@ CREATE TABLE IF NOT EXISTS feature_store.tenant_group_settings (
     PRIMARY KEY (tenant_id, feature_group_id)
 );
 
--- What each tenant sees: its own groups and the shared ones, with its overrides applied. Every
--- tenant-addressed read (planning, online and historical reads, freshness) goes through this view,
--- so a group owned by another tenant is simply not there.
+-- What each tenant sees: its own groups and the shared ones, with its overrides applied (for SQL
+-- readers such as freshness; the registry builds the same join in Python, see registry.py), so a
+-- group owned by another tenant is simply not there.
 CREATE OR REPLACE VIEW feature_store.tenant_feature_groups AS
 SELECT t.id AS tenant_id,
        g.id,
@@ -37,4 +37,5 @@ SELECT t.id AS tenant_id,
        coalesce(s.freshness_target_seconds, g.freshness_target_seconds) AS freshness_target_seconds
 FROM feature_store.tenants t
 JOIN feature_store.feature_groups g ON g.owner_tenant_id IS NULL OR g.owner_tenant_id = t.id
-LEFT JOIN feature_store.tenant_group_settings s ON s.tenant_id = t.id AND s.feature_group_id = g.id;
+LEFT JOIN feature_store.tenant_group_settings s
+    ON s.tenant_id = t.id AND s.feature_group_id = g.id AND g.owner_tenant_id IS NULL;
