@@ -228,6 +228,8 @@ class FeatureStore:
         """
         self._require_schema()
         tenants = [self.registry.get_tenant(tenant_id)] if tenant_id else self.registry.list_tenants(active_only=True)
+        if group_id and not tenant_id:
+            self.registry.get_group(group_id)  # an unknown id is an error
         results = []
         for tenant in tenants:
             # Each tenant's own groups and the shared ones it keeps, with its overrides (TTL).
@@ -235,9 +237,7 @@ class FeatureStore:
                 groups = [self.registry.tenant_group(tenant.id, group_id, enabled_only=True)]
             else:
                 groups = self.registry.tenant_groups(tenant.id, active_only=True, enabled_only=True)
-                if group_id:
-                    self.registry.get_group(group_id)  # an unknown id is an error
-                    groups = [g for g in groups if g.id == group_id]
+                groups = [g for g in groups if not group_id or g.id == group_id]
             for group in groups:
                 if not (group.online_enabled and group.offline_enabled):
                     continue

@@ -277,3 +277,19 @@ feature_groups:
         (HOURS[-1].start, HOURS[-1].end),
     )
     assert len(set(entities)) < everyone
+
+
+def test_plan_filters_still_work_across_scopes(store: FeatureStore, tmp_path: Path) -> None:
+    store.apply(repo(tmp_path, "acme", ACME_GROUP))
+    store.apply(repo(tmp_path, "globex", GLOBEX_GROUP))
+    pipeline = store.pipeline(online=False)
+    jobs = pipeline.plan(window=HOURS[-1], group_ids=["acme_satisfaction", "message_features"])
+    assert {(p.tenant_id, p.feature_group_id) for p in jobs} == {
+        ("acme", "acme_satisfaction"),
+        ("acme", "message_features"),
+        ("initech", "message_features"),
+    }
+    jobs = pipeline.plan(window=HOURS[-1], tenant_ids=["globex"], group_ids=["acme_satisfaction"])
+    assert jobs == []  # Acme's group is not Globex's: nothing to run, not an error
+    with pytest.raises(FeatureGroupNotFoundError, match="'nope' does not exist"):
+        pipeline.plan(window=HOURS[-1], group_ids=["nope"])
