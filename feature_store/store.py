@@ -8,9 +8,11 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import psycopg
 import redis
+from pydantic import BaseModel
 
 from feature_store import schema
 from feature_store.config import Settings
@@ -18,7 +20,7 @@ from feature_store.db import connect, ensure_database, fetch_models
 from feature_store.definitions.apply import ApplyReport, apply_repo
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import load_repo
-from feature_store.errors import SchemaNotInitializedError
+from feature_store.errors import EventError, EventPublishError, FeatureStoreError, SchemaNotInitializedError
 from feature_store.monitoring import deadlines, freshness
 from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
@@ -42,6 +44,12 @@ from feature_store.serving.models import HistoricalRow, OnlineFeatures
 from feature_store.stores.offline import postgres as offline_store
 from feature_store.stores.online import open_online_store
 from feature_store.stores.online.base import OnlineStore
+from feature_store.stores.online.redis import RedisOnlineStore
+from feature_store.stream import streams
+from feature_store.stream.consumer import EventConsumer
+from feature_store.stream.effects import ApplyResult, EventApplier
+from feature_store.stream.events import AnyEvent, parse_event
+from feature_store.stream.mapping import MappingCache
 from feature_store.types import FeatureRef, ProgressCallback
 
 
@@ -75,6 +83,8 @@ class FeatureStore:
         self._redis_client = redis_client
         self._online: OnlineStore | None = None
         self._features = FeatureResolver(lambda: self.registry)
+        self._mapping = MappingCache(lambda: self.registry)
+        self._applier: EventApplier | None = None
         self._schema_checked = False
 
     @classmethod
@@ -114,6 +124,7 @@ class FeatureStore:
         if self._online is not None:
             self._online.close()  # closes its client only if it opened it
             self._online = None
+            self._applier = None
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -141,6 +152,7 @@ class FeatureStore:
         self._require_schema()
         report = apply_repo(self.conn, repo, self.settings)
         self._features.invalidate()
+        self._mapping.invalidate()
         return report
 
     # -- materialization -----------------------------------------------------------------------
@@ -313,6 +325,84 @@ class FeatureStore:
             entity_rows=entity_rows,
             features=[(s.group_id, s.name, s.value_type) for s in specs],
         )
+
+    # -- events --------------------------------------------------------------------------------
+
+    def publish_events(self, events: Sequence[AnyEvent | dict[str, object] | str]) -> list[str]:
+        """Validate events and append them to their (tenant, user) partitions, in order; returns entry ids.
+
+        Raises:
+            EventPublishError: some event is invalid (each named by its index and reason); none is published.
+        """
+        parsed: list[AnyEvent] = []
+        problems: list[tuple[int, str]] = []
+        for i, event in enumerate(events):
+            try:
+                parsed.append(event if isinstance(event, BaseModel) else parse_event(event))
+            except EventError as exc:
+                problems.append((i, str(exc)))
+        if problems:
+            raise EventPublishError(problems)
+        return streams.publish(
+            self._online_client(),
+            prefix=self.settings.redis_prefix,
+            partitions=self.settings.event_partitions,
+            events=parsed,
+        )
+
+    def handle_event(self, event: AnyEvent | dict[str, object] | str) -> ApplyResult:
+        """Apply one event now, without the stream (exactly once: a second call with its id changes nothing).
+
+        Raises:
+            EventError: the event is malformed, of an unknown type or of a tenant that is not active.
+        """
+        parsed = event if isinstance(event, BaseModel) else parse_event(event)
+        self._require_schema()
+        if not self._mapping.tenant_active(parsed.tenant_id):
+            raise EventError(f"tenant {parsed.tenant_id!r} is not a registered, active tenant")
+        return self._event_applier().apply([parsed], conn=self.conn)
+
+    def event_consumer(self, *, consumer_id: str | None = None, batch_size: int = 2000) -> EventConsumer:
+        """A consumer sharing this store's event partitions with any others (call `.run()` on it)."""
+        self._require_schema()
+        return EventConsumer(
+            client=self._online_client(),
+            applier=self._event_applier(),
+            mapping=self._mapping,
+            conn=self.conn,
+            prefix=self.settings.redis_prefix,
+            partitions=self.settings.event_partitions,
+            lease_s=self.settings.event_lease_s,
+            consumer_id=consumer_id,
+            batch_size=batch_size,
+        )
+
+    def dead_letters(self, *, limit: int = 100) -> list[streams.DeadLetter]:
+        """Events consumers could not apply, oldest first, each with its reason."""
+        return streams.dead_letters(self._online_client(), prefix=self.settings.redis_prefix, count=limit)
+
+    def event_backlog(self) -> int:
+        """Events published and not yet acknowledged by a consumer (0 when consumers have caught up)."""
+        return streams.backlog(
+            self._online_client(), prefix=self.settings.redis_prefix, partitions=self.settings.event_partitions
+        )
+
+    def _online_client(self) -> Any:
+        online = self.online
+        if not isinstance(online, RedisOnlineStore):
+            raise FeatureStoreError(
+                f"stream features need a Redis online store, not {type(online).__name__};"
+                " set FEATURE_STORE_ONLINE_BACKEND to redis or redis-cluster"
+            )
+        return online.client
+
+    def _event_applier(self) -> EventApplier:
+        if self._applier is None:
+            online = self.online
+            assert isinstance(online, RedisOnlineStore)
+            self._online_client()
+            self._applier = EventApplier(online, self._mapping, prefix=self.settings.redis_prefix)
+        return self._applier
 
     # -- helpers -------------------------------------------------------------------------------
 

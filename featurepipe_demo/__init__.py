@@ -88,7 +88,7 @@ def materialize(
     progress: Callable[[str], None] | None = None,
 ) -> list[PipelineResult]:
     """Materialize every window for every active tenant x group, through the library (no Airflow)."""
-    groups = store.registry.list_groups(active_only=True)
+    groups = [g for g in store.registry.list_groups(active_only=True) if g.batch_features]  # stream: by events
     tenants = store.registry.list_tenants(active_only=True)
     results = []
     for window in windows:

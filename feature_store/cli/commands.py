@@ -384,7 +384,7 @@ def _demo_materialize(store: FeatureStore, windows: list[Any], *, quiet: bool) -
     total = (
         len(windows)
         * len(store.registry.list_tenants(active_only=True))
-        * len(store.registry.list_groups(active_only=True))
+        * len([g for g in store.registry.list_groups(active_only=True) if g.batch_features])
     )
     with Progress(
         TextColumn("{task.description}"),

@@ -46,7 +46,7 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) 
     """
     registry = Registry(conn)
     report = ApplyReport()
-    problems = _check_sources(conn, repo)
+    problems = _check_sources(conn, repo) + _check_stream_mappings(repo)
     if problems:
         raise DefinitionError(problems)
     stored_schemas, stored_sources = registry.source_declarations()
@@ -102,6 +102,19 @@ def _comparable(model: BaseModel) -> dict[str, Any]:
     if "features" in data:
         data["features"] = {f["name"]: f for f in data["features"] if f["status"] == Status.ACTIVE.value}
     return data
+
+
+def _check_stream_mappings(repo: FeatureRepo) -> list[str]:
+    """Each stream feature's event mapping names a known event, one of its ids and a payload field."""
+    from feature_store.stream.mapping import check_mapping
+
+    return [
+        f"{repo.where('feature', group.id, feature.name, 'stream')}: feature group {group.id!r}:"
+        f" feature {feature.name!r}: {problem}"
+        for group in repo.groups
+        for feature in group.features
+        for problem in check_mapping(feature)
+    ]
 
 
 def _check_sources(conn: psycopg.Connection, repo: FeatureRepo) -> list[str]:

@@ -135,7 +135,12 @@ class FeaturePipeline:
         """Create one pending job per active tenant x active feature group (optionally filtered)."""
         self._check_window(window, mode)
         tenants = self._registry.list_tenants(active_only=True)
-        groups = [g for g in self._registry.list_groups(active_only=True) if g.online_enabled or g.offline_enabled]
+        # A group without batch features (stream or on-demand only) has nothing to materialize.
+        groups = [
+            g
+            for g in self._registry.list_groups(active_only=True)
+            if (g.online_enabled or g.offline_enabled) and g.batch_features
+        ]
         if tenant_ids:
             for tenant_id in tenant_ids:
                 self._registry.get_tenant(tenant_id)  # an unknown id is an error, not an empty plan
