@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -27,9 +30,10 @@ from feature_store.cli.render import (
     show_value,
     status_markup,
 )
-from feature_store.errors import FeatureStoreError, InvalidInputError
+from feature_store.errors import EventError, FeatureStoreError, InvalidInputError
 from feature_store.pipeline.models import JobStatus, JobType, PipelineConfig, PipelineResult
 from feature_store.store import FeatureStore
+from feature_store.stream.events import parse_event
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -430,6 +434,105 @@ def _demo_summary(store: FeatureStore, *, since: datetime | None) -> dict[str, A
             ).rows(),
         }
     return {"jobs": jobs, "quarantined": quarantined, "quarantine_by_rule": by_rule, "online": lookups}
+
+
+@main.group()
+def events() -> None:
+    """Publish events and consume them into stream features."""
+
+
+PUBLISH_CHUNK = 1000
+"""Lines validated and published together (stdin may be endless)."""
+
+
+@events.command("publish")
+@click.argument("source", type=click.File("r"), default="-")
+@json_option
+@_handle_errors
+def events_publish(source: Any, as_json: bool) -> None:
+    """Publish JSON-lines events from SOURCE (a file, or - for stdin).
+
+    Valid lines are published in order; each invalid line is reported with its number and reason
+    (exit 1), and published nothing.
+    """
+    published = 0
+    problems: list[tuple[int, str]] = []
+    with FeatureStore.from_env() as store:
+        chunk: list[tuple[int, str]] = []
+
+        def flush() -> None:
+            nonlocal published
+            good: list[Any] = []
+            for line_no, line in chunk:
+                try:
+                    good.append(parse_event(line))
+                except EventError as exc:
+                    problems.append((line_no, str(exc)))
+            if good:
+                published += len(store.publish_events(good))
+            chunk.clear()
+
+        for line_no, line in enumerate(source, start=1):
+            if line.strip():
+                chunk.append((line_no, line))
+            if len(chunk) >= PUBLISH_CHUNK:
+                flush()
+        flush()
+    if as_json:
+        emit_json({"published": published, "invalid": [{"line": n, "reason": r} for n, r in problems]})
+    else:
+        console.print(f"published {published} event(s)")
+        for line_no, reason in problems:
+            err_console.print(f"[red]line {line_no}:[/] {escape(reason)}", highlight=False)
+    if problems:
+        sys.exit(1)
+
+
+@events.command("consume")
+@click.option(
+    "--max-idle", type=float, help="Stop after this many seconds without events (default: run until stopped)."
+)
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
+@click.option("--consumer-id", help="Name in the consumer group (default: host-pid-random).")
+@json_option
+@_handle_errors
+def events_consume(max_idle: float | None, batch_size: int, consumer_id: str | None, as_json: bool) -> None:
+    """Apply published events to stream features, sharing the partitions with any other consumers.
+
+    SIGTERM or Ctrl-C stops it cleanly: it finishes its batch and hands its partitions over at once.
+    """
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    with FeatureStore.from_env() as store:
+        consumer = store.event_consumer(consumer_id=consumer_id, batch_size=batch_size)
+        if not as_json:
+            err_console.print(f"consumer {consumer.consumer_id} started")
+        stats = consumer.run(stop=stopping.is_set, max_idle_s=max_idle)
+    if as_json:
+        emit_json(dataclasses.asdict(stats))
+    else:
+        console.print(
+            f"read {stats.read}, applied {stats.applied}, duplicates {stats.duplicates},"
+            f" dead-lettered {stats.dead_lettered}, claimed from others {stats.claimed}"
+        )
+
+
+@events.command("dead-letters")
+@click.option("--limit", type=int, default=20, show_default=True)
+@json_option
+@_handle_errors
+def events_dead_letters(limit: int, as_json: bool) -> None:
+    """Events consumers could not apply, with the reason."""
+    with FeatureStore.from_env() as store:
+        found = store.dead_letters(limit=limit)
+    if as_json:
+        emit_json([dataclasses.asdict(d) for d in found])
+        return
+    table = Table("partition", "entry", "reason", "event")
+    for d in found:
+        table.add_row(str(d.partition), d.entry_id, escape(d.reason), escape(d.event[:80]))
+    console.print(table)
 
 
 if __name__ == "__main__":
