@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from feature_store import FeatureStore
+from feature_store import FeatureStore, Settings
 from feature_store.errors import DefinitionError, EventError, EventPublishError
 from feature_store.stream import streams
 from featurepipe_demo import demo_repo_path
@@ -196,3 +197,22 @@ def test_a_mapping_must_fit_the_feature(store: FeatureStore, tmp_path: Path) -> 
     (repo / "realtime.yaml").write_text(text)
     with pytest.raises(DefinitionError, match="op ewma needs value_type float64, not string"):
         store.apply(repo)
+
+
+def test_events_on_a_redis_cluster(settings: Settings, redis_cluster_url: str) -> None:
+    """One user's events touch hashes in several slots: each slot's part applies atomically with its marker."""
+    cluster = replace(settings, online_backend="redis-cluster", redis_url=redis_cluster_url)
+    with FeatureStore(settings=cluster) as store:
+        events = [conversation("c1"), message("m1", length=7, detected_intent="sales"), feedback("f1", 4)]
+        events += [feedback("f2", 2, at=1), message("m1", length=7, detected_intent="sales")]  # a duplicate
+        store.publish_events(events)
+        stats = store.event_consumer().run(max_idle_s=0.2)
+        assert (stats.read, stats.applied, stats.duplicates) == (5, 4, 1)
+        assert store.event_backlog() == 0
+        user = store.get_online_features("acme", "user", ["u1"], USER)
+        assert [user.values(f) for f in USER] == [[1], [ewma([4, 2])]]
+        msgs = store.get_online_features("acme", "message", ["m1"], MESSAGE)
+        assert [msgs.values(f) for f in MESSAGE] == [[7], [0], ["sales"]]
+        counts = store.get_online_features("acme", "conversation", ["c1"], ["conversation_realtime:message_count"])
+        assert counts.values("conversation_realtime:message_count") == [1]
+        store.online.teardown()

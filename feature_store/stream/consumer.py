@@ -85,8 +85,8 @@ class EventConsumer:
         self._to_claim: dict[int, str] = {}  # partition -> XAUTOCLAIM cursor, until the old PEL is done
         self._grouped: set[int] = set()
         self._renewed_at = 0.0
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._renew_sha = str(client.script_load(_RENEW))
+        self._release_sha = str(client.script_load(_RELEASE))
         self.stats = ConsumerStats()
 
     @property
@@ -124,7 +124,7 @@ class EventConsumer:
     def release_all(self) -> None:
         """Give back every lease and leave the roster (a clean stop hands partitions over at once)."""
         for partition in list(self._owned):
-            self._release(keys=[streams.lease_key(self._prefix, partition)], args=[self.consumer_id])
+            self._script(self._release_sha, _RELEASE, streams.lease_key(self._prefix, partition), self.consumer_id)
         self._owned.clear()
         self._to_claim.clear()
         self._client.zrem(streams.consumers_key(self._prefix), self.consumer_id)
@@ -143,7 +143,7 @@ class EventConsumer:
         for partition in sorted(self._owned, reverse=True)[: max(0, len(self._owned) - share)]:
             if partition in self._to_claim:
                 continue  # finish the old owner's entries first
-            self._release(keys=[streams.lease_key(self._prefix, partition)], args=[self.consumer_id])
+            self._script(self._release_sha, _RELEASE, streams.lease_key(self._prefix, partition), self.consumer_id)
             self._owned.discard(partition)
         if len(self._owned) >= share:
             return
@@ -163,13 +163,14 @@ class EventConsumer:
 
     def _still_own(self, partitions: set[int]) -> bool:
         """Renew these leases; drop the ones lost (another consumer owns them now). True if none was lost."""
-        pipe = streams.pipeline(self._client)
         ordered = sorted(partitions)
-        for partition in ordered:
-            key = streams.lease_key(self._prefix, partition)
-            self._renew(keys=[key], args=[self.consumer_id, self._lease_ms], client=pipe)
+        try:
+            replies = self._renew_all(ordered)
+        except redis.exceptions.NoScriptError:  # Redis restarted (scripts are not persisted)
+            self._renew_sha = str(self._client.script_load(_RENEW))
+            replies = self._renew_all(ordered)
         kept = True
-        for partition, renewed in zip(ordered, pipe.execute(), strict=True):
+        for partition, renewed in zip(ordered, replies, strict=True):
             if not renewed:
                 log.warning("consumer %s lost its lease on partition %s", self.consumer_id, partition)
                 self._owned.discard(partition)
@@ -177,6 +178,19 @@ class EventConsumer:
                 kept = False
         self._renewed_at = time.monotonic()
         return kept
+
+    def _renew_all(self, partitions: list[int]) -> list[int]:
+        pipe = streams.pipeline(self._client)
+        for partition in partitions:
+            key = streams.lease_key(self._prefix, partition)
+            pipe.execute_command("EVALSHA", self._renew_sha, 1, key, self.consumer_id, self._lease_ms)
+        return list(pipe.execute())
+
+    def _script(self, sha: str, text: str, key: str, *args: object) -> Any:
+        try:
+            return self._client.execute_command("EVALSHA", sha, 1, key, *args)
+        except redis.exceptions.NoScriptError:
+            return self._client.eval(text, 1, key, *args)
 
     def _ensure_group(self, partition: int) -> None:
         if partition in self._grouped:

@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+import redis
 from redis.cluster import RedisCluster
 
 from feature_store.definitions.models import StreamOp, ValueType
@@ -95,7 +96,11 @@ class EventApplier:
         calls = self._plan(events)
         if not calls:
             return result
-        replies = self._run(list(calls.values()), write_us=time.time_ns() // 1000)
+        try:
+            replies = self._run(list(calls.values()), write_us=time.time_ns() // 1000)
+        except redis.exceptions.NoScriptError:  # Redis restarted (scripts are not persisted): load it again
+            self._sha = str(self._client.script_load(_SCRIPT))
+            replies = self._run(list(calls.values()), write_us=time.time_ns() // 1000)
         rows: dict[tuple[str, str, str, datetime], dict[str, object]] = {}
         fresh: set[int] = set()
         seen: set[int] = set()
