@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +20,14 @@ from feature_store.db import connect, ensure_database, fetch_models
 from feature_store.definitions.apply import ApplyReport, apply_repo
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import load_repo
-from feature_store.errors import EventError, EventPublishError, FeatureStoreError, SchemaNotInitializedError
+from feature_store.errors import (
+    AuthenticationError,
+    EventError,
+    EventPublishError,
+    FeatureStoreError,
+    NotFoundError,
+    SchemaNotInitializedError,
+)
 from feature_store.monitoring import deadlines, freshness
 from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
@@ -39,6 +46,8 @@ from feature_store.pipeline.runner import run_job
 from feature_store.pipeline.runs import RunLedger
 from feature_store.pipeline.sandbox import set_password as set_sandbox_password
 from feature_store.pipeline.stages import FeaturePipeline
+from feature_store.serving import api_keys, on_demand
+from feature_store.serving.api_keys import ApiKey
 from feature_store.serving.features import FeatureResolver
 from feature_store.serving.models import HistoricalRow, OnlineFeatures
 from feature_store.stores.offline import postgres as offline_store
@@ -294,20 +303,34 @@ class FeatureStore:
     # -- reads ---------------------------------------------------------------------------------
 
     def get_online_features(
-        self, tenant_id: str, entity_type: str, entity_ids: Sequence[str], features: Sequence[FeatureRef]
+        self,
+        tenant_id: str,
+        entity_type: str,
+        entity_ids: Sequence[str],
+        features: Sequence[FeatureRef],
+        *,
+        request_data: Mapping[str, Any] | None = None,
     ) -> OnlineFeatures:
-        """Latest values of `features` (as `group:feature`) for each entity, in one round trip.
+        """Latest values of `features` (as `group:feature`: batch, stream or on-demand) for each entity.
+
+        Stored values (and the inputs of on-demand features) come in one round trip; on-demand
+        features are then computed per entity from them and `request_data`.
 
         Returns:
             Columns of one value per entity id, in order, for every requested feature, each with
-            status `present`, `missing` or `expired` and its event time; `result[i]` is entity i's row.
+            status `present`, `missing`, `expired` (or `invalid`: an on-demand value its rules refuse)
+            and its event time; `result[i]` is entity i's row.
 
         Raises:
             TenantNotFoundError: the tenant is not registered.
+            OnDemandError: an on-demand function raised, or its request data is missing.
         """
         self._features.require_tenant(tenant_id)
-        specs = self._features.specs(features, entity_type=entity_type)
-        return self.online.read(tenant_id=tenant_id, entity_ids=entity_ids, features=specs)
+        plan = on_demand.plan_read(self._features, features, entity_type=entity_type)
+        stored = self.online.read(tenant_id=tenant_id, entity_ids=entity_ids, features=plan.stored)
+        if not plan.on_demand:
+            return stored
+        return on_demand.complete(stored, plan, tenant_id=tenant_id, requested=features, request_data=request_data)
 
     def get_historical_features(
         self, tenant_id: str, entity_rows: Sequence[tuple[str, datetime]], features: Sequence[FeatureRef]
@@ -403,6 +426,35 @@ class FeatureStore:
             self._online_client()
             self._applier = EventApplier(online, self._mapping, prefix=self.settings.redis_prefix)
         return self._applier
+
+    # -- API keys (HTTP feature server) ---------------------------------------------------------
+
+    def create_api_key(self, tenant_id: str, *, name: str = "") -> tuple[ApiKey, str]:
+        """A new API key of the tenant: (its record, the key). Only a hash is stored; show the key once."""
+        self.registry.get_tenant(tenant_id)  # raises TenantNotFoundError
+        return api_keys.create_key(self.conn, tenant_id=tenant_id, name=name)
+
+    def list_api_keys(self, *, tenant_id: str | None = None) -> list[ApiKey]:
+        self._require_schema()
+        return api_keys.list_keys(self.conn, tenant_id=tenant_id)
+
+    def revoke_api_key(self, key_id: int) -> None:
+        """Revoke a key (servers stop accepting it within their cache time, API_KEY_CACHE_SECONDS)."""
+        self._require_schema()
+        if not api_keys.revoke_key(self.conn, key_id):
+            raise NotFoundError(f"API key {key_id} does not exist or is already revoked")
+
+    def tenant_for_api_key(self, key: str) -> str:
+        """The tenant an API key belongs to.
+
+        Raises:
+            AuthenticationError: the key is unknown or revoked, or its tenant is not active.
+        """
+        self._require_schema()
+        tenant = api_keys.tenant_of(self.conn, key)
+        if tenant is None:
+            raise AuthenticationError("the API key is not valid (unknown or revoked, or its tenant is inactive)")
+        return tenant
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) 
     """
     registry = Registry(conn)
     report = ApplyReport()
-    problems = _check_sources(conn, repo) + _check_stream_mappings(repo)
+    problems = _check_sources(conn, repo) + _check_stream_mappings(repo) + _check_on_demand(repo)
     if problems:
         raise DefinitionError(problems)
     stored_schemas, stored_sources = registry.source_declarations()
@@ -115,6 +115,38 @@ def _check_stream_mappings(repo: FeatureRepo) -> list[str]:
         for feature in group.features
         for problem in check_mapping(feature)
     ]
+
+
+def _check_on_demand(repo: FeatureRepo) -> list[str]:
+    """Each on-demand function imports and its inputs are stored features of the group's entity type."""
+    from feature_store.serving.on_demand import load_function
+
+    groups = {g.id: g for g in repo.groups}
+    problems = []
+    for group in repo.groups:
+        for feature in group.features:
+            spec = feature.on_demand
+            if spec is None:
+                continue
+            where = f"{repo.where('feature', group.id, feature.name, 'on_demand')}: feature group {group.id!r}:"
+            where += f" feature {feature.name!r}: on_demand"
+            try:
+                load_function(spec.function)
+            except (ImportError, AttributeError, TypeError) as exc:
+                problems.append(f"{where}.function: cannot load {spec.function}: {exc}")
+            for ref in spec.inputs:
+                group_id, _, name = ref.partition(":")
+                source = groups.get(group_id)
+                found = source.feature(name) if source else None
+                if source is None or found is None:
+                    problems.append(f"{where}.inputs: {ref!r} is not a feature of this repo")
+                elif source.entity_type != group.entity_type:
+                    problems.append(
+                        f"{where}.inputs: {ref!r} is a {source.entity_type} feature, not {group.entity_type}"
+                    )
+                elif found.source_type is SourceType.ON_DEMAND:
+                    problems.append(f"{where}.inputs: {ref!r} is on-demand itself; inputs must be stored features")
+    return problems
 
 
 def _check_sources(conn: psycopg.Connection, repo: FeatureRepo) -> list[str]:

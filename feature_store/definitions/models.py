@@ -142,6 +142,21 @@ class StreamMapping(StrictModel):
         return self
 
 
+FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class OnDemandSpec(StrictModel):
+    """An on-demand feature: a Python function over other features of the same entity and request data."""
+
+    function: Annotated[str, StringConstraints(pattern=FUNCTION_PATTERN)]
+    """`package.module:function`, importable wherever features are read; called per entity as
+    `function(features, request)` with dicts keyed by input feature name and request field."""
+    inputs: list[Annotated[str, StringConstraints(pattern=r"^[^:]+:[^:]+$")]] = Field(default_factory=list)
+    """`group:feature` references of stored (batch or stream) features of the same entity type."""
+    request_data: list[Identifier] = Field(default_factory=list)
+    """Fields the read's request data must carry."""
+
+
 class FeatureDefinition(StrictModel):
     name: Identifier
     description: str = ""
@@ -152,6 +167,8 @@ class FeatureDefinition(StrictModel):
     status: Status = Status.ACTIVE
     stream: StreamMapping | None = None
     """For stream features: the event that updates it (the event -> feature mapping lives in the repo)."""
+    on_demand: OnDemandSpec | None = None
+    """For on-demand features: the function computing it at read time, and its inputs."""
 
     @field_validator("transformation_sql")
     @classmethod
@@ -173,6 +190,10 @@ class FeatureDefinition(StrictModel):
             if self.source_type is not SourceType.STREAM:
                 raise ValueError(f"stream (an event mapping) is only for stream features, not {self.source_type.value}")
             _check_stream_type(self.stream, self.value_type)
+        if self.source_type is SourceType.ON_DEMAND and self.on_demand is None:
+            raise ValueError("an on_demand feature needs on_demand: {function: 'module:function', inputs: [...]}")
+        if self.on_demand is not None and self.source_type is not SourceType.ON_DEMAND:
+            raise ValueError(f"on_demand is only for on_demand features, not {self.source_type.value}")
         rules = self.validation
         if (rules.min is not None or rules.max is not None) and not self.value_type.is_numeric:
             raise ValueError(f"min/max rules need a numeric value_type, not {self.value_type.value}")

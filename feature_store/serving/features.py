@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from feature_store.definitions.models import FeatureGroup
+from feature_store.definitions.models import FeatureDefinition, FeatureGroup
 from feature_store.definitions.registry import Registry
 from feature_store.errors import FeatureNotFoundError, FeatureStoreError
 from feature_store.stores.online.base import FeatureSpec
@@ -41,6 +41,14 @@ class FeatureResolver:
         if tenant_id not in self._tenants:
             self._registry().get_tenant(tenant_id)  # raises TenantNotFoundError
             self._tenants.add(tenant_id)
+
+    def definition(self, ref: FeatureRef, *, entity_type: str | None) -> tuple[FeatureGroup, FeatureDefinition]:
+        """The group and definition a ref names (checked like `specs`)."""
+        spec = self._spec(ref, entity_type)
+        group = self._group(spec.group_id)
+        feature = group.feature(spec.name)
+        assert feature is not None
+        return group, feature
 
     def _spec(self, ref: FeatureRef, entity_type: str | None) -> FeatureSpec:
         group_id, sep, name = ref.partition(":")
