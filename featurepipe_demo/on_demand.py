@@ -16,12 +16,12 @@ def engagement_score(features: Mapping[str, FeatureValue], request: Mapping[str,
     """
     messages = features["message_count"] or 0
     tendency = features["feedback_tendency"]
-    rating = 2.5 if tendency is None else float(tendency)  # type: ignore[arg-type]
-    return round(min(10.0, math.log1p(float(messages)) * rating), 6)  # type: ignore[arg-type]
+    rating = 2.5 if tendency is None else float(tendency)
+    return round(min(10.0, math.log1p(float(messages)) * rating), 6)
 
 
 def reply_token_budget(features: Mapping[str, FeatureValue], request: Mapping[str, Any]) -> FeatureValue:
     """Tokens the assistant may spend on its next reply: the request's limit, halved for users who rate it poorly."""
     tendency = features["feedback_tendency"]
     limit = int(request["max_tokens"])
-    return limit // 2 if tendency is not None and float(tendency) < 1.0 else limit  # type: ignore[arg-type]
+    return limit // 2 if tendency is not None and float(tendency) < 1.0 else limit
