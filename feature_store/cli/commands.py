@@ -535,5 +535,85 @@ def events_dead_letters(limit: int, as_json: bool) -> None:
     console.print(table)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for all).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Server processes.")
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
+@_handle_errors
+def serve(host: str, port: int, workers: int, access_log: bool) -> None:
+    """Run the HTTP feature server: POST /features/online, POST /events, GET /health, docs at /docs.
+
+    Every request needs a tenant's API key (`feature-store api-keys create --tenant T`) in X-API-Key.
+    """
+    import uvicorn
+
+    with FeatureStore.from_env() as store:
+        store.registry.list_tenants()  # fail here, with the fix, when PostgreSQL or the schema is missing
+    uvicorn.run(
+        "feature_store.serving.http:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        log_level="info",
+    )
+
+
+@main.group("api-keys")
+def api_keys() -> None:
+    """Per-tenant API keys of the HTTP feature server (stored hashed)."""
+
+
+@api_keys.command("create")
+@click.option("--tenant", "tenant_id", required=True)
+@click.option("--name", default="", help="What the key is for (shown by list).")
+@json_option
+@_handle_errors
+def api_keys_create(tenant_id: str, name: str, as_json: bool) -> None:
+    """Create a key for a tenant; the key is printed once and cannot be shown again."""
+    with FeatureStore.from_env() as store:
+        record, key = store.create_api_key(tenant_id, name=name)
+    if as_json:
+        emit_json({"id": record.id, "tenant_id": record.tenant_id, "name": record.name, "key": key})
+        return
+    console.print(f"API key {record.id} for tenant {tenant_id} (store it now, it is not shown again):")
+    click.echo(key)
+
+
+@api_keys.command("list")
+@click.option("--tenant", "tenant_id", help="Only this tenant's keys.")
+@json_option
+@_handle_errors
+def api_keys_list(tenant_id: str | None, as_json: bool) -> None:
+    with FeatureStore.from_env() as store:
+        keys = store.list_api_keys(tenant_id=tenant_id)
+    if as_json:
+        emit_json(keys)
+        return
+    table = Table("id", "tenant", "name", "key starts", "created", "revoked")
+    for k in keys:
+        table.add_row(
+            str(k.id),
+            k.tenant_id,
+            escape(k.name),
+            k.key_prefix,
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
+        )
+    console.print(table)
+
+
+@api_keys.command("revoke")
+@click.argument("key_id", type=int)
+@_handle_errors
+def api_keys_revoke(key_id: int) -> None:
+    """Revoke a key (servers refuse it within API_KEY_CACHE_SECONDS)."""
+    with FeatureStore.from_env() as store:
+        store.revoke_api_key(key_id)
+    console.print(f"revoked API key {key_id}")
+
+
 if __name__ == "__main__":
     main()
