@@ -373,6 +373,16 @@ class FeatureStore:
             events=parsed,
         )
 
+    def publish_raw_events(self, events: Sequence[str]) -> list[str]:
+        """Append events as given (JSON text), unvalidated, as a producer outside this library might:
+        consumers dead-letter what is malformed. For tests and replays of recorded streams."""
+        return streams.publish(
+            self._online_client(),
+            prefix=self.settings.redis_prefix,
+            partitions=self.settings.event_partitions,
+            events=list(events),
+        )
+
     def handle_event(self, event: AnyEvent | dict[str, object] | str) -> ApplyResult:
         """Apply one event now, without the stream (exactly once: a second call with its id changes nothing).
 

@@ -17,7 +17,7 @@ def engagement_score(features: Mapping[str, FeatureValue], request: Mapping[str,
     messages = features["message_count"] or 0
     tendency = features["feedback_tendency"]
     rating = 2.5 if tendency is None else float(tendency)
-    return round(min(10.0, math.log1p(float(messages)) * rating), 6)
+    return round(min(10.0, math.log1p(float(messages)) * rating / 2), 6)
 
 
 def reply_token_budget(features: Mapping[str, FeatureValue], request: Mapping[str, Any]) -> FeatureValue:

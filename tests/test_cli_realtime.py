@@ -52,7 +52,7 @@ def test_api_keys_and_the_server(env: Settings) -> None:
     code, out = run("api-keys", "create", "--tenant", "nobody")
     assert code == 1 and "tenant 'nobody' does not exist" in out
     server = subprocess.Popen(
-        [sys.executable, "-m", "feature_store.cli.commands", "serve", "--port", str(SERVE_PORT)],
+        [str(Path(sys.executable).parent / "feature-store"), "serve", "--port", str(SERVE_PORT)],
         env={
             **os.environ,
             "FEATURE_STORE_DATABASE_URL": env.database_url,
@@ -86,3 +86,21 @@ def test_api_keys_and_the_server(env: Settings) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_the_demo_replay_moves_live_features(env: Settings) -> None:
+    code, out = run("events", "replay-demo", "--steps", "2", "--json")
+    assert code == 0, out
+    result = json.loads(out)
+    assert result["dead_lettered"] > 0  # the demo's broken rows make invalid events
+    first, last = result["snapshots"]
+    counts = [
+        (
+            first["users"][u]["user_realtime:conversation_count"] or 0,
+            last["users"][u]["user_realtime:conversation_count"],
+        )
+        for u in last["users"]
+    ]
+    assert all(before <= after for before, after in counts)
+    assert any(before < after for before, after in counts)
+    assert all(v["user_live_scores:engagement_score"] is not None for v in last["users"].values())

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,7 +111,7 @@ def consumers(settings: Settings, store: FeatureStore) -> Iterator[Callable[[str
 
     def start(name: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "feature_store.cli.commands", "events", "consume", "--json", "--consumer-id", name],
+            [str(Path(sys.executable).parent / "feature-store"), "events", "consume", "--json", "--consumer-id", name],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
