@@ -402,7 +402,7 @@ class FeatureStore:
             client=self._online_client(),
             applier=self._event_applier(),
             mapping=self._mapping,
-            conn=self.conn,
+            connect=lambda: connect(self.settings.database_url),
             prefix=self.settings.redis_prefix,
             partitions=self.settings.event_partitions,
             lease_s=self.settings.event_lease_s,

@@ -25,15 +25,22 @@ local marker_ms = tonumber(ARGV[2])
 local events = cjson.decode(ARGV[3])
 local out = {}
 
+-- The "~" summary and the expiry of each hash are read and set once per hash and call, not per op.
+local summaries, expiring = {}, {}
+
 local function bump_summary(key, event_text)
-    local summary = redis.call('HGET', key, '~')
+    local summary = summaries[key]
+    if summary == nil then
+        summary = redis.call('HGET', key, '~') or false
+    end
     local s_event_text, s_write_text = event_text, write_us
     if summary then
         local e_text, w_text = string.match(summary, '^(%-?%d+)|(%d+)$')
         if e_text and tonumber(e_text) > tonumber(event_text) then s_event_text = e_text end
         if w_text and tonumber(w_text) > write_n then s_write_text = w_text end
     end
-    return s_event_text .. '|' .. s_write_text
+    summaries[key] = s_event_text .. '|' .. s_write_text
+    return summaries[key]
 end
 
 for i = 1, #events do
@@ -82,8 +89,9 @@ for i = 1, #events do
             if new_value then
                 redis.call('HSET', key, field, new_event_text .. '|' .. write_us .. '|' .. new_value,
                     '~', bump_summary(key, new_event_text))
-                if op[6] > 0 then
+                if op[6] > 0 and not expiring[key] then
                     redis.call('PEXPIRE', key, op[6])
+                    expiring[key] = true
                 end
                 results[j] = new_value
             else

@@ -23,6 +23,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,8 @@ import psycopg
 import redis
 
 from feature_store.errors import EventError
-from feature_store.stream import streams
-from feature_store.stream.effects import EventApplier
+from feature_store.stream import offline, streams
+from feature_store.stream.effects import ApplyResult, EventApplier
 from feature_store.stream.events import AnyEvent, parse_event
 from feature_store.stream.mapping import MappingCache
 
@@ -65,7 +66,7 @@ class EventConsumer:
         client: Any,
         applier: EventApplier,
         mapping: MappingCache,
-        conn: psycopg.Connection | None,
+        connect: Callable[[], psycopg.Connection] | None,
         prefix: str,
         partitions: int,
         lease_s: float,
@@ -75,7 +76,12 @@ class EventConsumer:
         self._client = client
         self._applier = applier
         self._mapping = mapping
-        self._conn = conn
+        self._connect = connect
+        self._conn: psycopg.Connection | None = None
+        # Offline logging of a batch runs in this thread while the next batch is applied; the batch is
+        # acknowledged once its values are committed (a crash before means redelivery, deduped).
+        self._writer: ThreadPoolExecutor | None = None
+        self._in_flight: tuple[Future[int] | None, list[Entry], list[tuple[Entry, str]], ApplyResult] | None = None
         self._prefix = prefix
         self._partitions = partitions
         self._lease_ms = max(1, int(lease_s * 1000))
@@ -102,12 +108,20 @@ class EventConsumer:
             while not stop():
                 if self.step():
                     idle_since = time.monotonic()
-                elif max_idle_s is not None and time.monotonic() - idle_since >= max_idle_s:
+                    continue
+                self.flush()
+                if max_idle_s is not None and time.monotonic() - idle_since >= max_idle_s:
                     break
-                else:
-                    time.sleep(0.02)  # nothing to read: poll again shortly
+                time.sleep(0.02)  # nothing to read: poll again shortly
+            self.flush()
         finally:
             self.release_all()
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
         return self.stats
 
     def step(self) -> int:
@@ -121,8 +135,31 @@ class EventConsumer:
         self._handle(entries)
         return len(entries)
 
+    def flush(self) -> None:
+        """Wait for the batch in flight to be logged offline, then dead-letter and acknowledge it."""
+        if self._in_flight is None:
+            return
+        future, entries, dead, result = self._in_flight
+        self._in_flight = None
+        if future is not None:
+            result.offline_rows = future.result()  # raises what the offline write raised: nothing is acked
+        pipe = streams.pipeline(self._client)
+        for (partition, entry_id, raw), reason in dead:
+            pipe.xadd(
+                streams.dead_letter_key(self._prefix),
+                {"reason": reason, "partition": str(partition), "entry_id": entry_id, "event": raw},
+            )
+        by_partition: dict[int, list[str]] = {}
+        for partition, entry_id, _ in entries:
+            by_partition.setdefault(partition, []).append(entry_id)
+        for partition, ids in by_partition.items():
+            pipe.xack(streams.stream_key(self._prefix, partition), streams.GROUP, *ids)
+        pipe.execute()
+        self.stats.dead_lettered += len(dead)
+
     def release_all(self) -> None:
         """Give back every lease and leave the roster (a clean stop hands partitions over at once)."""
+        self.flush()
         for partition in list(self._owned):
             self._script(self._release_sha, _RELEASE, streams.lease_key(self._prefix, partition), self.consumer_id)
         self._owned.clear()
@@ -143,6 +180,7 @@ class EventConsumer:
         for partition in sorted(self._owned, reverse=True)[: max(0, len(self._owned) - share)]:
             if partition in self._to_claim:
                 continue  # finish the old owner's entries first
+            self.flush()  # nothing of it in flight when the next owner takes it
             self._script(self._release_sha, _RELEASE, streams.lease_key(self._prefix, partition), self.consumer_id)
             self._owned.discard(partition)
         if len(self._owned) >= share:
@@ -266,23 +304,19 @@ class EventConsumer:
                 dead.append((entry, f"tenant {event.tenant_id!r} is not a registered, active tenant"))
                 continue
             events.append(event)
-        result = self._applier.apply(events, conn=self._conn)
-        pipe = streams.pipeline(self._client)
-        for (partition, entry_id, raw), reason in dead:
-            pipe.xadd(
-                streams.dead_letter_key(self._prefix),
-                {"reason": reason, "partition": str(partition), "entry_id": entry_id, "event": raw},
-            )
-        by_partition: dict[int, list[str]] = {}
-        for partition, entry_id, _ in entries:
-            by_partition.setdefault(partition, []).append(entry_id)
-        for partition, ids in by_partition.items():
-            pipe.xack(streams.stream_key(self._prefix, partition), streams.GROUP, *ids)
-        pipe.execute()
+        result = self._applier.apply(events, conn=None)
+        future = None
+        if result.rows and self._connect is not None:
+            if self._conn is None:
+                self._conn = self._connect()
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="offline-log")
+            future = self._writer.submit(offline.log_values, self._conn, result.rows)
+        self.flush()  # the previous batch: logged by now (it ran while this one was applied), so ack it
+        self._in_flight = (future, entries, dead, result)
         self.stats.read += len(entries)
         self.stats.applied += result.applied
         self.stats.duplicates += result.duplicates
-        self.stats.dead_lettered += len(dead)
 
 
 def _text(value: bytes | str) -> str:

@@ -47,6 +47,9 @@ class ApplyResult:
     values: int = 0
     """Feature values written online."""
     offline_rows: int = 0
+    """Offline rows written (when `apply` was given a connection)."""
+    rows: dict[tuple[str, str, str, datetime], dict[str, object]] = field(default_factory=dict)
+    """The values to log offline: (tenant, group, entity, event time) -> {feature: value}."""
 
 
 @dataclass
@@ -88,7 +91,8 @@ class EventApplier:
         self._client = client
 
     def apply(self, events: Sequence[AnyEvent], *, conn: psycopg.Connection | None) -> ApplyResult:
-        """Apply the events' effects (in order), then log their values offline on `conn` (if given).
+        """Apply the events' effects (in order), then log their values offline on `conn` (if given; else the
+        caller logs `result.rows` itself, see offline.log_values).
 
         Events of unknown or inactive tenants must have been filtered out by the caller.
         """
@@ -101,7 +105,7 @@ class EventApplier:
         except redis.exceptions.NoScriptError:  # Redis restarted (scripts are not persisted): load it again
             self._sha = str(self._client.script_load(_SCRIPT))
             replies = self._run(list(calls.values()), write_us=time.time_ns() // 1000)
-        rows: dict[tuple[str, str, str, datetime], dict[str, object]] = {}
+        rows = result.rows
         fresh: set[int] = set()
         seen: set[int] = set()
         for call, reply in zip(calls.values(), replies, strict=True):

@@ -102,6 +102,12 @@ def parse_event(raw: str | bytes | dict[str, Any]) -> MessageCreated | Conversat
     Raises:
         EventError: with the reason (unknown event type, missing or invalid field, not JSON).
     """
+    if isinstance(raw, str | bytes):
+        try:  # the fast path: pydantic parses and validates the JSON in one go
+            fast: MessageCreated | ConversationCreated | FeedbackReceived = _ADAPTER.validate_json(raw)
+            return fast
+        except PydanticValidationError:
+            pass  # say precisely what is wrong, below
     try:
         data = json.loads(raw) if isinstance(raw, str | bytes) else raw
     except ValueError as exc:
