@@ -11,16 +11,22 @@ from feature_store.definitions.apply import ApplyReport
 from feature_store.definitions.models import (
     FeatureDefinition,
     FeatureGroup,
+    OnDemandSpec,
     SourceTable,
+    StreamMapping,
+    StreamOp,
     Tenant,
     ValidationRules,
     ValueType,
 )
 from feature_store.errors import (
+    AuthenticationError,
     ConfigurationError,
     ConnectionFailedError,
     DatabaseNotFoundError,
     DefinitionError,
+    EventError,
+    EventPublishError,
     FeatureGroupNotFoundError,
     FeatureNotFoundError,
     FeatureStoreError,
@@ -29,6 +35,7 @@ from feature_store.errors import (
     JobNotFoundError,
     JobStateError,
     NotFoundError,
+    OnDemandError,
     OnlineStoreLostDataError,
     PipelineError,
     SchemaNotInitializedError,
@@ -53,17 +60,28 @@ from feature_store.pipeline.models import (
     ReconcileResult,
 )
 from feature_store.pipeline.stages import FeaturePipeline, PlannedJob
+from feature_store.serving.api_keys import ApiKey
 from feature_store.serving.models import HistoricalRow, OnlineFeatureRow, OnlineFeatures, OnlineValue, OnlineValueStatus
 from feature_store.store import FeatureStore
 from feature_store.stores.online.base import OnlineStore, OnlineWrite
+from feature_store.stream.effects import ApplyResult
+from feature_store.stream.events import ConversationCreated, FeedbackReceived, MessageCreated
+from feature_store.stream.streams import DeadLetter
 from feature_store.windows import TimeWindow
 
 __all__ = [
+    "ApiKey",
     "ApplyReport",
+    "ApplyResult",
+    "AuthenticationError",
     "ConfigurationError",
     "ConnectionFailedError",
+    "ConversationCreated",
     "DatabaseNotFoundError",
+    "DeadLetter",
     "DefinitionError",
+    "EventError",
+    "EventPublishError",
     "FeatureDefinition",
     "FeatureGroup",
     "FeatureGroupNotFoundError",
@@ -71,6 +89,7 @@ __all__ = [
     "FeaturePipeline",
     "FeatureStore",
     "FeatureStoreError",
+    "FeedbackReceived",
     "FinishError",
     "HistoricalRow",
     "InvalidInputError",
@@ -79,7 +98,10 @@ __all__ = [
     "JobStatus",
     "JobType",
     "MaterializationJob",
+    "MessageCreated",
     "NotFoundError",
+    "OnDemandError",
+    "OnDemandSpec",
     "OnlineCheck",
     "OnlineFeatureRow",
     "OnlineFeatures",
@@ -101,6 +123,8 @@ __all__ = [
     "SourceIsolationError",
     "SourceTable",
     "StatementTimeoutError",
+    "StreamMapping",
+    "StreamOp",
     "Tenant",
     "TenantNotFoundError",
     "TimeWindow",
