@@ -88,7 +88,12 @@ def child_load(port: int, path: str, headers: dict[str, str], body_file: Path, c
                 if not queue:
                     break
                 i = queue.pop()
-            mine.append(send(conn, timed[i]))
+            try:
+                mine.append(send(conn, timed[i]))
+            except (OSError, http.client.HTTPException) as exc:  # e.g. a server worker restarted: count it
+                errors.append(f"{type(exc).__name__}: {exc}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port)
         conn.close()
         with lock:
             latencies.extend(mine)
@@ -100,9 +105,7 @@ def child_load(port: int, path: str, headers: dict[str, str], body_file: Path, c
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    if errors:
-        raise SystemExit(f"{len(errors)} failed requests, e.g. {errors[0]}")
-    return {"latencies": latencies, "wall": wall}
+    return {"latencies": latencies, "wall": wall, "errors": len(errors), "error": errors[0] if errors else None}
 
 
 def library(config: Settings, body_file: Path) -> dict[str, Any]:
@@ -274,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                     child = bl.run_child(cmd)
                     results.setdefault(kind, {})[size] = child.result
                     lat = child.result["latencies"]
+                    if child.result.get("errors"):
+                        print(f"  {kind}: {child.result['errors']} failed requests, e.g. {child.result['error']}")
                     print(
                         f"  {kind:12s} {size:>3} x5: p50 {bl.percentile(lat, 50) * 1000:.2f} ms"
                         f" p99 {bl.percentile(lat, 99) * 1000:.2f} ms {len(lat) / child.result['wall']:,.0f} req/s",
@@ -309,9 +314,10 @@ def report(results: dict[str, dict[int, dict[str, Any]]]) -> str:
         row = f"| {LABELS[kind]} |"
         for size in SIZES:
             r = by_size[size]
+            failed = f" ({r['errors']} failed)" if r.get("errors") else ""
             row += (
                 f" {bl.percentile(r['latencies'], 50) * 1000:.2f} ms | {bl.percentile(r['latencies'], 99) * 1000:.2f}"
-                f" ms | {len(r['latencies']) / r['wall']:,.0f} |"
+                f" ms | {len(r['latencies']) / r['wall']:,.0f}{failed} |"
             )
         lines.append(row)
     fp, fe = results["featurepipe"], results["feast"]

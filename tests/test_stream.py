@@ -129,7 +129,16 @@ def test_only_the_tenants_own_values_change(store: FeatureStore) -> None:
     assert store.get_online_features("globex", "user", ["u1"], USER[1:]).values(USER[1]) == [0.3 * 5]
 
 
+def test_ids_with_copy_special_characters_reach_the_offline_store(store: FeatureStore) -> None:
+    odd = "m\t1\\x\n"
+    store.handle_event(message("m1", msg=odd, length=3, detected_intent="tab\there"))
+    rows = store.get_historical_features("acme", [(odd, T0)], ["message_realtime:length", MESSAGE[2]])
+    assert rows[0].values == {"message_realtime:length": 3, MESSAGE[2]: "tab\there"}
+
+
 def test_handle_event_rejects_bad_events_with_the_reason(store: FeatureStore) -> None:
+    with pytest.raises(EventError, match=r"payload.detected_intent: String should match pattern"):
+        store.handle_event(message("x", detected_intent="nul\x00"))
     with pytest.raises(EventError, match=r"unknown event_type 'message\.deleted'"):
         store.handle_event({**message("x"), "event_type": "message.deleted"})
     with pytest.raises(EventError, match=r"payload.rating: Input should be less than or equal to 5"):

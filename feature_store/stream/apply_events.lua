@@ -25,22 +25,13 @@ local marker_ms = tonumber(ARGV[2])
 local events = cjson.decode(ARGV[3])
 local out = {}
 
--- The "~" summary and the expiry of each hash are read and set once per hash and call, not per op.
-local summaries, expiring = {}, {}
+-- Consecutive ops on one hash (a group's features of one entity) are read with one HMGET and written
+-- with one HSET; each hash's expiry is set once per call.
+local expiring = {}
 
-local function bump_summary(key, event_text)
-    local summary = summaries[key]
-    if summary == nil then
-        summary = redis.call('HGET', key, '~') or false
-    end
-    local s_event_text, s_write_text = event_text, write_us
-    if summary then
-        local e_text, w_text = string.match(summary, '^(%-?%d+)|(%d+)$')
-        if e_text and tonumber(e_text) > tonumber(event_text) then s_event_text = e_text end
-        if w_text and tonumber(w_text) > write_n then s_write_text = w_text end
-    end
-    summaries[key] = s_event_text .. '|' .. s_write_text
-    return summaries[key]
+local function later(a_text, b_text)
+    if a_text and tonumber(a_text) > tonumber(b_text) then return a_text end
+    return b_text
 end
 
 for i = 1, #events do
@@ -54,49 +45,72 @@ for i = 1, #events do
         local event_n = tonumber(event_text)
         local ops = event[3]
         local results = {}
-        for j = 1, #ops do
-            local op = ops[j]
-            local key, field, kind = KEYS[op[1]], op[2], op[3]
-            local stored = redis.call('HGET', key, field)
-            local s_event_text, s_value
-            if stored then
-                s_event_text, s_value = string.match(stored, '^(%-?%d+)|%d+|(.*)$')
+        local j = 1
+        while j <= #ops do
+            local key_index = ops[j][1]
+            local last = j
+            while last < #ops and ops[last + 1][1] == key_index do last = last + 1 end
+            local key = KEYS[key_index]
+            local fields = {'~'}
+            for k = j, last do fields[#fields + 1] = ops[k][2] end
+            local current = redis.call('HMGET', key, unpack(fields))
+            local summary_event, summary_write = event_text, write_us
+            if current[1] then
+                local e_text, w_text = string.match(current[1], '^(%-?%d+)|(%d+)$')
+                summary_event = later(e_text, event_text)
+                summary_write = later(w_text, write_us)
             end
-            local new_value, new_event_text = nil, event_text
-            if kind == 's' then
-                if not s_event_text or event_n >= tonumber(s_event_text) then
-                    new_value = op[4]
+            local sets = {}
+            for k = j, last do
+                local op = ops[k]
+                local field, kind = op[2], op[3]
+                local stored = current[k - j + 2]
+                local s_event_text, s_value
+                if stored then
+                    s_event_text, s_value = string.match(stored, '^(%-?%d+)|%d+|(.*)$')
                 end
-            else
-                local previous = tonumber(s_value) or 0
-                local x = tonumber(op[4])
-                local number
-                if kind == 'c' then
-                    number = previous + x
+                local new_value, new_event_text = nil, event_text
+                if kind == 's' then
+                    if not s_event_text or event_n >= tonumber(s_event_text) then
+                        new_value = op[4]
+                    end
                 else
-                    local alpha = op[5]
-                    number = alpha * x + (1 - alpha) * previous
+                    local previous = tonumber(s_value) or 0
+                    local x = tonumber(op[4])
+                    local number
+                    if kind == 'c' then
+                        number = previous + x
+                    else
+                        local alpha = op[5]
+                        number = alpha * x + (1 - alpha) * previous
+                    end
+                    if op[7] == 'i' then
+                        new_value = string.format('%d', number)
+                    else
+                        new_value = string.format('%.17g', number)  -- every bit of the double survives
+                    end
+                    new_event_text = later(s_event_text, event_text)
                 end
-                if op[7] == 'i' then
-                    new_value = string.format('%d', number)
+                if new_value then
+                    sets[#sets + 1] = field
+                    sets[#sets + 1] = new_event_text .. '|' .. write_us .. '|' .. new_value
+                    summary_event = later(summary_event, new_event_text)
+                    results[k] = new_value
                 else
-                    new_value = string.format('%.17g', number)  -- every bit of the double survives
-                end
-                if s_event_text and tonumber(s_event_text) > event_n then
-                    new_event_text = s_event_text
+                    results[k] = ''
                 end
             end
-            if new_value then
-                redis.call('HSET', key, field, new_event_text .. '|' .. write_us .. '|' .. new_value,
-                    '~', bump_summary(key, new_event_text))
-                if op[6] > 0 and not expiring[key] then
-                    redis.call('PEXPIRE', key, op[6])
+            if #sets > 0 then
+                sets[#sets + 1] = '~'
+                sets[#sets + 1] = summary_event .. '|' .. summary_write
+                redis.call('HSET', key, unpack(sets))
+                local ttl = ops[j][6]
+                if ttl > 0 and not expiring[key] then
+                    redis.call('PEXPIRE', key, ttl)
                     expiring[key] = true
                 end
-                results[j] = new_value
-            else
-                results[j] = ''
             end
+            j = last + 1
         end
         local encoded = cjson.encode(results)
         if #ops == 0 then encoded = '[]' end  -- cjson encodes an empty table as {}

@@ -17,7 +17,9 @@ from pydantic import ValidationError as PydanticValidationError
 from feature_store.definitions.models import Identifier
 from feature_store.errors import EventError
 
-EntityId = Annotated[str, Field(min_length=1, max_length=256)]
+# No NUL characters: PostgreSQL text and jsonb cannot hold them, and such an event would fail its batch.
+_NO_NUL = r"^[^\x00]*$"
+EntityId = Annotated[str, Field(min_length=1, max_length=256, pattern=_NO_NUL)]
 
 
 class _Model(BaseModel):
@@ -27,7 +29,7 @@ class _Model(BaseModel):
 class MessagePayload(_Model):
     length: int = Field(default=0, ge=0)
     token_count: int = Field(default=0, ge=0)
-    detected_intent: str = "unknown"
+    detected_intent: Annotated[str, Field(max_length=256, pattern=_NO_NUL)] = "unknown"
 
 
 class ConversationPayload(_Model):
@@ -39,7 +41,7 @@ class FeedbackPayload(_Model):
 
 
 class _Event(_Model):
-    event_id: str = Field(min_length=1, max_length=200)
+    event_id: str = Field(min_length=1, max_length=200, pattern=_NO_NUL)
     tenant_id: Identifier
     user_id: EntityId
     timestamp: datetime

@@ -7,10 +7,10 @@ redelivered batch) leaves the same rows.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from feature_store.db import advisory_xact_lock
 
@@ -28,11 +28,16 @@ def log_values(conn: psycopg.Connection, rows: dict[tuple[str, str, str, datetim
             "CREATE TEMP TABLE IF NOT EXISTS _fp_stream_values (tenant_id text, feature_group_id text,"
             " entity_id text, event_time timestamptz, features jsonb) ON COMMIT DROP"
         )
+        # COPY's text format built in one go: far cheaper than a row at a time, and this runs beside the
+        # consumer's next batch (sharing its interpreter).
+        lines = [
+            f"{_text(t)}\t{_text(g)}\t{_text(e)}\t{at.isoformat()}\t{_text(json.dumps(features))}\n"
+            for (t, g, e, at), features in rows.items()
+        ]
         with conn.cursor().copy(
             "COPY _fp_stream_values (tenant_id, feature_group_id, entity_id, event_time, features) FROM STDIN"
         ) as copy:
-            for (tenant_id, group_id, entity_id, event_time), features in rows.items():
-                copy.write_row((tenant_id, group_id, entity_id, event_time, Jsonb(features)))
+            copy.write("".join(lines).encode())
         cur = conn.execute(
             "INSERT INTO feature_store.offline_rows (tenant_id, feature_group_id, entity_id, event_time, features)"
             " SELECT tenant_id, feature_group_id, entity_id, event_time, features FROM _fp_stream_values"
@@ -40,3 +45,11 @@ def log_values(conn: psycopg.Connection, rows: dict[tuple[str, str, str, datetim
             " DO UPDATE SET features = offline_rows.features || excluded.features"
         )
         return cur.rowcount
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _text(value: str) -> str:
+    """A value as COPY's text format reads it (backslash, tab and line breaks escaped)."""
+    return value.translate(_COPY_ESCAPES)

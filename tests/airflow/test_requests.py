@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,3 +122,17 @@ def test_plan_of_a_requested_run_creates_jobs_for_that_scope_only(airflow_env: o
     assert db.rows(
         "SELECT tenant_id, feature_group_id, start_time, end_time FROM feature_store.materialization_jobs"
     ) == [("globex", "conversation_stats", HOURS[0].start, HOURS[0].end)]
+
+
+def test_the_dag_runs_hourly_or_on_request(airflow_db: object) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.timetables.simple import AssetTriggeredTimetable
+
+    from featurepipe_airflow.requests import REQUEST_ASSET
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags"), include_examples=False)
+    assert bag.import_errors == {}
+    timetable = bag.get_dag("feature_materialization").timetable
+    assert isinstance(timetable, AssetTriggeredTimetable)  # AssetOrTimeSchedule is one, with a cron too
+    assert timetable.timetable.summary == "@hourly"  # type: ignore[attr-defined]
+    assert [a.name for a in timetable.asset_condition.iter_assets().values()] == [REQUEST_ASSET.name]  # type: ignore[attr-defined]
