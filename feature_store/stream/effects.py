@@ -5,7 +5,8 @@ up which stream features of the event's tenant each one updates (the repo's mapp
 Lua call (`apply_events.lua`) per batch on a standalone Redis, or one per hash tag on a Redis Cluster
 (a script may only touch one slot). Each (event, hash tag) has its own dedupe marker written in the
 same atomic step as its updates, so a redelivered or duplicated event changes nothing; an event
-split over several tags that dies half-applied is completed, not repeated, by its redelivery.
+split over several tags (on a cluster) that dies half-applied is completed, not repeated, by its
+redelivery; on a standalone Redis each event is one atomic part with one marker.
 The resulting values are then logged to the offline store in one statement (see offline.py).
 """
 
@@ -144,9 +145,11 @@ class EventApplier:
                 if entity is None:
                     continue  # e.g. feedback without a message id: nothing of that message to update
                 key = self._store.key(event.tenant_id, target.group_id, str(entity))
-                tag = key[len(self._prefix) + 1 : key.index("}") + 1]
+                # A standalone Redis takes all of an event in one atomic part with one marker; a cluster
+                # one part (and marker) per hash tag, as a script may only touch one slot.
+                tag = key[len(self._prefix) + 1 : key.index("}") + 1] if self._cluster else ""
                 if tag not in by_tag:
-                    call = calls.setdefault(tag if self._cluster else "", _Call())
+                    call = calls.setdefault(tag, _Call())
                     marker = call.key_index(f"{self._prefix}~e:{tag}:{event.event_id}")
                     ops: list[Any] = []
                     call.events.append([marker, event_us, ops])
