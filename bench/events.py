@@ -127,7 +127,9 @@ def publish_all(client: Any, events: list[str], partitions: int) -> None:
         streams.publish(client, prefix=PREFIX, partitions=partitions, events=events[i : i + 10_000])
 
 
-def run_featurepipe(settings: Settings, events: list[str], consumers: int) -> dict[str, Any]:
+def run_featurepipe(settings: Settings, events: list[str], consumers: int, *, backlog: bool = False) -> dict[str, Any]:
+    """Consumers up first, then publish (the clock from the first publish); or, with `backlog`, the events
+    published first and the clock from the first acknowledgement (consumption alone, no publisher around)."""
     env = {
         **os.environ,
         "FEATURE_STORE_DATABASE_URL": settings.database_url,
@@ -135,6 +137,8 @@ def run_featurepipe(settings: Settings, events: list[str], consumers: int) -> di
         "FEATURE_STORE_REDIS_PREFIX": PREFIX,
     }
     exe = str(Path(sys.executable).parent / "feature-store")
+    if backlog:
+        return _drain_backlog(settings, events, consumers, env, exe)
     procs = [
         subprocess.Popen(
             [exe, "events", "consume", "--json", "--consumer-id", f"bench{i}"],
@@ -176,6 +180,38 @@ def run_featurepipe(settings: Settings, events: list[str], consumers: int) -> di
         "duplicates": sum(s["duplicates"] for s in stats),
         "read": sum(s["read"] for s in stats),
     }
+
+
+def _drain_backlog(
+    settings: Settings, events: list[str], consumers: int, env: dict[str, str], exe: str
+) -> dict[str, Any]:
+    client = redis.Redis.from_url(settings.redis_url)
+    publish_all(client, events, settings.event_partitions)
+    with FeatureStore(settings=settings) as store:
+        total = store.event_backlog()
+        procs = [
+            subprocess.Popen(
+                [exe, "events", "consume", "--json", "--consumer-id", f"bench{i}"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+            )
+            for i in range(consumers)
+        ]
+        wait_for("the first acknowledgements", lambda: store.event_backlog() < total, every=0.005)
+        started, acked = time.perf_counter(), total - store.event_backlog()
+        wait_for("the backlog to drain", lambda: store.event_backlog() == 0)
+        elapsed = time.perf_counter() - started
+    stats = []
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        stats.append(json.loads(out))
+    client.close()
+    # events/s over what was acknowledged while the clock ran
+    return {"seconds": elapsed * len(events) / (len(events) - acked), "applied": sum(s["applied"] for s in stats)}
 
 
 def run_raw(settings: Settings, events: list[str]) -> dict[str, Any]:
@@ -274,12 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = config(args.redis_url)
     load_before = bl.load_average()
     prepare(settings)
-    runs: dict[str, list[float]] = {"featurepipe, 1 consumer": [], "featurepipe, 2 consumers": [], "raw floor": []}
     paths: dict[str, Callable[[list[str]], dict[str, Any]]] = {
         "featurepipe, 1 consumer": lambda ev: run_featurepipe(settings, ev, 1),
         "featurepipe, 2 consumers": lambda ev: run_featurepipe(settings, ev, 2),
+        "featurepipe, 1 consumer, backlog": lambda ev: run_featurepipe(settings, ev, 1, backlog=True),
+        "featurepipe, 2 consumers, backlog": lambda ev: run_featurepipe(settings, ev, 2, backlog=True),
         "raw floor": lambda ev: run_raw(settings, ev),
     }
+    runs: dict[str, list[float]] = {name: [] for name in paths}
     for i in range(args.repeat):
         events = build_events(args.events, seed=i)
         distinct = len(set(events))
@@ -335,6 +373,9 @@ acknowledged (publishing overlaps consuming; the publisher shares the machine's 
   dead letters, one Lua call per batch that applies every effect with its dedupe marker (counters,
   EWMA, newer-only sets), the values logged to the offline store (PostgreSQL) in one statement, XACK;
   checked afterwards: every distinct event applied exactly once;
+- **..., backlog**: the same consumers started after all N events were published; the clock runs from
+  the first acknowledgement until the last, scaled to N (consumption alone, no publisher sharing the
+  cores, process start-up not timed);
 - **raw floor**: one Python process, XREADGROUP of the same streams, one pipelined HINCRBY/HSET per
   effect, XACK: no validation, no dedupe, no ordering or lease, no offline copy.
 
