@@ -1,7 +1,8 @@
 """
 ### feature_materialization
 
-Every hour, for each active tenant x active feature group, runs each batch feature's
+Every hour (and whenever an application asks for a scoped run through an event of the asset
+`feature_materialization_request`), for each active tenant x active feature group, runs each batch feature's
 **transform → validate → write** as three tasks (map index `tenant/group/feature`), then one
 **finish** task per job that publishes the group's values online and ends the job.
 
@@ -11,6 +12,9 @@ Every hour, for each active tenant x active feature group, runs each batch featu
   every hour of the window as hourly runs would (with explicit `start`/`end` spanning many hours);
   windows may not end in the future. `overwrite_online` (a reason) lets a corrective rerun replace
   newer online values; the reason is recorded on each job.
+- **Scoped runs on request**: an event of the asset `feature_materialization_request` (REST
+  `POST /api/v2/assets/events`) with `extra` `{"tenant_id": ..., "feature_group_ids": [...], "start": ..., "end": ...}`
+  runs the DAG for just that tenant (groups, window); see `featurepipe_airflow/requests.py`.
 - **check_online** reconciles Redis from the offline store when Redis restarted since the last check.
 - A failing feature fails only its own tasks; its job ends `failed` with the reason
   (see `feature_store.materialization_jobs` and the *Feature Store* view).
@@ -24,6 +28,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import (  # type: ignore[attr-defined]  # airflow.sdk's stub omits the deadline classes
+    AssetOrTimeSchedule,
     AsyncCallback,
     CronDataIntervalTimetable,
     DeadlineAlert,
@@ -37,12 +42,16 @@ from airflow.sdk import (  # type: ignore[attr-defined]  # airflow.sdk's stub om
 
 from featurepipe_airflow import tasks
 from featurepipe_airflow.fanout import FinishItem, WorkItem
+from featurepipe_airflow.requests import REQUEST_ASSET
 
 LABEL = "{{ task.op_kwargs['item']['label'] }}"
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("@hourly", timezone="UTC"),
+    # Hourly, or when an application emits a materialization request (an asset event, see requests.py).
+    schedule=AssetOrTimeSchedule(
+        timetable=CronDataIntervalTimetable("@hourly", timezone="UTC"), assets=[REQUEST_ASSET]
+    ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=4,

@@ -11,7 +11,10 @@ from feature_store.definitions.apply import ApplyReport
 from feature_store.definitions.models import (
     FeatureDefinition,
     FeatureGroup,
+    OnDemandSpec,
     SourceTable,
+    StreamMapping,
+    StreamOp,
     Tenant,
     TenantGroup,
     TenantGroupSettings,
@@ -19,10 +22,13 @@ from feature_store.definitions.models import (
     ValueType,
 )
 from feature_store.errors import (
+    AuthenticationError,
     ConfigurationError,
     ConnectionFailedError,
     DatabaseNotFoundError,
     DefinitionError,
+    EventError,
+    EventPublishError,
     FeatureGroupDisabledError,
     FeatureGroupNotFoundError,
     FeatureNotFoundError,
@@ -32,6 +38,7 @@ from feature_store.errors import (
     JobNotFoundError,
     JobStateError,
     NotFoundError,
+    OnDemandError,
     OnlineStoreLostDataError,
     PipelineError,
     SchemaNotInitializedError,
@@ -56,17 +63,28 @@ from feature_store.pipeline.models import (
     ReconcileResult,
 )
 from feature_store.pipeline.stages import FeaturePipeline, PlannedJob
+from feature_store.serving.api_keys import ApiKey
 from feature_store.serving.models import HistoricalRow, OnlineFeatureRow, OnlineFeatures, OnlineValue, OnlineValueStatus
 from feature_store.store import FeatureStore
 from feature_store.stores.online.base import OnlineStore, OnlineWrite
+from feature_store.stream.effects import ApplyResult
+from feature_store.stream.events import ConversationCreated, FeedbackReceived, MessageCreated
+from feature_store.stream.streams import DeadLetter
 from feature_store.windows import TimeWindow
 
 __all__ = [
+    "ApiKey",
     "ApplyReport",
+    "ApplyResult",
+    "AuthenticationError",
     "ConfigurationError",
     "ConnectionFailedError",
+    "ConversationCreated",
     "DatabaseNotFoundError",
+    "DeadLetter",
     "DefinitionError",
+    "EventError",
+    "EventPublishError",
     "FeatureDefinition",
     "FeatureGroup",
     "FeatureGroupDisabledError",
@@ -75,6 +93,7 @@ __all__ = [
     "FeaturePipeline",
     "FeatureStore",
     "FeatureStoreError",
+    "FeedbackReceived",
     "FinishError",
     "HistoricalRow",
     "InvalidInputError",
@@ -83,7 +102,10 @@ __all__ = [
     "JobStatus",
     "JobType",
     "MaterializationJob",
+    "MessageCreated",
     "NotFoundError",
+    "OnDemandError",
+    "OnDemandSpec",
     "OnlineCheck",
     "OnlineFeatureRow",
     "OnlineFeatures",
@@ -105,6 +127,8 @@ __all__ = [
     "SourceIsolationError",
     "SourceTable",
     "StatementTimeoutError",
+    "StreamMapping",
+    "StreamOp",
     "Tenant",
     "TenantGroup",
     "TenantGroupSettings",

@@ -113,6 +113,14 @@ class Settings:
     max_value_bytes: int = 64 * 1024
     """Longest string value, in UTF-8 bytes; longer ones are quarantined (FEATURE_STORE_MAX_VALUE_BYTES)."""
 
+    event_partitions: int = 16
+    """Redis Streams events are spread over, by a hash of (tenant, user) (FEATURE_STORE_EVENT_PARTITIONS).
+    Every publisher and consumer of one store must agree on it."""
+
+    event_lease_s: float = 10.0
+    """How long a consumer holds a partition without renewing its lease; a dead consumer's partitions
+    move to the others after that (FEATURE_STORE_EVENT_LEASE_SECONDS)."""
+
     def __post_init__(self) -> None:
         check_database_url(self.database_url)
         check_redis_url(self.redis_url)
@@ -139,6 +147,8 @@ class Settings:
             online_backend=env.get("FEATURE_STORE_ONLINE_BACKEND") or "redis",
             max_entity_id_length=_env_positive_int("FEATURE_STORE_MAX_ENTITY_ID_LENGTH", 256),
             max_value_bytes=_env_positive_int("FEATURE_STORE_MAX_VALUE_BYTES", 64 * 1024),
+            event_partitions=_env_positive_int("FEATURE_STORE_EVENT_PARTITIONS", 16),
+            event_lease_s=_env_float("FEATURE_STORE_EVENT_LEASE_SECONDS", 10.0),
         )
 
 

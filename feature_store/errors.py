@@ -288,3 +288,28 @@ class FinishError(FeatureStoreError):
 
 class JobStateError(FeatureStoreError):
     """A job was asked to do something its state does not allow (e.g. run a feature of a finished job)."""
+
+
+# -- Events and serving -------------------------------------------------------------------------
+
+
+class EventError(FeatureStoreError):
+    """An event is malformed or unknown (the reason says which field and why); consumers dead-letter it."""
+
+
+class EventPublishError(FeatureStoreError):
+    """Events offered for publishing were invalid; `problems` lists (index or line, reason); none was published."""
+
+    def __init__(self, problems: list[tuple[int, str]]) -> None:
+        shown = "; ".join(f"event {i}: {reason}" for i, reason in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        super().__init__(f"{len(problems)} invalid event(s), none published: {shown}{more}")
+        self.problems = problems
+
+
+class OnDemandError(FeatureStoreError):
+    """An on-demand feature's function raised or returned a value its rules refuse; names tenant, feature, entity."""
+
+
+class AuthenticationError(FeatureStoreError):
+    """An API key is missing, unknown or revoked."""

@@ -26,13 +26,13 @@ def latest_version() -> int:
     return _migrations()[-1][0]
 
 
-def current_version(conn: psycopg.Connection) -> int:
-    """Applied schema version, 0 for a database that was never initialised."""
+def pending_versions(conn: psycopg.Connection) -> list[int]:
+    """Packaged migrations this database has not applied (all of them when it was never initialised)."""
     row = conn.execute("SELECT to_regclass('feature_store.schema_migrations') IS NOT NULL").fetchone()
-    if not row or not row[0]:
-        return 0
-    version = conn.execute("SELECT coalesce(max(version), 0) FROM feature_store.schema_migrations").fetchone()
-    return int(version[0]) if version else 0
+    done: set[int] = set()
+    if row and row[0]:
+        done = {int(r[0]) for r in conn.execute("SELECT version FROM feature_store.schema_migrations")}
+    return [version for version, _name, _sql in _migrations() if version not in done]
 
 
 def migrate(conn: psycopg.Connection) -> list[str]:
@@ -47,9 +47,11 @@ def migrate(conn: psycopg.Connection) -> list[str]:
             " version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = current_version(conn)
+        # Every version not recorded yet, not only those above the highest: branches developed side by
+        # side number theirs independently, and a database may have run a later one first.
+        done = {int(r[0]) for r in conn.execute("SELECT version FROM feature_store.schema_migrations")}
         for version, name, sql in _migrations():
-            if version <= done:
+            if version in done:
                 continue
             log.info("applying migration %s", name)
             conn.execute(sql.encode())  # bytes: run the file as a plain multi-statement script

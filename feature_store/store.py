@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import psycopg
 import redis
+from pydantic import BaseModel
 
 from feature_store import schema
 from feature_store.config import Settings
@@ -19,7 +21,14 @@ from feature_store.definitions.apply import ApplyReport, apply_repo
 from feature_store.definitions.models import TenantGroup
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import load_repo
-from feature_store.errors import SchemaNotInitializedError
+from feature_store.errors import (
+    AuthenticationError,
+    EventError,
+    EventPublishError,
+    FeatureStoreError,
+    NotFoundError,
+    SchemaNotInitializedError,
+)
 from feature_store.monitoring import deadlines, freshness
 from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
@@ -38,11 +47,19 @@ from feature_store.pipeline.runner import run_job
 from feature_store.pipeline.runs import RunLedger
 from feature_store.pipeline.sandbox import set_password as set_sandbox_password
 from feature_store.pipeline.stages import FeaturePipeline
+from feature_store.serving import api_keys, on_demand
+from feature_store.serving.api_keys import ApiKey
 from feature_store.serving.features import FeatureResolver
 from feature_store.serving.models import HistoricalRow, OnlineFeatures
 from feature_store.stores.offline import postgres as offline_store
 from feature_store.stores.online import open_online_store
 from feature_store.stores.online.base import OnlineStore
+from feature_store.stores.online.redis import RedisOnlineStore
+from feature_store.stream import streams
+from feature_store.stream.consumer import EventConsumer
+from feature_store.stream.effects import ApplyResult, EventApplier
+from feature_store.stream.events import AnyEvent, parse_event
+from feature_store.stream.mapping import MappingCache
 from feature_store.types import FeatureRef, ProgressCallback
 
 
@@ -76,6 +93,8 @@ class FeatureStore:
         self._redis_client = redis_client
         self._online: OnlineStore | None = None
         self._features = FeatureResolver(lambda: self.registry)
+        self._mapping = MappingCache(lambda: self.registry)
+        self._applier: EventApplier | None = None
         self._schema_checked = False
 
     @classmethod
@@ -115,6 +134,7 @@ class FeatureStore:
         if self._online is not None:
             self._online.close()  # closes its client only if it opened it
             self._online = None
+            self._applier = None
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -142,6 +162,7 @@ class FeatureStore:
         self._require_schema()
         report = apply_repo(self.conn, repo, self.settings)
         self._features.invalidate()
+        self._mapping.invalidate()
         return report
 
     def tenant_groups(self, tenant_id: str | None = None) -> list[TenantGroup]:
@@ -296,21 +317,35 @@ class FeatureStore:
     # -- reads ---------------------------------------------------------------------------------
 
     def get_online_features(
-        self, tenant_id: str, entity_type: str, entity_ids: Sequence[str], features: Sequence[FeatureRef]
+        self,
+        tenant_id: str,
+        entity_type: str,
+        entity_ids: Sequence[str],
+        features: Sequence[FeatureRef],
+        *,
+        request_data: Mapping[str, Any] | None = None,
     ) -> OnlineFeatures:
-        """Latest values of `features` (as `group:feature`) for each entity, in one round trip.
+        """Latest values of `features` (as `group:feature`: batch, stream or on-demand) for each entity.
+
+        Stored values (and the inputs of on-demand features) come in one round trip; on-demand
+        features are then computed per entity from them and `request_data`.
 
         Returns:
             Columns of one value per entity id, in order, for every requested feature, each with
-            status `present`, `missing` or `expired` and its event time; `result[i]` is entity i's row.
+            status `present`, `missing`, `expired` (or `invalid`: an on-demand value its rules refuse)
+            and its event time; `result[i]` is entity i's row.
 
         Raises:
             TenantNotFoundError: the tenant is not registered.
             FeatureGroupNotFoundError, FeatureNotFoundError: not there for this tenant (another
                 tenant's group reads the same as one that does not exist).
+            OnDemandError: an on-demand function raised, or its request data is missing.
         """
-        specs = self._features.specs(tenant_id, features, entity_type=entity_type)
-        return self.online.read(tenant_id=tenant_id, entity_ids=entity_ids, features=specs)
+        plan = on_demand.plan_read(self._features, tenant_id, features, entity_type=entity_type)
+        stored = self.online.read(tenant_id=tenant_id, entity_ids=entity_ids, features=plan.stored)
+        if not plan.on_demand:
+            return stored
+        return on_demand.complete(stored, plan, tenant_id=tenant_id, requested=features, request_data=request_data)
 
     def get_historical_features(
         self, tenant_id: str, entity_rows: Sequence[tuple[str, datetime]], features: Sequence[FeatureRef]
@@ -329,11 +364,128 @@ class FeatureStore:
             features=[(s.group_id, s.name, s.value_type) for s in specs],
         )
 
+    # -- events --------------------------------------------------------------------------------
+
+    def publish_events(self, events: Sequence[AnyEvent | dict[str, object] | str]) -> list[str]:
+        """Validate events and append them to their (tenant, user) partitions, in order; returns entry ids.
+
+        Raises:
+            EventPublishError: some event is invalid (each named by its index and reason); none is published.
+        """
+        parsed: list[AnyEvent] = []
+        problems: list[tuple[int, str]] = []
+        for i, event in enumerate(events):
+            try:
+                parsed.append(event if isinstance(event, BaseModel) else parse_event(event))
+            except EventError as exc:
+                problems.append((i, str(exc)))
+        if problems:
+            raise EventPublishError(problems)
+        return streams.publish(
+            self._online_client(),
+            prefix=self.settings.redis_prefix,
+            partitions=self.settings.event_partitions,
+            events=parsed,
+        )
+
+    def publish_raw_events(self, events: Sequence[str]) -> list[str]:
+        """Append events as given (JSON text), unvalidated, as a producer outside this library might:
+        consumers dead-letter what is malformed. For tests and replays of recorded streams."""
+        return streams.publish(
+            self._online_client(),
+            prefix=self.settings.redis_prefix,
+            partitions=self.settings.event_partitions,
+            events=list(events),
+        )
+
+    def handle_event(self, event: AnyEvent | dict[str, object] | str) -> ApplyResult:
+        """Apply one event now, without the stream (exactly once: a second call with its id changes nothing).
+
+        Raises:
+            EventError: the event is malformed, of an unknown type or of a tenant that is not active.
+        """
+        parsed = event if isinstance(event, BaseModel) else parse_event(event)
+        self._require_schema()
+        if not self._mapping.tenant_active(parsed.tenant_id):
+            raise EventError(f"tenant {parsed.tenant_id!r} is not a registered, active tenant")
+        return self._event_applier().apply([parsed], conn=self.conn)
+
+    def event_consumer(self, *, consumer_id: str | None = None, batch_size: int = 2000) -> EventConsumer:
+        """A consumer sharing this store's event partitions with any others (call `.run()` on it)."""
+        self._require_schema()
+        return EventConsumer(
+            client=self._online_client(),
+            applier=self._event_applier(),
+            mapping=self._mapping,
+            connect=lambda: connect(self.settings.database_url),
+            prefix=self.settings.redis_prefix,
+            partitions=self.settings.event_partitions,
+            lease_s=self.settings.event_lease_s,
+            consumer_id=consumer_id,
+            batch_size=batch_size,
+        )
+
+    def dead_letters(self, *, limit: int = 100) -> list[streams.DeadLetter]:
+        """Events consumers could not apply, oldest first, each with its reason."""
+        return streams.dead_letters(self._online_client(), prefix=self.settings.redis_prefix, count=limit)
+
+    def event_backlog(self) -> int:
+        """Events published and not yet acknowledged by a consumer (0 when consumers have caught up)."""
+        return streams.backlog(
+            self._online_client(), prefix=self.settings.redis_prefix, partitions=self.settings.event_partitions
+        )
+
+    def _online_client(self) -> Any:
+        online = self.online
+        if not isinstance(online, RedisOnlineStore):
+            raise FeatureStoreError(
+                f"stream features need a Redis online store, not {type(online).__name__};"
+                " set FEATURE_STORE_ONLINE_BACKEND to redis or redis-cluster"
+            )
+        return online.client
+
+    def _event_applier(self) -> EventApplier:
+        if self._applier is None:
+            online = self.online
+            assert isinstance(online, RedisOnlineStore)
+            self._online_client()
+            self._applier = EventApplier(online, self._mapping, prefix=self.settings.redis_prefix)
+        return self._applier
+
+    # -- API keys (HTTP feature server) ---------------------------------------------------------
+
+    def create_api_key(self, tenant_id: str, *, name: str = "") -> tuple[ApiKey, str]:
+        """A new API key of the tenant: (its record, the key). Only a hash is stored; show the key once."""
+        self.registry.get_tenant(tenant_id)  # raises TenantNotFoundError
+        return api_keys.create_key(self.conn, tenant_id=tenant_id, name=name)
+
+    def list_api_keys(self, *, tenant_id: str | None = None) -> list[ApiKey]:
+        self._require_schema()
+        return api_keys.list_keys(self.conn, tenant_id=tenant_id)
+
+    def revoke_api_key(self, key_id: int) -> None:
+        """Revoke a key (servers stop accepting it within their cache time, API_KEY_CACHE_SECONDS)."""
+        self._require_schema()
+        if not api_keys.revoke_key(self.conn, key_id):
+            raise NotFoundError(f"API key {key_id} does not exist or is already revoked")
+
+    def tenant_for_api_key(self, key: str) -> str:
+        """The tenant an API key belongs to.
+
+        Raises:
+            AuthenticationError: the key is unknown or revoked, or its tenant is not active.
+        """
+        self._require_schema()
+        tenant = api_keys.tenant_of(self.conn, key)
+        if tenant is None:
+            raise AuthenticationError("the API key is not valid (unknown or revoked, or its tenant is inactive)")
+        return tenant
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _require_schema(self) -> None:
         if self._schema_checked:
             return
-        if schema.current_version(self.conn) < schema.latest_version():
+        if schema.pending_versions(self.conn):
             raise SchemaNotInitializedError()
         self._schema_checked = True

@@ -99,10 +99,14 @@ def materialize(
 ) -> list[PipelineResult]:
     """Materialize every window for every active tenant x its groups, through the library (no Airflow).
 
-    A tenant's groups are its own and the shared ones it did not switch off.
+    A tenant's groups are its own and the shared ones it did not switch off; groups without batch
+    features (stream or on-demand only) are updated by events and reads, not materialized.
     """
     tenants = store.registry.list_tenants(active_only=True)
-    groups = {t.id: store.registry.tenant_groups(t.id, active_only=True, enabled_only=True) for t in tenants}
+    groups = {
+        t.id: [g for g in store.registry.tenant_groups(t.id, active_only=True, enabled_only=True) if g.batch_features]
+        for t in tenants
+    }
     results = []
     for window in windows:
         for tenant in tenants:

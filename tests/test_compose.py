@@ -34,3 +34,9 @@ def test_docker_compose_config_accepts_the_file() -> None:
         assert env["AIRFLOW_CONN_FEATURE_STORE_DB"].endswith("/featurepipe")
         assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert {"published": 8080, "target": 8080} in services["airflow-apiserver"]["ports"]
+    server, consumer = services["feature-server"], services["event-consumer"]
+    assert server["entrypoint"] == ["feature-store"] and server["command"][0] == "serve"
+    assert consumer["entrypoint"] == ["feature-store"] and consumer["command"] == ["events", "consume"]
+    for service in (server, consumer):
+        assert service["environment"]["FEATURE_STORE_REDIS_URL"] == "redis://redis:6379/1"
+        assert service["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
+import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -27,9 +31,10 @@ from feature_store.cli.render import (
     show_value,
     status_markup,
 )
-from feature_store.errors import FeatureStoreError, InvalidInputError
+from feature_store.errors import EventError, FeatureStoreError, InvalidInputError
 from feature_store.pipeline.models import JobStatus, JobType, PipelineConfig, PipelineResult
 from feature_store.store import FeatureStore
+from feature_store.stream.events import parse_event
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -385,7 +390,7 @@ def demo(hours: int, users: int, materialize: bool, summary_only: bool, since: s
 
 def _demo_materialize(store: FeatureStore, windows: list[Any], *, quiet: bool) -> list[PipelineResult]:
     total = len(windows) * sum(
-        len(store.registry.tenant_groups(t.id, active_only=True, enabled_only=True))
+        len([g for g in store.registry.tenant_groups(t.id, active_only=True, enabled_only=True) if g.batch_features])
         for t in store.registry.list_tenants(active_only=True)
     )
     with Progress(
@@ -438,6 +443,254 @@ def _demo_summary(store: FeatureStore, *, since: datetime | None) -> dict[str, A
         "online": lookups,
         "tenant_groups": store.tenant_groups(),
     }
+
+
+@main.group()
+def events() -> None:
+    """Publish events and consume them into stream features."""
+
+
+PUBLISH_CHUNK = 1000
+"""Lines validated and published together (stdin may be endless)."""
+
+
+@events.command("publish")
+@click.argument("source", type=click.File("r"), default="-")
+@json_option
+@_handle_errors
+def events_publish(source: Any, as_json: bool) -> None:
+    """Publish JSON-lines events from SOURCE (a file, or - for stdin).
+
+    Valid lines are published in order; each invalid line is reported with its number and reason
+    (exit 1), and published nothing.
+    """
+    published = 0
+    problems: list[tuple[int, str]] = []
+    with FeatureStore.from_env() as store:
+        chunk: list[tuple[int, str]] = []
+
+        def flush() -> None:
+            nonlocal published
+            good: list[Any] = []
+            for line_no, line in chunk:
+                try:
+                    good.append(parse_event(line))
+                except EventError as exc:
+                    problems.append((line_no, str(exc)))
+            if good:
+                published += len(store.publish_events(good))
+            chunk.clear()
+
+        for line_no, line in enumerate(source, start=1):
+            if line.strip():
+                chunk.append((line_no, line))
+            if len(chunk) >= PUBLISH_CHUNK:
+                flush()
+        flush()
+    if as_json:
+        emit_json({"published": published, "invalid": [{"line": n, "reason": r} for n, r in problems]})
+    else:
+        console.print(f"published {published} event(s)")
+        for line_no, reason in problems:
+            err_console.print(f"[red]line {line_no}:[/] {escape(reason)}", highlight=False)
+    if problems:
+        sys.exit(1)
+
+
+DEMO_LIVE_FEATURES = [
+    "user_realtime:conversation_count",
+    "user_realtime:feedback_tendency",
+    "user_live_scores:engagement_score",
+]
+
+
+@events.command("replay-demo")
+@click.option("--tenant", "tenant_id", default="acme", show_default=True)
+@click.option("--steps", type=click.IntRange(1, 20), default=4, show_default=True, help="Snapshots while replaying.")
+@json_option
+@_handle_errors
+def events_replay_demo(tenant_id: str, steps: int, as_json: bool) -> None:
+    """Replay the demo's event stream (derived from its source rows) and show the stream features move.
+
+    Publishes the tenant's events in `steps` chunks; after each, a consumer applies them and the busiest
+    users' live features are printed (conversation count, feedback EWMA, on-demand engagement score).
+    """
+    from featurepipe_demo.events import events_from_sources
+
+    snapshots: list[dict[str, Any]] = []
+    with FeatureStore.from_env() as store:
+        found = events_from_sources(store.conn, tenants=[tenant_id])
+        users = demo_module.sample_entities(store.conn, tenant_id)["user"]
+        valid: list[Any] = []
+        for raw in found:
+            try:
+                valid.append(parse_event(raw))
+            except EventError:
+                # What a buggy producer would send anyway: it reaches the stream and is dead-lettered there.
+                store.publish_raw_events([json.dumps(raw)])
+        size = max(1, -(-len(valid) // steps))
+        consumer = store.event_consumer(consumer_id="demo-replay")
+        for step in range(steps):
+            chunk = valid[step * size : (step + 1) * size]
+            if chunk:
+                store.publish_events(chunk)
+            consumer.run(max_idle_s=0.2)
+            read = store.get_online_features(tenant_id, "user", users, DEMO_LIVE_FEATURES)
+            snapshots.append(
+                {
+                    "published": min(len(valid), (step + 1) * size),
+                    "until": chunk[-1].timestamp.isoformat() if chunk else None,
+                    "users": {u: {f: read.values(f)[i] for f in DEMO_LIVE_FEATURES} for i, u in enumerate(users)},
+                }
+            )
+        dead = store.dead_letters(limit=1000)
+    payload = {"tenant": tenant_id, "events": len(found), "snapshots": snapshots, "dead_lettered": len(dead)}
+    if as_json:
+        emit_json(payload)
+        return
+    console.print(f"replaying {len(found)} events of tenant {tenant_id} (from its demo source rows)")
+    table = Table("published", "up to", "user", *(f.split(":")[1] for f in DEMO_LIVE_FEATURES))
+    for snap in snapshots:
+        for user, values in snap["users"].items():
+            table.add_row(
+                str(snap["published"]),
+                (snap["until"] or "")[:19],
+                user,
+                *(show_value(values[f]) for f in DEMO_LIVE_FEATURES),
+            )
+    console.print(table)
+    reasons: dict[str, int] = {}
+    for d in dead:
+        reasons[d.reason] = reasons.get(d.reason, 0) + 1
+    for reason, n in sorted(reasons.items(), key=lambda x: -x[1]):
+        console.print(f"dead-lettered {n}: {escape(reason)}")
+
+
+@events.command("consume")
+@click.option(
+    "--max-idle", type=float, help="Stop after this many seconds without events (default: run until stopped)."
+)
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True)
+@click.option("--consumer-id", help="Name in the consumer group (default: host-pid-random).")
+@json_option
+@_handle_errors
+def events_consume(max_idle: float | None, batch_size: int, consumer_id: str | None, as_json: bool) -> None:
+    """Apply published events to stream features, sharing the partitions with any other consumers.
+
+    SIGTERM or Ctrl-C stops it cleanly: it finishes its batch and hands its partitions over at once.
+    """
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    with FeatureStore.from_env() as store:
+        consumer = store.event_consumer(consumer_id=consumer_id, batch_size=batch_size)
+        if not as_json:
+            err_console.print(f"consumer {consumer.consumer_id} started")
+        stats = consumer.run(stop=stopping.is_set, max_idle_s=max_idle)
+    if as_json:
+        emit_json(dataclasses.asdict(stats))
+    else:
+        console.print(
+            f"read {stats.read}, applied {stats.applied}, duplicates {stats.duplicates},"
+            f" dead-lettered {stats.dead_lettered}, claimed from others {stats.claimed}"
+        )
+
+
+@events.command("dead-letters")
+@click.option("--limit", type=int, default=20, show_default=True)
+@json_option
+@_handle_errors
+def events_dead_letters(limit: int, as_json: bool) -> None:
+    """Events consumers could not apply, with the reason."""
+    with FeatureStore.from_env() as store:
+        found = store.dead_letters(limit=limit)
+    if as_json:
+        emit_json([dataclasses.asdict(d) for d in found])
+        return
+    table = Table("partition", "entry", "reason", "event")
+    for d in found:
+        table.add_row(str(d.partition), d.entry_id, escape(d.reason), escape(d.event[:80]))
+    console.print(table)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for all).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Server processes.")
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
+@_handle_errors
+def serve(host: str, port: int, workers: int, access_log: bool) -> None:
+    """Run the HTTP feature server: POST /features/online, POST /events, GET /health, docs at /docs.
+
+    Every request needs a tenant's API key (`feature-store api-keys create --tenant T`) in X-API-Key.
+    """
+    import uvicorn
+
+    with FeatureStore.from_env() as store:
+        store.registry.list_tenants()  # fail here, with the fix, when PostgreSQL or the schema is missing
+    uvicorn.run(
+        "feature_store.serving.http:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        log_level="info",
+    )
+
+
+@main.group("api-keys")
+def api_keys() -> None:
+    """Per-tenant API keys of the HTTP feature server (stored hashed)."""
+
+
+@api_keys.command("create")
+@click.option("--tenant", "tenant_id", required=True)
+@click.option("--name", default="", help="What the key is for (shown by list).")
+@json_option
+@_handle_errors
+def api_keys_create(tenant_id: str, name: str, as_json: bool) -> None:
+    """Create a key for a tenant; the key is printed once and cannot be shown again."""
+    with FeatureStore.from_env() as store:
+        record, key = store.create_api_key(tenant_id, name=name)
+    if as_json:
+        emit_json({"id": record.id, "tenant_id": record.tenant_id, "name": record.name, "key": key})
+        return
+    console.print(f"API key {record.id} for tenant {tenant_id} (store it now, it is not shown again):")
+    click.echo(key)
+
+
+@api_keys.command("list")
+@click.option("--tenant", "tenant_id", help="Only this tenant's keys.")
+@json_option
+@_handle_errors
+def api_keys_list(tenant_id: str | None, as_json: bool) -> None:
+    with FeatureStore.from_env() as store:
+        keys = store.list_api_keys(tenant_id=tenant_id)
+    if as_json:
+        emit_json(keys)
+        return
+    table = Table("id", "tenant", "name", "key starts", "created", "revoked")
+    for k in keys:
+        table.add_row(
+            str(k.id),
+            k.tenant_id,
+            escape(k.name),
+            k.key_prefix,
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
+        )
+    console.print(table)
+
+
+@api_keys.command("revoke")
+@click.argument("key_id", type=int)
+@_handle_errors
+def api_keys_revoke(key_id: int) -> None:
+    """Revoke a key (servers refuse it within API_KEY_CACHE_SECONDS)."""
+    with FeatureStore.from_env() as store:
+        store.revoke_api_key(key_id)
+    console.print(f"revoked API key {key_id}")
 
 
 if __name__ == "__main__":

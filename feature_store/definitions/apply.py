@@ -59,7 +59,12 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) 
     registry = Registry(conn)
     report = ApplyReport(scopes=[_scope_label(s) for s in sorted(repo.scopes, key=lambda s: (s != SHARED, s))])
     owns_shared = SHARED in repo.scopes
-    problems = _check_sources(conn, repo) + _check_scopes(registry, repo)
+    problems = (
+        _check_sources(conn, repo)
+        + _check_scopes(registry, repo)
+        + _check_stream_mappings(repo)
+        + _check_on_demand(repo)
+    )
     if problems:
         raise DefinitionError(problems)
     stored_schemas, stored_sources = registry.source_declarations()
@@ -182,6 +187,51 @@ def _comparable(model: BaseModel) -> dict[str, Any]:
     if "features" in data:
         data["features"] = {f["name"]: f for f in data["features"] if f["status"] == Status.ACTIVE.value}
     return data
+
+
+def _check_stream_mappings(repo: FeatureRepo) -> list[str]:
+    """Each stream feature's event mapping names a known event, one of its ids and a payload field."""
+    from feature_store.stream.mapping import check_mapping
+
+    return [
+        f"{repo.where('feature', group.id, feature.name, 'stream')}: feature group {group.id!r}:"
+        f" feature {feature.name!r}: {problem}"
+        for group in repo.groups
+        for feature in group.features
+        for problem in check_mapping(feature)
+    ]
+
+
+def _check_on_demand(repo: FeatureRepo) -> list[str]:
+    """Each on-demand function imports and its inputs are stored features of the group's entity type."""
+    from feature_store.serving.on_demand import load_function
+
+    groups = {g.id: g for g in repo.groups}
+    problems = []
+    for group in repo.groups:
+        for feature in group.features:
+            spec = feature.on_demand
+            if spec is None:
+                continue
+            where = f"{repo.where('feature', group.id, feature.name, 'on_demand')}: feature group {group.id!r}:"
+            where += f" feature {feature.name!r}: on_demand"
+            try:
+                load_function(spec.function)
+            except (ImportError, AttributeError, TypeError) as exc:
+                problems.append(f"{where}.function: cannot load {spec.function}: {exc}")
+            for ref in spec.inputs:
+                group_id, _, name = ref.partition(":")
+                source = groups.get(group_id)
+                found = source.feature(name) if source else None
+                if source is None or found is None:
+                    problems.append(f"{where}.inputs: {ref!r} is not a feature of this repo")
+                elif source.entity_type != group.entity_type:
+                    problems.append(
+                        f"{where}.inputs: {ref!r} is a {source.entity_type} feature, not {group.entity_type}"
+                    )
+                elif found.source_type is SourceType.ON_DEMAND:
+                    problems.append(f"{where}.inputs: {ref!r} is on-demand itself; inputs must be stored features")
+    return problems
 
 
 def _check_sources(conn: psycopg.Connection, repo: FeatureRepo) -> list[str]:

@@ -109,6 +109,54 @@ class SourceTable(StrictModel):
         return {c: r.model_dump(mode="json", exclude_defaults=True) for c, r in self.expectations.items()}
 
 
+class StreamOp(str, enum.Enum):
+    """How an event changes a stream feature, server-side and atomically."""
+
+    COUNT = "count"
+    """Add 1 (or the payload `field`'s number) to the stored value (0 when none)."""
+    EWMA = "ewma"
+    """Exponentially weighted average of the payload `field`: alpha * x + (1 - alpha) * previous (0 when none)."""
+    SET = "set"
+    """The payload `field`'s value (or `default` when the event has none), newer-only by event time."""
+
+
+class StreamMapping(StrictModel):
+    """Which event updates a stream feature, for which of the event's ids, and how."""
+
+    event: str = Field(min_length=1)
+    """Event type, e.g. `message.created` (see feature_store.stream.events.EVENT_TYPES)."""
+    entity: str = Field(min_length=1)
+    """The event's id field naming the entity, e.g. `conversation_id`."""
+    op: StreamOp
+    field: str | None = None
+    """Payload field the value comes from (required for ewma and set)."""
+    alpha: float = Field(default=0.3, gt=0.0, le=1.0)
+    """EWMA weight of the newest value."""
+    default: str | int | float | bool | None = None
+    """Value of `set` when the event leaves the field out (else the payload model's default)."""
+
+    @model_validator(mode="after")
+    def _field_when_needed(self) -> StreamMapping:
+        if self.op in (StreamOp.EWMA, StreamOp.SET) and not self.field:
+            raise ValueError(f"op {self.op.value} needs the payload field it reads")
+        return self
+
+
+FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class OnDemandSpec(StrictModel):
+    """An on-demand feature: a Python function over other features of the same entity and request data."""
+
+    function: Annotated[str, StringConstraints(pattern=FUNCTION_PATTERN)]
+    """`package.module:function`, importable wherever features are read; called per entity as
+    `function(features, request)` with dicts keyed by input feature name and request field."""
+    inputs: list[Annotated[str, StringConstraints(pattern=r"^[^:]+:[^:]+$")]] = Field(default_factory=list)
+    """`group:feature` references of stored (batch or stream) features of the same entity type."""
+    request_data: list[Identifier] = Field(default_factory=list)
+    """Fields the read's request data must carry."""
+
+
 class FeatureDefinition(StrictModel):
     name: Identifier
     description: str = ""
@@ -117,6 +165,10 @@ class FeatureDefinition(StrictModel):
     transformation_sql: str | None = None
     validation: ValidationRules = ValidationRules()
     status: Status = Status.ACTIVE
+    stream: StreamMapping | None = None
+    """For stream features: the event that updates it (the event -> feature mapping lives in the repo)."""
+    on_demand: OnDemandSpec | None = None
+    """For on-demand features: the function computing it at read time, and its inputs."""
 
     @field_validator("transformation_sql")
     @classmethod
@@ -134,6 +186,14 @@ class FeatureDefinition(StrictModel):
             raise ValueError("a batch feature needs transformation_sql")
         if self.source_type is not SourceType.BATCH and self.transformation_sql:
             raise ValueError(f"transformation_sql is only for batch features, not {self.source_type.value}")
+        if self.stream is not None:
+            if self.source_type is not SourceType.STREAM:
+                raise ValueError(f"stream (an event mapping) is only for stream features, not {self.source_type.value}")
+            _check_stream_type(self.stream, self.value_type)
+        if self.source_type is SourceType.ON_DEMAND and self.on_demand is None:
+            raise ValueError("an on_demand feature needs on_demand: {function: 'module:function', inputs: [...]}")
+        if self.on_demand is not None and self.source_type is not SourceType.ON_DEMAND:
+            raise ValueError(f"on_demand is only for on_demand features, not {self.source_type.value}")
         rules = self.validation
         if (rules.min is not None or rules.max is not None) and not self.value_type.is_numeric:
             raise ValueError(f"min/max rules need a numeric value_type, not {self.value_type.value}")
@@ -141,6 +201,15 @@ class FeatureDefinition(StrictModel):
             if not _matches_type(allowed, self.value_type):
                 raise ValueError(f"allowed value {allowed!r} is not of value_type {self.value_type.value}")
         return self
+
+
+def _check_stream_type(mapping: StreamMapping, value_type: ValueType) -> None:
+    if mapping.op is StreamOp.COUNT and not value_type.is_numeric:
+        raise ValueError(f"op count needs a numeric value_type, not {value_type.value}")
+    if mapping.op is StreamOp.EWMA and value_type is not ValueType.FLOAT64:
+        raise ValueError(f"op ewma needs value_type float64, not {value_type.value}")
+    if mapping.default is not None and not _matches_type(mapping.default, value_type):
+        raise ValueError(f"default {mapping.default!r} is not of value_type {value_type.value}")
 
 
 def _matches_type(value: object, value_type: ValueType) -> bool:
@@ -188,6 +257,15 @@ class FeatureGroup(StrictModel):
     @property
     def batch_features(self) -> tuple[FeatureDefinition, ...]:
         return tuple(f for f in self.features if f.source_type is SourceType.BATCH and f.status is Status.ACTIVE)
+
+    @property
+    def stream_features(self) -> tuple[FeatureDefinition, ...]:
+        """Active stream features that an event mapping feeds."""
+        return tuple(
+            f
+            for f in self.features
+            if f.source_type is SourceType.STREAM and f.status is Status.ACTIVE and f.stream is not None
+        )
 
 
 # -- Tenant scope ------------------------------------------------------------------------------

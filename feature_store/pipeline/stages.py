@@ -150,7 +150,10 @@ class FeaturePipeline:
             groups = [
                 g
                 for g in self._registry.tenant_groups(tenant.id, active_only=True, enabled_only=True)
-                if (g.online_enabled or g.offline_enabled) and (not group_ids or g.id in set(group_ids))
+                # A group without batch features (stream or on-demand only) has nothing to materialize.
+                if (g.online_enabled or g.offline_enabled)
+                and g.batch_features
+                and (not group_ids or g.id in set(group_ids))
             ]
             for group in groups:
                 features = tuple(f.name for f in group.batch_features)

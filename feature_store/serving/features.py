@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from feature_store.definitions.models import FeatureGroup
+from feature_store.definitions.models import FeatureDefinition, FeatureGroup
 from feature_store.definitions.registry import Registry
 from feature_store.errors import FeatureNotFoundError, FeatureStoreError
 from feature_store.stores.online.base import FeatureSpec
@@ -45,6 +45,17 @@ class FeatureResolver:
     def require_tenant(self, tenant_id: str) -> None:
         """Raise TenantNotFoundError unless the tenant is registered."""
         self._tenant_groups(tenant_id)
+
+    def definition(
+        self, tenant_id: str, ref: FeatureRef, *, entity_type: str | None
+    ) -> tuple[FeatureGroup, FeatureDefinition]:
+        """The group (as the tenant sees it) and definition a ref names (checked like `specs`)."""
+        groups = self._tenant_groups(tenant_id)
+        spec = self._spec(tenant_id, groups, ref, entity_type)
+        group = groups[spec.group_id]
+        feature = group.feature(spec.name)
+        assert feature is not None
+        return group, feature
 
     def _spec(
         self, tenant_id: str, groups: dict[str, FeatureGroup], ref: FeatureRef, entity_type: str | None

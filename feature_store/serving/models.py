@@ -16,6 +16,8 @@ class OnlineValueStatus(str, enum.Enum):
     PRESENT = "present"
     MISSING = "missing"
     EXPIRED = "expired"
+    INVALID = "invalid"
+    """An on-demand value its feature's rules refuse (the value is left out)."""
 
 
 class OnlineValue(BaseModel):
@@ -69,6 +71,10 @@ class OnlineFeatures:
     ) -> None:
         """Fill one feature's column (one entry per entity); what a backend's read does."""
         self._values[feature], self._event_us[feature], self._status[feature] = values, event_us, status
+
+    def column(self, feature: str) -> tuple[list[FeatureValue], list[int | None], list[OnlineValueStatus]]:
+        """One feature's (values, event times in microseconds, statuses), as `set_column` takes them."""
+        return self._values[feature], self._event_us[feature], self._status[feature]
 
     def values(self, feature: str) -> list[FeatureValue]:
         """The feature's values, one per entity (None where missing or expired)."""

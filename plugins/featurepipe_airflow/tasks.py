@@ -17,6 +17,7 @@ from feature_store.pipeline.runner import Stage, run_stage
 from featurepipe_airflow import fanout
 from featurepipe_airflow.fanout import FanOutError, FinishItem, WorkItem, fan_out
 from featurepipe_airflow.hooks import open_store
+from featurepipe_airflow.requests import requests_of, scoped_params
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,11 @@ def run_info(context: Any) -> RunInfo:
 
 def plan(context: Any) -> list[FinishItem]:
     """Create one pending job per active tenant x group and cut the run into mapped items (see fanout)."""
-    params = context["params"]
     try:
-        window = resolve_window(context)
-    except ValueError as exc:  # bad params: retrying cannot help
+        # An asset-triggered run materializes what its requests ask for (see requests.py).
+        params = scoped_params(dict(context["params"]), requests_of(context))
+        window = resolve_window({**_interval(context), "params": params})
+    except ValueError as exc:  # bad params or request: retrying cannot help
         raise AirflowFailException(f"invalid window for this run: {exc}") from exc
     with open_store() as store, _failing_fast():
         pipeline = store.pipeline(online=False)
@@ -89,6 +91,10 @@ def plan(context: Any) -> list[FinishItem]:
         f" (tenant shards of {cut.shard_size})" if cut.shard_size else " (one per tenant)",
     )
     return cut.finish
+
+
+def _interval(context: Any) -> dict[str, Any]:
+    return {k: context.get(k) for k in ("data_interval_start", "data_interval_end", "logical_date")}
 
 
 def work_items(finish: list[FinishItem]) -> list[WorkItem]:
