@@ -19,9 +19,10 @@ from feature_store.definitions.apply import ApplyReport, apply_repo
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import load_repo
 from feature_store.errors import SchemaNotInitializedError
-from feature_store.monitoring import deadlines, freshness
+from feature_store.monitoring import deadlines, freshness, statistics
 from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
+from feature_store.monitoring.statistics import FeatureStatistics
 from feature_store.pipeline import jobs
 from feature_store.pipeline.models import (
     MaterializationJob,
@@ -277,6 +278,21 @@ class FeatureStore:
         self._require_schema()
         deadlines.record_deadline_miss(
             self.conn, dag_id=dag_id, run_id=run_id, deadline_time=deadline_time, message=message
+        )
+
+    def feature_statistics(
+        self,
+        *,
+        tenant_id: str,
+        group_id: str,
+        feature_name: str | None = None,
+        since: datetime | None = None,
+        limit: int = 500,
+    ) -> list[FeatureStatistics]:
+        """Per-window statistics and drift of a (tenant, group)'s features, newest window first."""
+        self._require_schema()
+        return statistics.feature_statistics(
+            self.conn, tenant_id=tenant_id, group_id=group_id, feature_name=feature_name, since=since, limit=limit
         )
 
     # -- reads ---------------------------------------------------------------------------------

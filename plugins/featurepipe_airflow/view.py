@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from feature_store import FeatureStore, MaterializationJob
 from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
+from feature_store.monitoring.statistics import FeatureStatistics
 from feature_store.pipeline.models import QuarantinedRow
 from featurepipe_airflow.hooks import open_store
 
@@ -56,6 +57,18 @@ def api_quarantine(store: StoreDep, limit: Annotated[int, Query(le=500)] = 50) -
 @app.get("/api/deadline-misses", response_model=list[DeadlineMiss])
 def api_deadline_misses(store: StoreDep) -> list[DeadlineMiss]:
     return store.deadline_misses()
+
+
+@app.get("/api/statistics", response_model=list[FeatureStatistics])
+def api_statistics(
+    store: StoreDep,
+    tenant_id: str,
+    group_id: str,
+    feature: str | None = None,
+    limit: Annotated[int, Query(le=5000)] = 500,
+) -> list[FeatureStatistics]:
+    """Per-window statistics and drift of a (tenant, group)'s features, newest window first."""
+    return store.feature_statistics(tenant_id=tenant_id, group_id=group_id, feature_name=feature, limit=limit)
 
 
 @app.get("/", response_class=HTMLResponse)
