@@ -19,9 +19,11 @@ from feature_store.definitions.apply import ApplyReport, apply_repo
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import load_repo
 from feature_store.errors import SchemaNotInitializedError
-from feature_store.monitoring import deadlines, freshness, statistics
+from feature_store.monitoring import alerts, deadlines, freshness, routing, statistics
+from feature_store.monitoring.alerts import Notification, OpenAlert
 from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
+from feature_store.monitoring.routing import AlertRouting
 from feature_store.monitoring.statistics import FeatureStatistics
 from feature_store.pipeline import jobs
 from feature_store.pipeline.models import (
@@ -294,6 +296,32 @@ class FeatureStore:
         return statistics.feature_statistics(
             self.conn, tenant_id=tenant_id, group_id=group_id, feature_name=feature_name, since=since, limit=limit
         )
+
+    def alert_routing(self) -> AlertRouting:
+        """The alert channels and routes of the applied repo."""
+        self._require_schema()
+        return routing.load_routing(self.conn)
+
+    def evaluate_alerts(self) -> list[Notification]:
+        """Open alerts for new breaches, resolve cleared ones; returns the notifications queued for delivery."""
+        self._require_schema()
+        return alerts.evaluate(self.conn)
+
+    def open_alerts(self) -> list[OpenAlert]:
+        self._require_schema()
+        return alerts.open_alerts(self.conn)
+
+    def pending_alert_notifications(self, *, limit: int = 200) -> list[Notification]:
+        """Queued notifications not delivered yet (new ones and earlier failed deliveries), oldest first."""
+        self._require_schema()
+        return alerts.pending_notifications(self.conn, limit=limit)
+
+    def mark_alert_delivered(self, notification_id: int) -> None:
+        alerts.mark_delivered(self.conn, notification_id)
+
+    def mark_alert_failed(self, notification_id: int, error: str) -> None:
+        """Record a failed delivery (it stays pending); `error` must not hold a secret."""
+        alerts.mark_failed(self.conn, notification_id, error)
 
     # -- reads ---------------------------------------------------------------------------------
 

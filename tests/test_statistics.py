@@ -178,3 +178,12 @@ def test_a_window_that_drifts_scores_high_and_a_stable_one_low(store: FeatureSto
     by_end = {s.window_end: s for s in stats}
     assert by_end[window.end].drifted and by_end[window.end].drift_psi > 1
     assert not by_end[HOURS[1].end].drifted
+
+
+def test_an_empty_window_has_counts_and_no_value_statistics(store: FeatureStore, db: Sql) -> None:
+    db.execute("DELETE FROM app.feedback WHERE tenant_id = 'initech'")
+    materialize(store, "initech", "user_engagement", -1)
+    [s] = store.feature_statistics(tenant_id="initech", group_id="user_engagement", feature_name="avg_rating")
+    assert (s.rows_total, s.rows_valid, s.null_rate, s.quarantine_rate) == (0, 0, 0.0, 0.0)
+    assert s.min_value is s.mean_value is s.percentiles is s.drift_psi is None
+    assert s.distinct_count == 0

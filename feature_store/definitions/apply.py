@@ -15,6 +15,7 @@ from feature_store.definitions.models import SourceType, Status
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import FeatureRepo
 from feature_store.errors import DefinitionError, FeatureStoreError
+from feature_store.monitoring import routing
 from feature_store.pipeline import transform
 from feature_store.pipeline.sandbox import sandbox_session
 from feature_store.sources import isolation as sources
@@ -79,6 +80,7 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) 
                 if g.id not in {x.id for x in repo.groups} and g.status is Status.ACTIVE
             ]
             registry.deactivate_groups(g.id for g in gone)
+            routing.store_routing(conn, repo.alerts or routing.AlertRouting())
             report.deactivated.extend(f"feature group {g.id}" for g in gone)
     except BaseException:
         sources.sync(conn, stored_schemas, stored_sources)

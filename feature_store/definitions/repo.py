@@ -16,6 +16,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from feature_store.definitions.models import FeatureGroup, Identifier, SourceTable, Tenant
 from feature_store.errors import DefinitionError
+from feature_store.monitoring.routing import AlertRouting
 
 Path_ = tuple[str | int, ...]
 
@@ -34,6 +35,9 @@ class RepoFile(BaseModel):
     tenants: list[dict[str, Any]] = Field(default_factory=list)
     feature_groups: list[dict[str, Any]] = Field(default_factory=list)
 
+    alerts: dict[str, Any] | None = None
+    """Alert channels and routes (feature_store.monitoring.routing); in one file of the repo at most."""
+
 
 @dataclass
 class FeatureRepo:
@@ -43,6 +47,7 @@ class FeatureRepo:
     sources: list[SourceTable] = field(default_factory=list)
     tenants: list[Tenant] = field(default_factory=list)
     groups: list[FeatureGroup] = field(default_factory=list)
+    alerts: AlertRouting | None = None
     locations: dict[tuple[str, ...], str] = field(default_factory=dict)
     """('group', id) / ('feature', group, name, key) -> "file:line" for messages."""
 
@@ -132,9 +137,38 @@ def load_repo(path: str | Path) -> FeatureRepo:
                 repo.locations[("feature", group.id, feature.name, "transformation_sql")] = at(
                     (*base, "transformation_sql")
                 )
+        if top.alerts is not None:
+            _load_alerts(repo, top.alerts, at, problems)
+    _check_routes(repo, problems)
     if problems:
         raise DefinitionError(problems)
     return repo
+
+
+def _load_alerts(repo: FeatureRepo, raw: dict[str, Any], at: Any, problems: list[str]) -> None:
+    if repo.alerts is not None:
+        problems.append(f"{at(('alerts',))}: alerts are declared in {repo.where('alerts')} already; keep one")
+        return
+    try:
+        repo.alerts = AlertRouting.model_validate(raw)
+    except PydanticValidationError as exc:
+        problems.extend(_format_errors(exc, ("alerts",), at, "alerts"))
+        return
+    repo.locations[("alerts",)] = at(("alerts",))
+
+
+def _check_routes(repo: FeatureRepo, problems: list[str]) -> None:
+    """A route naming a group the repo does not declare is a typo: it would route nothing."""
+    if repo.alerts is None:
+        return
+    declared = {g.id for g in repo.groups}
+    for i, route in enumerate(repo.alerts.routes):
+        unknown = [g for g in route.groups if g != "*" and g not in declared]
+        if unknown:
+            problems.append(
+                f"{repo.where('alerts')}: alerts route {i + 1} names unknown feature group(s) {', '.join(unknown)};"
+                f" declared groups: {', '.join(sorted(declared))}"
+            )
 
 
 def _duplicate(

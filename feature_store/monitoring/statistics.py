@@ -232,7 +232,8 @@ ON CONFLICT (tenant_id, feature_group_id, feature_name, window_start, window_end
 # Mean and spread in numeric: a double's sum (or sum of squares) of values near its limit overflows.
 _NUMBERS = f"""
 SELECT min_value, max_value, mean_value, stddev_value,
-       (SELECT jsonb_object_agg(p.name, p.q) FROM unnest(%(names)s::text[], qs) AS p(name, q)) AS percentiles
+       CASE WHEN qs IS NOT NULL THEN
+           (SELECT jsonb_object_agg(p.name, p.q) FROM unnest(%(names)s::text[], qs) AS p(name, q)) END AS percentiles
 FROM (SELECT min(x) AS min_value, max(x) AS max_value, {_double("avg(n)")} AS mean_value,
              {_double("stddev_pop(n)")} AS stddev_value,
              percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY x) AS qs
