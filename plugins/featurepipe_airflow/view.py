@@ -22,6 +22,7 @@ from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
 from feature_store.monitoring.statistics import FeatureStatistics
 from feature_store.pipeline.models import QuarantinedRow
+from featurepipe_airflow import charts
 from featurepipe_airflow.hooks import open_store
 
 require_user = requires_authenticated()
@@ -83,6 +84,41 @@ def page(store: StoreDep) -> str:
     )
 
 
+@app.get("/monitoring", response_class=HTMLResponse)
+def monitoring_page(store: StoreDep, tenant_id: str | None = None, group_id: str | None = None) -> str:
+    """Charts of one (tenant, group)'s feature statistics (the first group by default) and every
+    group's freshness timeline; charts.py turns the models into coordinates, the template draws them."""
+    groups = store.freshness(check_online=False)
+    if tenant_id is None and group_id is None and groups:
+        tenant_id, group_id = groups[0].tenant_id, groups[0].feature_group_id
+    stats = (
+        store.feature_statistics(tenant_id=tenant_id, group_id=group_id, limit=MONITORING_WINDOWS * 50)
+        if tenant_id and group_id
+        else []
+    )
+    return _templates.get_template("monitoring.html").render(
+        groups=groups,
+        tenant_id=tenant_id,
+        group_id=group_id,
+        features=charts.feature_charts(stats),
+        timelines=charts.timelines(groups, store.list_jobs(limit=MONITORING_JOBS)),
+        width=charts.WIDTH,
+        height=charts.HEIGHT,
+        left=charts.LEFT,
+        top=charts.TOP,
+        plot_w=charts.PLOT_W,
+        plot_h=charts.PLOT_H,
+        timeline_w=charts.TIMELINE_W,
+    )
+
+
+MONITORING_WINDOWS = 48
+"""Windows per feature the monitoring charts show at most (two days of hourly windows)."""
+
+MONITORING_JOBS = 500
+"""Most recent jobs the freshness timelines draw."""
+
+
 # Filters of the template (`|time`, `|age`, `|percent`): they return plain text, which is escaped like any value.
 
 
@@ -101,6 +137,10 @@ def _percent(fraction: float) -> str:
     return f"{fraction:.0%}"
 
 
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
 def _blank_none(value: object) -> object:
     """Jinja prints None as 'None'; the page shows an empty cell for a missing value instead."""
     return "" if value is None else value
@@ -115,4 +155,4 @@ _templates = Environment(
     keep_trailing_newline=True,
     undefined=StrictUndefined,
 )
-_templates.filters.update(time=_time, age=_age, percent=_percent)
+_templates.filters.update(time=_time, age=_age, percent=_percent, number=_number)
