@@ -11,6 +11,7 @@ Every hour, for each active tenant x active feature group, runs each batch featu
   every hour of the window as hourly runs would (with explicit `start`/`end` spanning many hours);
   windows may not end in the future. `overwrite_online` (a reason) lets a corrective rerun replace
   newer online values; the reason is recorded on each job.
+- **land_api_sources** lands the repo's API sources for the run's tenants and window before the transforms.
 - **check_online** reconciles Redis from the offline store when Redis restarted since the last check.
 - A failing feature fails only its own tasks; its job ends `failed` with the reason
   (see `feature_store.materialization_jobs` and the *Feature Store* view).
@@ -122,9 +123,15 @@ def feature_materialization() -> None:
     def finish(item: FinishItem) -> dict[str, int]:
         return tasks.finish(item, get_current_context())
 
+    @task
+    def land_api_sources() -> dict[str, int]:
+        return tasks.land_api_sources(get_current_context())
+
     check_online()
     planned = plan()
-    materialize_feature.expand(item=work_items(planned)) >> finish.expand(item=planned)  # type: ignore[arg-type]
+    items = work_items(planned)  # type: ignore[arg-type]
+    land_api_sources() >> items  # API sources are landed before any transform reads them
+    materialize_feature.expand(item=items) >> finish.expand(item=planned)
 
 
 feature_materialization()

@@ -17,6 +17,7 @@ from feature_store.definitions.models import (
     ValueType,
 )
 from feature_store.errors import (
+    ApiSourceError,
     ConfigurationError,
     ConnectionFailedError,
     DatabaseNotFoundError,
@@ -59,6 +60,7 @@ from feature_store.stores.online.base import OnlineStore, OnlineWrite
 from feature_store.windows import TimeWindow
 
 __all__ = [
+    "ApiSourceError",
     "ApplyReport",
     "ConfigurationError",
     "ConnectionFailedError",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +18,7 @@ from feature_store.db import connect, ensure_database, fetch_models
 from feature_store.definitions.apply import ApplyReport, apply_repo
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import load_repo
-from feature_store.errors import SchemaNotInitializedError
+from feature_store.errors import ApiSourceError, SchemaNotInitializedError
 from feature_store.monitoring import alerts, deadlines, freshness, routing, statistics
 from feature_store.monitoring.alerts import Notification, OpenAlert
 from feature_store.monitoring.deadlines import DeadlineMiss
@@ -42,10 +42,13 @@ from feature_store.pipeline.sandbox import set_password as set_sandbox_password
 from feature_store.pipeline.stages import FeaturePipeline
 from feature_store.serving.features import FeatureResolver
 from feature_store.serving.models import HistoricalRow, OnlineFeatures
+from feature_store.sources import api
+from feature_store.sources.api import ApiSource, LandingResult
 from feature_store.stores.offline import postgres as offline_store
 from feature_store.stores.online import open_online_store
 from feature_store.stores.online.base import OnlineStore
 from feature_store.types import FeatureRef, ProgressCallback
+from feature_store.windows import TimeWindow
 
 
 class FeatureStore:
@@ -264,6 +267,44 @@ class FeatureStore:
             (self.settings.redis_prefix, current),
         )
         return OnlineCheck(instance_id=current, previous_instance_id=previous, reconciled=reconciled)
+
+    # -- API sources ---------------------------------------------------------------------------
+
+    def api_sources(self) -> list[ApiSource]:
+        """The API sources of the applied repo."""
+        self._require_schema()
+        return api.load_sources(self.conn)
+
+    def land_api_sources(
+        self,
+        *,
+        window: TimeWindow,
+        tenant_ids: Sequence[str] | None = None,
+        tokens: Mapping[str, str] | None = None,
+    ) -> list[LandingResult]:
+        """Land every API source for each active tenant (optionally only `tenant_ids`) and the window.
+
+        `tokens` maps a source name to its token (an orchestrator resolves connections); a source
+        whose auth names `token_env` and has no entry reads that environment variable. One failure
+        lands nothing for its (source, tenant) and is reported in its result; the others go on.
+        """
+        self._require_schema()
+        tenants = [t.id for t in self.registry.list_tenants(active_only=True)]
+        if tenant_ids:
+            tenants = [t for t in tenants if t in set(tenant_ids)]
+        results = []
+        for source in api.load_sources(self.conn):
+            token = (tokens or {}).get(source.name)
+            if token is None and source.auth is not None and source.auth.token_env:
+                token = os.environ.get(source.auth.token_env)
+            for tenant_id in tenants:
+                try:
+                    rows = api.land(self.conn, source, tenant_id=tenant_id, window=window, token=token)
+                except ApiSourceError as exc:
+                    results.append(LandingResult(source=source.name, tenant_id=tenant_id, rows=0, error=str(exc)))
+                else:
+                    results.append(LandingResult(source=source.name, tenant_id=tenant_id, rows=rows, error=None))
+        return results
 
     # -- monitoring ----------------------------------------------------------------------------
 

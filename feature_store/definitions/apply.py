@@ -18,6 +18,7 @@ from feature_store.errors import DefinitionError, FeatureStoreError
 from feature_store.monitoring import routing
 from feature_store.pipeline import transform
 from feature_store.pipeline.sandbox import sandbox_session
+from feature_store.sources import api
 from feature_store.sources import isolation as sources
 
 
@@ -51,6 +52,9 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) 
     if problems:
         raise DefinitionError(problems)
     stored_schemas, stored_sources = registry.source_declarations()
+    with conn.transaction():  # API sources' tables exist before grants are synced, so transforms may read them
+        for api_source in repo.api_sources:
+            api.create_table(conn, api_source)
     relations = sources.sync(conn, repo.source_schemas, repo.sources)
     try:
         problems = list(_check_sql(conn, repo, settings, relations))
@@ -81,6 +85,7 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) 
             ]
             registry.deactivate_groups(g.id for g in gone)
             routing.store_routing(conn, repo.alerts or routing.AlertRouting())
+            api.store_sources(conn, repo.api_sources)
             report.deactivated.extend(f"feature group {g.id}" for g in gone)
     except BaseException:
         sources.sync(conn, stored_schemas, stored_sources)

@@ -17,6 +17,7 @@ from pydantic import ValidationError as PydanticValidationError
 from feature_store.definitions.models import FeatureGroup, Identifier, SourceTable, Tenant
 from feature_store.errors import DefinitionError
 from feature_store.monitoring.routing import AlertRouting
+from feature_store.sources.api import ApiSource
 
 Path_ = tuple[str | int, ...]
 
@@ -38,6 +39,9 @@ class RepoFile(BaseModel):
     alerts: dict[str, Any] | None = None
     """Alert channels and routes (feature_store.monitoring.routing); in one file of the repo at most."""
 
+    api_sources: list[dict[str, Any]] = Field(default_factory=list)
+    """HTTP APIs landed into source tables before the transforms run (feature_store.sources.api)."""
+
 
 @dataclass
 class FeatureRepo:
@@ -48,6 +52,7 @@ class FeatureRepo:
     tenants: list[Tenant] = field(default_factory=list)
     groups: list[FeatureGroup] = field(default_factory=list)
     alerts: AlertRouting | None = None
+    api_sources: list[ApiSource] = field(default_factory=list)
     locations: dict[tuple[str, ...], str] = field(default_factory=dict)
     """('group', id) / ('feature', group, name, key) -> "file:line" for messages."""
 
@@ -139,6 +144,17 @@ def load_repo(path: str | Path) -> FeatureRepo:
                 )
         if top.alerts is not None:
             _load_alerts(repo, top.alerts, at, problems)
+        for i, raw in enumerate(top.api_sources):
+            label = f"API source {raw.get('name', f'#{i + 1}')!r}"
+            try:
+                api_source = ApiSource.model_validate(raw)
+            except PydanticValidationError as exc:
+                problems.extend(_format_errors(exc, ("api_sources", i), at, label))
+                continue
+            if _duplicate(seen, ("api source", api_source.name), at(("api_sources", i)), label, problems):
+                continue
+            repo.api_sources.append(api_source)
+            repo.locations[("api source", api_source.name)] = at(("api_sources", i))
     _check_routes(repo, problems)
     if problems:
         raise DefinitionError(problems)
