@@ -99,6 +99,8 @@ def record_statistics(
         conn.execute(
             sql.SQL(_INSERT).format(
                 table=table,
+                x=sql.SQL(_AS_DOUBLE if numeric else "NULL::float8"),
+                distinct=sql.SQL("(SELECT count(DISTINCT x) FROM v)" if numeric else "(SELECT count(*) FROM grouped)"),
                 numbers=sql.SQL(_NUMBERS if numeric else _NO_NUMBERS),
                 top=sql.SQL(_NO_TOP if numeric else _TOP),
                 bins=sql.SQL(_NUMERIC_BINS if numeric else _CATEGORY_BINS),
@@ -169,6 +171,13 @@ def _percentile_name(p: float) -> str:
 
 def _ensure_bins(conn: psycopg.Connection, table: sql.Composable, key: dict[str, str], *, numeric: bool) -> None:
     """Fix the feature's drift bins from this window's valid values unless an earlier window did."""
+    fixed = conn.execute(
+        "SELECT EXISTS (SELECT FROM feature_store.feature_statistics_bins"
+        " WHERE tenant_id = %(tenant)s AND feature_group_id = %(group)s AND feature_name = %(feature)s)",
+        key,
+    ).fetchone()
+    if fixed and fixed[0]:
+        return
     if numeric:
         choose = sql.SQL(
             "SELECT ARRAY(SELECT DISTINCT e FROM unnest(percentile_cont(%(deciles)s::float8[])"
@@ -198,7 +207,9 @@ def _ensure_bins(conn: psycopg.Connection, table: sql.Composable, key: dict[str,
 # Staged rows of the feature: `s` all of them, `v` the valid non-null values; `bins` the fixed bins.
 _INSERT = """
 WITH s AS (SELECT value, rejected_rule FROM {table} WHERE feature_name = %(feature)s),
-v AS (SELECT value FROM s WHERE rejected_rule IS NULL AND value IS NOT NULL AND jsonb_typeof(value) <> 'null'),
+v AS MATERIALIZED (
+    SELECT value, {x} AS x FROM s WHERE rejected_rule IS NULL AND value IS NOT NULL AND jsonb_typeof(value) <> 'null'),
+grouped AS MATERIALIZED (SELECT value, count(*) AS n FROM v GROUP BY value),
 counts AS (
     SELECT count(*) AS rows_total,
            count(*) FILTER (WHERE value IS NULL OR jsonb_typeof(value) = 'null') AS rows_null,
@@ -217,7 +228,7 @@ INSERT INTO feature_store.feature_statistics AS f
 SELECT %(tenant)s, %(group)s, %(feature)s, %(start)s, %(end)s, %(job_id)s, %(value_type)s,
        c.rows_total, c.rows_null, c.rows_quarantined, (SELECT count(*) FROM v),
        n.min_value, n.max_value, n.mean_value, n.stddev_value, n.percentiles,
-       (SELECT count(DISTINCT value) FROM v), t.top_values, b.bin_counts, NULL, 0, now()
+       {distinct}, t.top_values, b.bin_counts, NULL, 0, now()
 FROM counts c, numbers n, top t, binned b
 ON CONFLICT (tenant_id, feature_group_id, feature_name, window_start, window_end) DO UPDATE SET
     job_id = excluded.job_id, value_type = excluded.value_type, rows_total = excluded.rows_total,
@@ -237,7 +248,7 @@ SELECT min_value, max_value, mean_value, stddev_value,
 FROM (SELECT min(x) AS min_value, max(x) AS max_value, {_double("avg(n)")} AS mean_value,
              {_double("stddev_pop(n)")} AS stddev_value,
              percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY x) AS qs
-      FROM (SELECT {_AS_DOUBLE} AS x, value::numeric AS n FROM v) xs) agg
+      FROM (SELECT x, value::numeric AS n FROM v) xs) agg
 """
 
 _NO_NUMBERS = (
@@ -247,16 +258,16 @@ _NO_NUMBERS = (
 
 _TOP = """
 SELECT jsonb_agg(jsonb_build_object('value', value, 'count', n) ORDER BY n DESC, value) AS top_values
-FROM (SELECT value, count(*) AS n FROM v GROUP BY value ORDER BY n DESC, value LIMIT %(top_n)s) t
+FROM (SELECT value, n FROM grouped ORDER BY n DESC, value LIMIT %(top_n)s) t
 """
 
 _NO_TOP = "SELECT NULL::jsonb AS top_values"
 
 # Bin i (0-based) of a number holds edges[i] <= x < edges[i+1], bin 0 everything below the first edge.
-_NUMERIC_BINS = f"""
+_NUMERIC_BINS = """
 SELECT ARRAY(
     SELECT coalesce(h.n, 0) FROM bins, generate_series(0, coalesce(cardinality(bins.edges), 0)) AS i
-    LEFT JOIN (SELECT width_bucket({_AS_DOUBLE}, bins.edges) AS i, count(*) AS n FROM v, bins GROUP BY 1) h
+    LEFT JOIN (SELECT width_bucket(v.x, bins.edges) AS i, count(*) AS n FROM v, bins GROUP BY 1) h
         ON h.i = i.i
     ORDER BY i.i) AS bin_counts
 """
@@ -265,8 +276,8 @@ SELECT ARRAY(
 _CATEGORY_BINS = """
 SELECT ARRAY(
     SELECT coalesce(h.n, 0) FROM bins, generate_series(0, coalesce(jsonb_array_length(bins.categories), 0)) AS i
-    LEFT JOIN (SELECT coalesce(c.ord, 0) AS i, count(*) AS n FROM v CROSS JOIN bins
-               LEFT JOIN jsonb_array_elements(bins.categories) WITH ORDINALITY AS c(value, ord) ON c.value = v.value
+    LEFT JOIN (SELECT coalesce(c.ord, 0) AS i, sum(g.n) AS n FROM grouped g CROSS JOIN bins
+               LEFT JOIN jsonb_array_elements(bins.categories) WITH ORDINALITY AS c(value, ord) ON c.value = g.value
                GROUP BY 1) h
         ON h.i = i.i
     ORDER BY i.i) AS bin_counts
