@@ -46,3 +46,10 @@ def test_monitoring_page_escapes_values_from_the_data(client: TestClient, db: Sq
     assert "<script" not in html and "<img" not in html
     assert "most frequent &lt;script&gt;alert(1)&lt;/script&gt;&#34;&gt;&lt;img src=x onerror=alert(1)&gt; (2)" in html
     assert 'data-feature="intent"' in html and "1 of 3 rows quarantined" in html
+
+
+def test_the_plugin_links_the_monitoring_page_in_the_navigation() -> None:
+    import featurepipe_plugin
+
+    views = {v["url_route"]: v for v in featurepipe_plugin.FeaturePipePlugin.external_views}
+    assert views["featurepipe-monitoring"]["href"] == "featurepipe/monitoring"
