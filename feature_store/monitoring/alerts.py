@@ -98,17 +98,16 @@ def current_breaches(conn: psycopg.Connection, routing: AlertRouting) -> list[Br
     """Every breach of a kind some route wants, for active tenants and groups."""
     groups = Registry(conn).list_groups(active_only=True)
     thresholds: dict[str, float] = {}
-    targets: dict[str, int] = {}
+    targets: dict[str, int | None] = {}
     for group in groups:
         quarantine_routes = routing.routes_for(group.id, AlertKind.QUARANTINE_RATE)
         if quarantine_routes:
             thresholds[group.id] = min(r.quarantine_rate for r in quarantine_routes)
         fresh_routes = routing.routes_for(group.id, AlertKind.NOT_FRESH)
         if fresh_routes:
+            # None: the group's target as each tenant has it (a tenant may override it), else the default.
             declared = [r.freshness_target_seconds for r in fresh_routes if r.freshness_target_seconds]
-            targets[group.id] = (
-                min(declared) if declared else (group.freshness_target_seconds or 2 * DEFAULT_SCHEDULE_SECONDS)
-            )
+            targets[group.id] = min(declared) if declared else None
     failing = [g.id for g in groups if routing.routes_for(g.id, AlertKind.JOB_FAILED)]
     deadlines = bool(routing.routes_for(None, AlertKind.DEADLINE_MISSED))
     return fetch_models(
@@ -118,6 +117,7 @@ def current_breaches(conn: psycopg.Connection, routing: AlertRouting) -> list[Br
         {
             "thresholds": Jsonb(thresholds),
             "targets": Jsonb(targets),
+            "default_target": 2 * DEFAULT_SCHEDULE_SECONDS,
             "failing": failing,
             "deadlines": deadlines,
             "lookback": DEADLINE_LOOKBACK_HOURS,
@@ -197,9 +197,10 @@ _TITLES = {
 # Current breaches, one row each. %(thresholds)s / %(targets)s map a group id to its quarantine-rate
 # threshold / freshness target (groups without a route for the kind are absent).
 _BREACHES = """
-WITH active AS (
-    SELECT t.id AS tenant_id, g.id AS group_id FROM feature_store.tenants t CROSS JOIN feature_store.feature_groups g
-    WHERE t.status = 'active' AND g.status = 'active'),
+WITH active AS (  -- each tenant's own groups and the shared ones it keeps, with its overrides
+    SELECT t.id AS tenant_id, g.id AS group_id, g.freshness_target_seconds
+    FROM feature_store.tenants t JOIN feature_store.tenant_feature_groups g ON g.tenant_id = t.id
+    WHERE t.status = 'active' AND g.status = 'active' AND g.enabled),
 latest_stats AS (
     SELECT DISTINCT ON (s.tenant_id, s.feature_group_id, s.feature_name) s.*
     FROM feature_store.feature_statistics s
@@ -213,7 +214,8 @@ latest_job AS (
     WHERE j.status IN ('completed', 'failed') AND j.feature_group_id = ANY(%(failing)s)
     ORDER BY j.tenant_id, j.feature_group_id, j.completed_at DESC NULLS LAST, j.id DESC),
 freshness AS (
-    SELECT a.tenant_id, a.group_id, (%(targets)s::jsonb ->> a.group_id)::int AS target,
+    SELECT a.tenant_id, a.group_id,
+           coalesce((%(targets)s::jsonb ->> a.group_id)::int, a.freshness_target_seconds, %(default_target)s) AS target,
            (SELECT max(j.end_time) FROM feature_store.materialization_jobs j
             WHERE j.tenant_id = a.tenant_id AND j.feature_group_id = a.group_id AND j.status = 'completed') AS last_end,
            (SELECT min(j.created_at) FROM feature_store.materialization_jobs j
