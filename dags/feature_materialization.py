@@ -15,6 +15,7 @@ Every hour (and whenever an application asks for a scoped run through an event o
 - **Scoped runs on request**: an event of the asset `feature_materialization_request` (REST
   `POST /api/v2/assets/events`) with `extra` `{"tenant_id": ..., "feature_group_ids": [...], "start": ..., "end": ...}`
   runs the DAG for just that tenant (groups, window); see `featurepipe_airflow/requests.py`.
+- **land_api_sources** lands the repo's API sources for the run's tenants and window before the transforms.
 - **check_online** reconciles Redis from the offline store when Redis restarted since the last check.
 - A failing feature fails only its own tasks; its job ends `failed` with the reason
   (see `feature_store.materialization_jobs` and the *Feature Store* view).
@@ -131,9 +132,15 @@ def feature_materialization() -> None:
     def finish(item: FinishItem) -> dict[str, int]:
         return tasks.finish(item, get_current_context())
 
+    @task
+    def land_api_sources() -> dict[str, int]:
+        return tasks.land_api_sources(get_current_context())
+
     check_online()
     planned = plan()
-    materialize_feature.expand(item=work_items(planned)) >> finish.expand(item=planned)  # type: ignore[arg-type]
+    items = work_items(planned)  # type: ignore[arg-type]
+    land_api_sources() >> items  # API sources are landed before any transform reads them
+    materialize_feature.expand(item=items) >> finish.expand(item=planned)
 
 
 feature_materialization()

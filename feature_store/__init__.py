@@ -22,6 +22,7 @@ from feature_store.definitions.models import (
     ValueType,
 )
 from feature_store.errors import (
+    ApiSourceError,
     AuthenticationError,
     ConfigurationError,
     ConnectionFailedError,
@@ -74,6 +75,7 @@ from feature_store.windows import TimeWindow
 
 __all__ = [
     "ApiKey",
+    "ApiSourceError",
     "ApplyReport",
     "ApplyResult",
     "AuthenticationError",

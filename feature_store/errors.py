@@ -261,6 +261,17 @@ class SourceIsolationError(FeatureStoreError):
     """A source table a transform may read is no longer tenant-isolated (changed after `apply`)."""
 
 
+class ApiSourceError(FeatureStoreError):
+    """An API source could not be landed for a tenant and window (the HTTP API failed past its retries,
+    or answered with something the source's declaration does not match); nothing was landed."""
+
+    def __init__(self, *, source: str, tenant_id: str, window: str, message: str, retryable: bool = False) -> None:
+        super().__init__(f"API source {source!r} for tenant {tenant_id!r}, window {window}: {message}")
+        self.source = source
+        self.tenant_id = tenant_id
+        self.retryable = retryable
+
+
 class WindowError(FeatureStoreError):
     """A materialization window is not allowed (it ends in the future, or full mode spans too many windows)."""
 

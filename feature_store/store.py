@@ -22,6 +22,7 @@ from feature_store.definitions.models import TenantGroup
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import load_repo
 from feature_store.errors import (
+    ApiSourceError,
     AuthenticationError,
     EventError,
     EventPublishError,
@@ -29,9 +30,12 @@ from feature_store.errors import (
     NotFoundError,
     SchemaNotInitializedError,
 )
-from feature_store.monitoring import deadlines, freshness
+from feature_store.monitoring import alerts, deadlines, freshness, routing, statistics
+from feature_store.monitoring.alerts import Notification, OpenAlert
 from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
+from feature_store.monitoring.routing import AlertRouting
+from feature_store.monitoring.statistics import FeatureStatistics
 from feature_store.pipeline import jobs
 from feature_store.pipeline.models import (
     MaterializationJob,
@@ -51,6 +55,8 @@ from feature_store.serving import api_keys, on_demand
 from feature_store.serving.api_keys import ApiKey
 from feature_store.serving.features import FeatureResolver
 from feature_store.serving.models import HistoricalRow, OnlineFeatures
+from feature_store.sources import api
+from feature_store.sources.api import ApiSource, LandingResult
 from feature_store.stores.offline import postgres as offline_store
 from feature_store.stores.online import open_online_store
 from feature_store.stores.online.base import OnlineStore
@@ -61,6 +67,7 @@ from feature_store.stream.effects import ApplyResult, EventApplier
 from feature_store.stream.events import AnyEvent, parse_event
 from feature_store.stream.mapping import MappingCache
 from feature_store.types import FeatureRef, ProgressCallback
+from feature_store.windows import TimeWindow
 
 
 class FeatureStore:
@@ -297,6 +304,44 @@ class FeatureStore:
         )
         return OnlineCheck(instance_id=current, previous_instance_id=previous, reconciled=reconciled)
 
+    # -- API sources ---------------------------------------------------------------------------
+
+    def api_sources(self) -> list[ApiSource]:
+        """The API sources of the applied repo."""
+        self._require_schema()
+        return api.load_sources(self.conn)
+
+    def land_api_sources(
+        self,
+        *,
+        window: TimeWindow,
+        tenant_ids: Sequence[str] | None = None,
+        tokens: Mapping[str, str] | None = None,
+    ) -> list[LandingResult]:
+        """Land every API source for each active tenant (optionally only `tenant_ids`) and the window.
+
+        `tokens` maps a source name to its token (an orchestrator resolves connections); a source
+        whose auth names `token_env` and has no entry reads that environment variable. One failure
+        lands nothing for its (source, tenant) and is reported in its result; the others go on.
+        """
+        self._require_schema()
+        tenants = [t.id for t in self.registry.list_tenants(active_only=True)]
+        if tenant_ids:
+            tenants = [t for t in tenants if t in set(tenant_ids)]
+        results = []
+        for source in api.load_sources(self.conn):
+            token = (tokens or {}).get(source.name)
+            if token is None and source.auth is not None and source.auth.token_env:
+                token = os.environ.get(source.auth.token_env)
+            for tenant_id in tenants:
+                try:
+                    rows = api.land(self.conn, source, tenant_id=tenant_id, window=window, token=token)
+                except ApiSourceError as exc:
+                    results.append(LandingResult(source=source.name, tenant_id=tenant_id, rows=0, error=str(exc)))
+                else:
+                    results.append(LandingResult(source=source.name, tenant_id=tenant_id, rows=rows, error=None))
+        return results
+
     # -- monitoring ----------------------------------------------------------------------------
 
     def freshness(self, *, check_online: bool = True, tenant_id: str | None = None) -> list[GroupFreshness]:
@@ -313,6 +358,47 @@ class FeatureStore:
         deadlines.record_deadline_miss(
             self.conn, dag_id=dag_id, run_id=run_id, deadline_time=deadline_time, message=message
         )
+
+    def feature_statistics(
+        self,
+        *,
+        tenant_id: str,
+        group_id: str,
+        feature_name: str | None = None,
+        since: datetime | None = None,
+        limit: int = 500,
+    ) -> list[FeatureStatistics]:
+        """Per-window statistics and drift of a (tenant, group)'s features, newest window first."""
+        self._require_schema()
+        return statistics.feature_statistics(
+            self.conn, tenant_id=tenant_id, group_id=group_id, feature_name=feature_name, since=since, limit=limit
+        )
+
+    def alert_routing(self) -> AlertRouting:
+        """The alert channels and routes of the applied repo."""
+        self._require_schema()
+        return routing.load_routing(self.conn)
+
+    def evaluate_alerts(self) -> list[Notification]:
+        """Open alerts for new breaches, resolve cleared ones; returns the notifications queued for delivery."""
+        self._require_schema()
+        return alerts.evaluate(self.conn)
+
+    def open_alerts(self) -> list[OpenAlert]:
+        self._require_schema()
+        return alerts.open_alerts(self.conn)
+
+    def pending_alert_notifications(self, *, limit: int = 200) -> list[Notification]:
+        """Queued notifications not delivered yet (new ones and earlier failed deliveries), oldest first."""
+        self._require_schema()
+        return alerts.pending_notifications(self.conn, limit=limit)
+
+    def mark_alert_delivered(self, notification_id: int) -> None:
+        alerts.mark_delivered(self.conn, notification_id)
+
+    def mark_alert_failed(self, notification_id: int, error: str) -> None:
+        """Record a failed delivery (it stays pending); `error` must not hold a secret."""
+        alerts.mark_failed(self.conn, notification_id, error)
 
     # -- reads ---------------------------------------------------------------------------------
 

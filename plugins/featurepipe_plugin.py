@@ -1,4 +1,4 @@
-"""Registers featurepipe with Airflow: the job-mirroring listener and the *Feature Store* view."""
+"""Registers featurepipe with Airflow: the job listener and the *Feature Store* and *Feature Monitoring* views."""
 
 from __future__ import annotations
 
@@ -19,5 +19,12 @@ class FeaturePipePlugin(AirflowPlugin):
             "url_route": "featurepipe",
             "destination": "nav",
             "category": "browse",
-        }
+        },
+        {
+            "name": "Feature Monitoring",
+            "href": "featurepipe/monitoring",
+            "url_route": "featurepipe-monitoring",
+            "destination": "nav",
+            "category": "browse",
+        },
     ]

@@ -15,8 +15,10 @@ from feature_store.definitions.models import FeatureGroup, SourceType, Status
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import SHARED, FeatureRepo
 from feature_store.errors import DefinitionError, FeatureStoreError
+from feature_store.monitoring import routing
 from feature_store.pipeline import transform
 from feature_store.pipeline.sandbox import sandbox_session
+from feature_store.sources import api
 from feature_store.sources import isolation as sources
 
 
@@ -68,6 +70,10 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) 
     if problems:
         raise DefinitionError(problems)
     stored_schemas, stored_sources = registry.source_declarations()
+    if owns_shared:  # API sources' tables exist before grants are synced, so transforms may read them
+        with conn.transaction():
+            for api_source in repo.api_sources:
+                api.create_table(conn, api_source)
     # A tenant's repo declares no sources: its SQL is checked against what the platform declared.
     schemas = repo.source_schemas if owns_shared else stored_schemas
     relations = sources.sync(conn, schemas, repo.sources if owns_shared else stored_sources)
@@ -106,6 +112,9 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) 
                 report.record(g.tenant or SHARED, "deactivated", _group_label(g))
             for tenant_id in (s for s in repo.scopes if s != SHARED):
                 _apply_settings(registry, report, tenant_id, repo.group_settings.get(tenant_id, {}))
+            if owns_shared:  # alert routing and API sources are the platform's, like source tables
+                routing.store_routing(conn, repo.alerts or routing.AlertRouting())
+                api.store_sources(conn, repo.api_sources)
     except BaseException:
         sources.sync(conn, stored_schemas, stored_sources)
         raise

@@ -16,6 +16,8 @@ from pydantic import ValidationError as PydanticValidationError
 
 from feature_store.definitions.models import FeatureGroup, Identifier, SourceTable, Tenant, TenantGroupSettings
 from feature_store.errors import DefinitionError
+from feature_store.monitoring.routing import AlertRouting
+from feature_store.sources.api import ApiSource
 
 Path_ = tuple[str | int, ...]
 
@@ -33,6 +35,12 @@ class RepoFile(BaseModel):
 
     tenants: list[dict[str, Any]] = Field(default_factory=list)
     feature_groups: list[dict[str, Any]] = Field(default_factory=list)
+
+    alerts: dict[str, Any] | None = None
+    """Alert channels and routes (feature_store.monitoring.routing); in one file of the repo at most."""
+
+    api_sources: list[dict[str, Any]] = Field(default_factory=list)
+    """HTTP APIs landed into source tables before the transforms run (feature_store.sources.api)."""
 
     tenant: Identifier | None = None
     """The tenant this file belongs to (e.g. one folder per tenant): its groups are that tenant's own."""
@@ -53,6 +61,8 @@ class FeatureRepo:
     sources: list[SourceTable] = field(default_factory=list)
     tenants: list[Tenant] = field(default_factory=list)
     groups: list[FeatureGroup] = field(default_factory=list)
+    alerts: AlertRouting | None = None
+    api_sources: list[ApiSource] = field(default_factory=list)
     group_settings: dict[str, dict[str, TenantGroupSettings]] = field(default_factory=dict)
     """tenant id -> shared group id -> that tenant's settings of it."""
 
@@ -164,17 +174,58 @@ def load_repo(path: str | Path) -> FeatureRepo:
                 repo.locations[("feature", group.id, feature.name, "transformation_sql")] = at(
                     (*base, "transformation_sql")
                 )
+        if top.alerts is not None:
+            _load_alerts(repo, top.alerts, at, problems)
+        for i, raw in enumerate(top.api_sources):
+            label = f"API source {raw.get('name', f'#{i + 1}')!r}"
+            try:
+                api_source = ApiSource.model_validate(raw)
+            except PydanticValidationError as exc:
+                problems.extend(_format_errors(exc, ("api_sources", i), at, label))
+                continue
+            if _duplicate(seen, ("api source", api_source.name), at(("api_sources", i)), label, problems):
+                continue
+            repo.api_sources.append(api_source)
+            repo.locations[("api source", api_source.name)] = at(("api_sources", i))
+    _check_routes(repo, problems)
     if problems:
         raise DefinitionError(problems)
     return repo
 
 
+def _load_alerts(repo: FeatureRepo, raw: dict[str, Any], at: Any, problems: list[str]) -> None:
+    if repo.alerts is not None:
+        problems.append(f"{at(('alerts',))}: alerts are declared in {repo.where('alerts')} already; keep one")
+        return
+    try:
+        repo.alerts = AlertRouting.model_validate(raw)
+    except PydanticValidationError as exc:
+        problems.extend(_format_errors(exc, ("alerts",), at, "alerts"))
+        return
+    repo.locations[("alerts",)] = at(("alerts",))
+
+
+def _check_routes(repo: FeatureRepo, problems: list[str]) -> None:
+    """A route naming a group the repo does not declare is a typo: it would route nothing."""
+    if repo.alerts is None:
+        return
+    declared = {g.id for g in repo.groups}
+    for i, route in enumerate(repo.alerts.routes):
+        unknown = [g for g in route.groups if g != "*" and g not in declared]
+        if unknown:
+            problems.append(
+                f"{repo.where('alerts')}: alerts route {i + 1} names unknown feature group(s) {', '.join(unknown)};"
+                f" declared groups: {', '.join(sorted(declared))}"
+            )
+
+
 def _platform_only(top: RepoFile, at: Any) -> list[str]:
-    """Tenants and sources belong to the platform: a tenant's file cannot declare or replace them."""
+    """Tenants, sources, API sources and alert routing belong to the platform: a tenant's file cannot
+    declare or replace them."""
     return [
         f"{at((key,))}: {key}: a tenant's file (tenant {top.tenant!r}) cannot declare {key}; they belong in a"
         " shared file of the platform's repo"
-        for key in ("source_schemas", "sources", "tenants")
+        for key in ("source_schemas", "sources", "tenants", "api_sources", "alerts")
         if getattr(top, key)
     ]
 

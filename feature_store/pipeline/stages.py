@@ -35,6 +35,7 @@ from feature_store.errors import (
     WindowError,
     WriteError,
 )
+from feature_store.monitoring import statistics
 from feature_store.pipeline import jobs, transform, validate
 from feature_store.pipeline.failures import describe_failure, is_transient, retry_note
 from feature_store.pipeline.jobs import RunInfo
@@ -269,6 +270,15 @@ class FeaturePipeline:
                 window=ctx.window,
                 max_entity_id_length=self._settings.max_entity_id_length,
                 max_value_bytes=self._settings.max_value_bytes,
+            )
+            # Before the failure check: a window that failed validation is what monitoring must show.
+            statistics.record_statistics(
+                self._conn,
+                job_id=job_id,
+                tenant_id=ctx.job.tenant_id,
+                group_id=ctx.group.id,
+                feature=feature,
+                window=ctx.window,
             )
             if outcome.failure_rate > ctx.group.max_failure_rate:
                 by_rule = ", ".join(f"{rule}: {n}" for rule, n in sorted(outcome.failures_by_rule.items()))

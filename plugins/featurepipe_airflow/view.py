@@ -22,7 +22,9 @@ from feature_store.definitions.models import TenantGroup
 from feature_store.errors import NotFoundError
 from feature_store.monitoring.deadlines import DeadlineMiss
 from feature_store.monitoring.freshness import GroupFreshness
+from feature_store.monitoring.statistics import FeatureStatistics
 from feature_store.pipeline.models import QuarantinedRow
+from featurepipe_airflow import charts
 from featurepipe_airflow.hooks import open_store
 
 require_user = requires_authenticated()
@@ -73,6 +75,18 @@ def api_deadline_misses(store: StoreDep) -> list[DeadlineMiss]:
     return store.deadline_misses()
 
 
+@app.get("/api/statistics", response_model=list[FeatureStatistics])
+def api_statistics(
+    store: StoreDep,
+    tenant_id: str,
+    group_id: str,
+    feature: str | None = None,
+    limit: Annotated[int, Query(le=5000)] = 500,
+) -> list[FeatureStatistics]:
+    """Per-window statistics and drift of a (tenant, group)'s features, newest window first."""
+    return store.feature_statistics(tenant_id=tenant_id, group_id=group_id, feature_name=feature, limit=limit)
+
+
 @app.get("/", response_class=HTMLResponse)
 def page(store: StoreDep, tenant: TenantFilter = None) -> str:
     """Plain models go to the template, which lays them out and escapes every value; no HTML is built here."""
@@ -86,6 +100,41 @@ def page(store: StoreDep, tenant: TenantFilter = None) -> str:
         quarantine_counts=store.quarantine_summary(tenant_id=tenant),
         misses=store.deadline_misses(limit=10),
     )
+
+
+@app.get("/monitoring", response_class=HTMLResponse)
+def monitoring_page(store: StoreDep, tenant_id: str | None = None, group_id: str | None = None) -> str:
+    """Charts of one (tenant, group)'s feature statistics (the first group by default) and every
+    group's freshness timeline; charts.py turns the models into coordinates, the template draws them."""
+    groups = store.freshness(check_online=False)
+    if tenant_id is None and group_id is None and groups:
+        tenant_id, group_id = groups[0].tenant_id, groups[0].feature_group_id
+    stats = (
+        store.feature_statistics(tenant_id=tenant_id, group_id=group_id, limit=MONITORING_WINDOWS * 50)
+        if tenant_id and group_id
+        else []
+    )
+    return _templates.get_template("monitoring.html").render(
+        groups=groups,
+        tenant_id=tenant_id,
+        group_id=group_id,
+        features=charts.feature_charts(stats),
+        timelines=charts.timelines(groups, store.list_jobs(limit=MONITORING_JOBS)),
+        width=charts.WIDTH,
+        height=charts.HEIGHT,
+        left=charts.LEFT,
+        top=charts.TOP,
+        plot_w=charts.PLOT_W,
+        plot_h=charts.PLOT_H,
+        timeline_w=charts.TIMELINE_W,
+    )
+
+
+MONITORING_WINDOWS = 48
+"""Windows per feature the monitoring charts show at most (two days of hourly windows)."""
+
+MONITORING_JOBS = 500
+"""Most recent jobs the freshness timelines draw."""
 
 
 # Filters of the template (`|time`, `|age`, `|percent`): they return plain text, which is escaped like any value.
@@ -106,6 +155,10 @@ def _percent(fraction: float) -> str:
     return f"{fraction:.0%}"
 
 
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
 def _blank_none(value: object) -> object:
     """Jinja prints None as 'None'; the page shows an empty cell for a missing value instead."""
     return "" if value is None else value
@@ -120,4 +173,4 @@ _templates = Environment(
     keep_trailing_newline=True,
     undefined=StrictUndefined,
 )
-_templates.filters.update(time=_time, age=_age, percent=_percent)
+_templates.filters.update(time=_time, age=_age, percent=_percent, number=_number)
