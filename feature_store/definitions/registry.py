@@ -56,7 +56,8 @@ class Registry:
             "  SELECT jsonb_agg(jsonb_build_object("
             "     'name', f.name, 'description', f.description, 'source_type', f.source_type,"
             "     'value_type', f.value_type, 'transformation_sql', f.transformation_sql,"
-            "     'validation', f.validation_rules, 'status', f.status) ORDER BY f.name)"
+            "     'validation', f.validation_rules, 'status', f.status, 'aggregation', f.aggregation,"
+            "     'function', f.function, 'function_source', f.function_source) ORDER BY f.name)"
             "  FROM feature_store.feature_definitions f WHERE f.feature_group_id = g.id), '[]') AS features"
             f" FROM feature_store.feature_groups g {where} ORDER BY g.id",
             params,
@@ -96,12 +97,13 @@ class Registry:
     def _upsert_feature(self, group_id: str, feature: FeatureDefinition) -> None:
         self._conn.execute(
             "INSERT INTO feature_store.feature_definitions (feature_group_id, name, description, source_type,"
-            " value_type, transformation_sql, validation_rules, status)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " value_type, transformation_sql, validation_rules, status, aggregation, function, function_source)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (feature_group_id, name) DO UPDATE SET description = excluded.description,"
             " source_type = excluded.source_type, value_type = excluded.value_type,"
             " transformation_sql = excluded.transformation_sql, validation_rules = excluded.validation_rules,"
-            " status = excluded.status, updated_at = now()",
+            " status = excluded.status, aggregation = excluded.aggregation, function = excluded.function,"
+            " function_source = excluded.function_source, updated_at = now()",
             (
                 group_id,
                 feature.name,
@@ -111,6 +113,9 @@ class Registry:
                 feature.transformation_sql,
                 Jsonb(feature.validation.model_dump(mode="json", exclude_defaults=True)),
                 feature.status.value,
+                Jsonb(feature.aggregation.model_dump(mode="json")) if feature.aggregation else None,
+                feature.function,
+                feature.function_source,
             ),
         )
 
