@@ -5,16 +5,18 @@ transform stages them as usual, then, inside PostgreSQL:
 
 1. replaces the tiles of the run's hours (one row per entity and hour: count, sum, min, max, last,
    and a KMV sketch of distinct values) in `feature_store.window_tiles`;
-2. stages, in place of the source rows, the window value at each hour end T of the run, for every
-   entity whose window (T - W, T] changed: those with a tile at T (came in), at T - W (slid out; an
-   entity left with no tile reads 0 or missing, as declared) or in a replaced tile of the run (a
-   rerun's late data). Every other entity's latest offline value is still its window value, so a
+2. stages, in place of the source rows, the window value at each hour end T of the run for every
+   entity whose window (T - W, T] changed: those with a tile at T (came in) or at T - W (slid out;
+   an entity left with no tile reads 0 or missing, as declared). Every other entity's window holds
+   the same tiles as an hour earlier, so its latest offline value is still its window value: a
    point-in-time read of "the latest value at or before t" is the window ending at t's last hour.
 
 A rerun of an hour also changes the windows of later hours that contain it: when later hours were
-already tiled, the run also stages the window values of those hours (up to W after it), and the
-offline write replaces them too (see `stages`). An hourly run reads one hour of source rows and the
-tiles of the entities that changed, never days of source rows.
+already tiled, the run also stages the values at the change points of those hours (up to W after
+it), and the offline write replaces them (see `stages`). An entity that dropped out of the hour's
+tile loses its value there, and its latest value falls back to the previous change point, which
+holds the same tiles. An hourly run reads one hour of source rows and the tiles of the entities
+whose windows changed, never days of source rows.
 """
 
 from __future__ import annotations
@@ -119,20 +121,9 @@ def combine(
     distinct = aggregation.function is AggregationFunction.APPROX_COUNT_DISTINCT
     with conn.transaction():
         advisory_xact_lock(conn, f"featurepipe tiles {tenant_id}\x1f{group_id}\x1f{feature.name}")
-        # Entities of the replaced and the new tiles: every window containing their hour changes.
-        conn.execute(
-            "CREATE TEMP TABLE _fp_touched ON COMMIT DROP AS SELECT entity_id, hour_end"
-            f" FROM feature_store.window_tiles WHERE {_KEY} AND hour_end = ANY(%(ends)s)",
-            params,
-        )
         conn.execute(f"DELETE FROM feature_store.window_tiles WHERE {_KEY} AND hour_end = ANY(%(ends)s)", params)
         hashes = sql.SQL(_HASHES.format(k=SKETCH_SIZE) if distinct else "NULL::bigint[]")
         tiles = conn.execute(sql.SQL(_TILES).format(hashes=hashes, partition=partition), params).rowcount
-        conn.execute(
-            "INSERT INTO _fp_touched SELECT entity_id, hour_end"
-            f" FROM feature_store.window_tiles WHERE {_KEY} AND hour_end = ANY(%(ends)s)",
-            params,
-        )
         row = conn.execute(f"SELECT max(hour_end) FROM feature_store.window_tile_hours WHERE {_KEY}", params).fetchone()
         tiled_until: datetime | None = row[0] if row else None
         conn.execute(
@@ -155,8 +146,7 @@ def combine(
             "CREATE TEMP TABLE _fp_changed ON COMMIT DROP AS SELECT DISTINCT c.entity_id, e.t"
             " FROM unnest(%(value_ends)s::timestamptz[]) e(t) CROSS JOIN LATERAL ("
             f"  SELECT entity_id FROM feature_store.window_tiles WHERE {_KEY}"
-            "   AND (hour_end = e.t OR hour_end = e.t - %(width)s)"
-            "  UNION SELECT entity_id FROM _fp_touched WHERE hour_end <= e.t AND hour_end >= e.t - %(width)s) c",
+            "   AND (hour_end = e.t OR hour_end = e.t - %(width)s)) c",
             {**params, "value_ends": value_ends},
         )
         conn.execute(sql.SQL("TRUNCATE {}").format(partition))
