@@ -12,7 +12,7 @@ from feature_store.errors import DefinitionError
 from feature_store.pipeline import functions
 from support import HOURS, Sql
 
-MODULE = '''
+MODULE = r'''
 """Text features of the test repo."""
 
 from collections import Counter
@@ -33,6 +33,11 @@ def messages_per_user(batch):
 def batch_sizes(batch):
     for message_id, _content, created_at in batch:
         yield message_id, len(batch), created_at
+
+
+def odd_text(batch):
+    for message_id, content, created_at in batch:
+        yield "id\t" + message_id, "tab\tnewline\nbackslash\\ quote\" é", created_at
 
 
 def signed_length(batch):
@@ -123,6 +128,16 @@ def test_function_values_equal_an_independent_sql_computation(store: FeatureStor
     assert offline(db, "messages_per_user") == expected_counts
     online = store.get_online_features("acme", "message", [next(iter(expected_vowels))[0]], ["message_text:vowels"])
     assert online[0].features["message_text:vowels"].value == next(iter(expected_vowels.values()))
+
+
+def test_text_with_copy_special_characters_arrives_intact(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    text = feature("odd_text", "text_features:odd_text").replace("value_type: int64", "value_type: string")
+    store.apply(write_repo(tmp_path, features=text))
+    assert run(store).status is JobStatus.COMPLETED  # type: ignore[attr-defined]
+    values = offline(db, "odd_text")
+    assert values
+    assert {v for v in values.values()} == {'tab\tnewline\nbackslash\\ quote" é'}
+    assert all(entity.startswith("id\t") for entity, _ in values)
 
 
 def test_rows_arrive_in_bounded_batches(

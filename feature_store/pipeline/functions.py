@@ -14,6 +14,7 @@ untrusted part, the SQL, stays in the sandbox.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from feature_store.definitions.models import FeatureDefinition, ValueType
 from feature_store.errors import FeatureStoreError
@@ -108,12 +108,14 @@ def pipe(
         "COPY {} (feature_name, entity_id, event_time, value, window_start, window_end) FROM STDIN"
     ).format(partition)
     staged = 0
+    fixed = (_escape(feature.name), window.start.isoformat(), window.end.isoformat())
     with conn.cursor() as dest, dest.copy(copy_in) as writer:
         for columns, rows in session.batches(query, params, size=BATCH_SIZE):
             batch = Batch(columns=columns, rows=rows, tenant_id=tenant_id, window=window)
-            for output in _run(function, feature, batch):
-                writer.write_row(_staged_row(feature, output, window, tenant_id))
-                staged += 1
+            outputs = _run(function, feature, batch)
+            # One block of COPY text per batch: formatting rows here is several times faster than write_row.
+            writer.write("".join(_copy_line(feature, output, window, tenant_id, fixed) for output in outputs))
+            staged += len(outputs)
     return staged
 
 
@@ -147,8 +149,18 @@ def _show(columns: tuple[str, ...], row: tuple[Any, ...]) -> str:
     return text if len(text) <= _ROW_SHOWN else text[: _ROW_SHOWN - 3] + "..."
 
 
-def _staged_row(feature: FeatureDefinition, output: Any, window: TimeWindow, tenant_id: str) -> tuple[Any, ...]:
-    """A staging row (feature, entity, event time, value, window) from one output tuple of the function."""
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _escape(text: str) -> str:
+    """A value in COPY's text format."""
+    return text.translate(_COPY_ESCAPES)
+
+
+def _copy_line(
+    feature: FeatureDefinition, output: Any, window: TimeWindow, tenant_id: str, fixed: tuple[str, str, str]
+) -> str:
+    """A COPY text line (feature, entity, event time, value, window) from one output tuple of the function."""
     if not isinstance(output, tuple | list) or len(output) not in (2, 3):
         raise FunctionFeatureError(
             feature,
@@ -164,14 +176,10 @@ def _staged_row(feature: FeatureDefinition, output: Any, window: TimeWindow, ten
             tenant_id=tenant_id,
         )
     staged = _json_value(value, feature.value_type)
-    return (
-        feature.name,
-        None if entity_id is None else str(entity_id),
-        event_time,
-        None if staged is None else Jsonb(staged),
-        window.start,
-        window.end,
-    )
+    name, start, end = fixed
+    entity = "\\N" if entity_id is None else _escape(str(entity_id))
+    json_text = "\\N" if staged is None else _escape(json.dumps(staged))
+    return f"{name}\t{entity}\t{event_time.isoformat()}\t{json_text}\t{start}\t{end}\n"
 
 
 def _json_value(value: Any, value_type: ValueType) -> Any:

@@ -37,6 +37,11 @@ SKETCH_SIZE = 256
 """Hashes kept per tile for `approx_count_distinct` (K minimum values): exact below 256 distinct
 values in a window, about 1/sqrt(K - 2) = 6% relative standard error above."""
 
+ANALYZE_AFTER_TILES = 5000
+"""A run writing this many tiles (a backfill) refreshes the planner's statistics of the tiles table, so
+window values are combined per entity (primary key) rather than per hour range: without statistics
+the planner may pick the hour index and read every entity's tiles for each entity."""
+
 _KEY = "tenant_id = %(tenant)s AND feature_group_id = %(group)s AND feature_name = %(feature)s"
 
 # A tile from the staged source rows of one hour; `num` is the value as a number (NULL if it is none).
@@ -57,20 +62,29 @@ _HASHES = (
     " FILTER (WHERE jsonb_typeof(s.value) IS DISTINCT FROM 'null'))[1:{k}]"
 )
 
-# The aggregates of one entity's tiles in (c.t - W, c.t], and (for distinct counts) its merged sketch.
+# What each aggregation needs from an entity's tiles in its window (t.hour_end in (c.t - W, c.t]).
+_AGGREGATES = {
+    AggregationFunction.COUNT: "sum(t.row_count) AS n",
+    AggregationFunction.SUM: "sum(t.total) AS total",
+    AggregationFunction.AVG: "sum(t.total) AS total, sum(t.value_count) AS nv",
+    AggregationFunction.MIN: "min(t.low) AS low",
+    AggregationFunction.MAX: "max(t.high) AS high",
+    AggregationFunction.LAST: "(array_agg(t.last_value ORDER BY t.last_time DESC, t.hour_end DESC))[1] AS last",
+    AggregationFunction.APPROX_COUNT_DISTINCT: "NULL AS unused",
+}
+# One row per changed (entity, hour end) with its aggregates; tiles joined set-wise, grouped once.
 _COMBINED = (
-    "LEFT JOIN LATERAL (SELECT sum(t.row_count) AS n, sum(t.value_count) AS nv, sum(t.total) AS total,"
-    " min(t.low) AS low, max(t.high) AS high,"
-    " (array_agg(t.last_value ORDER BY t.last_time DESC, t.hour_end DESC))[1] AS last"
-    " FROM feature_store.window_tiles t WHERE t.tenant_id = %(tenant)s AND t.feature_group_id = %(group)s"
-    " AND t.feature_name = %(feature)s AND t.entity_id = c.entity_id"
-    " AND t.hour_end > c.t - %(width)s AND t.hour_end <= c.t) a ON true"
+    "SELECT c.entity_id, c.t, {aggregates} FROM _fp_changed c LEFT JOIN feature_store.window_tiles t"
+    " ON t.tenant_id = %(tenant)s AND t.feature_group_id = %(group)s AND t.feature_name = %(feature)s"
+    " AND t.entity_id = c.entity_id AND t.hour_end > c.t - %(width)s AND t.hour_end <= c.t"
+    " GROUP BY c.entity_id, c.t"
 )
+# The merged sketch of an entity's window: the K smallest distinct hashes of its tiles.
 _SKETCH = (
     " LEFT JOIN LATERAL (SELECT count(*) AS n, max(h) AS kth FROM (SELECT DISTINCT h"
     " FROM feature_store.window_tiles t, unnest(t.hashes) h WHERE t.tenant_id = %(tenant)s"
-    " AND t.feature_group_id = %(group)s AND t.feature_name = %(feature)s AND t.entity_id = c.entity_id"
-    " AND t.hour_end > c.t - %(width)s AND t.hour_end <= c.t ORDER BY h LIMIT {k}) k) d ON true"
+    " AND t.feature_group_id = %(group)s AND t.feature_name = %(feature)s AND t.entity_id = a.entity_id"
+    " AND t.hour_end > a.t - %(width)s AND t.hour_end <= a.t ORDER BY h LIMIT {k}) k) d ON true"
 )
 
 
@@ -81,9 +95,6 @@ class Combined:
 
     values: int
     """Window values staged (entities x hour ends whose window changed)."""
-
-    tiles_read: int
-    """Tile rows the window values were combined from."""
 
     extended_to: datetime | None
     """Later hour ends whose windows the run recomputed too (a rerun), up to this one; None if none."""
@@ -150,27 +161,23 @@ def combine(
             {**params, "value_ends": value_ends},
         )
         conn.execute(sql.SQL("TRUNCATE {}").format(partition))
-        combined = sql.SQL(_COMBINED) + (sql.SQL(_SKETCH.format(k=SKETCH_SIZE)) if distinct else sql.SQL(""))
+        combined = sql.SQL(_COMBINED.format(aggregates=_AGGREGATES[aggregation.function]))
+        sketch = sql.SQL(_SKETCH.format(k=SKETCH_SIZE) if distinct else "")
         cur = conn.execute(
             sql.SQL(
                 "WITH v AS (INSERT INTO {partition} (feature_name, entity_id, event_time, value, window_start,"
-                " window_end) SELECT %(feature)s, c.entity_id, c.t, {value}, c.t - %(hour)s, c.t"
-                " FROM _fp_changed c {combined} RETURNING 1)"
+                " window_end) SELECT %(feature)s, a.entity_id, a.t, {value}, a.t - %(hour)s, a.t"
+                " FROM ({combined}) a {sketch} RETURNING 1)"
                 " SELECT count(*) FROM v"
-            ).format(partition=partition, value=_value(feature), combined=combined),
+            ).format(partition=partition, value=_value(feature), combined=combined, sketch=sketch),
             {**params, "hour": SCHEDULE},
         )
         values_row = cur.fetchone()
-        read = conn.execute(
-            "SELECT count(*) FROM _fp_changed c JOIN feature_store.window_tiles t ON t.tenant_id = %(tenant)s"
-            " AND t.feature_group_id = %(group)s AND t.feature_name = %(feature)s AND t.entity_id = c.entity_id"
-            " AND t.hour_end > c.t - %(width)s AND t.hour_end <= c.t",
-            params,
-        ).fetchone()
+    if tiles >= ANALYZE_AFTER_TILES:
+        conn.execute("ANALYZE feature_store.window_tiles")
     return Combined(
         tiles=tiles,
         values=int(values_row[0]) if values_row else 0,
-        tiles_read=int(read[0]) if read else 0,
         extended_to=extended_to,
     )
 
