@@ -23,7 +23,9 @@ CREATE TABLE IF NOT EXISTS feature_store.window_tiles (
     last_value        jsonb,
     hashes            bigint[],                 -- approximate distinct count: the K smallest distinct value hashes
     job_id            bigint,
+    -- The key covers what count/sum/avg/min/max combine: an entity's window is an index-only range scan.
     PRIMARY KEY (tenant_id, feature_group_id, feature_name, entity_id, hour_end)
+        INCLUDE (row_count, value_count, total, low, high)
 );
 CREATE INDEX IF NOT EXISTS window_tiles_hour
     ON feature_store.window_tiles (tenant_id, feature_group_id, feature_name, hour_end);

@@ -37,10 +37,10 @@ SKETCH_SIZE = 256
 """Hashes kept per tile for `approx_count_distinct` (K minimum values): exact below 256 distinct
 values in a window, about 1/sqrt(K - 2) = 6% relative standard error above."""
 
-ANALYZE_AFTER_TILES = 5000
-"""A run writing this many tiles (a backfill) refreshes the planner's statistics of the tiles table, so
-window values are combined per entity (primary key) rather than per hour range: without statistics
-the planner may pick the hour index and read every entity's tiles for each entity."""
+VACUUM_AFTER_TILES = 5000
+"""A run writing this many tiles (a backfill) vacuums and analyzes the tiles table: with statistics the
+planner combines each entity's window from the primary key (without them it may pick the hour index
+and read every entity's tiles for each one), and all-visible pages make that an index-only scan."""
 
 _KEY = "tenant_id = %(tenant)s AND feature_group_id = %(group)s AND feature_name = %(feature)s"
 
@@ -173,8 +173,8 @@ def combine(
             {**params, "hour": SCHEDULE},
         )
         values_row = cur.fetchone()
-    if tiles >= ANALYZE_AFTER_TILES:
-        conn.execute("ANALYZE feature_store.window_tiles")
+    if tiles >= VACUUM_AFTER_TILES:
+        conn.execute("VACUUM (ANALYZE) feature_store.window_tiles")
     return Combined(
         tiles=tiles,
         values=int(values_row[0]) if values_row else 0,
