@@ -16,6 +16,7 @@ MODULE = r'''
 """Text features of the test repo."""
 
 from collections import Counter
+from datetime import timedelta
 
 
 def vowels(batch):
@@ -38,6 +39,11 @@ def batch_sizes(batch):
 def odd_text(batch):
     for message_id, content, created_at in batch:
         yield "id\t" + message_id, "tab\tnewline\nbackslash\\ quote\" é", created_at
+
+
+def back_in_time(batch):
+    for message_id, _content, created_at in batch:
+        yield message_id, 1, created_at - timedelta(hours=2)
 
 
 def signed_length(batch):
@@ -173,6 +179,20 @@ def test_function_output_is_validated_and_quarantined(store: FeatureStore, db: S
         == questions
     )
     assert all(int(v) >= 0 for v in offline(db, "signed_length").values())  # type: ignore[call-overload]
+
+
+def test_function_rows_outside_the_window_are_quarantined(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
+    store.apply(write_repo(tmp_path, features=feature("back_in_time", "text_features:back_in_time")))
+    result = run(store)
+    assert result.status is JobStatus.FAILED  # type: ignore[attr-defined]
+    assert "(event_time: " in "\n".join(result.errors)  # type: ignore[attr-defined]
+    assert db.value(
+        "SELECT count(*) FROM feature_store.quarantined_rows"
+        " WHERE feature_name = 'back_in_time' AND rule = 'event_time'"
+    ) == db.value(
+        "SELECT count(*) FROM app.messages WHERE tenant_id = 'acme' AND created_at > %s AND created_at <= %s",
+        (HOURS[0].start, HOURS[-1].end),
+    )
 
 
 def test_an_exception_names_feature_tenant_and_input_row(store: FeatureStore, db: Sql, tmp_path: Path) -> None:

@@ -167,7 +167,7 @@ def stage_rows(
     feature: FeatureDefinition,
     windows: Sequence[TimeWindow],
     source_schemas: Sequence[str],
-    group_id: str = "",
+    group_id: str,
 ) -> Staged:
     """Stage the feature's rows: replace its staged rows with fresh runs of its SQL, one per window.
 
