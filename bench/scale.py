@@ -726,7 +726,9 @@ def scheduler_path(
         peaks=sampler.peaks,
         deadline_misses=int(missed[0]) if missed else 0,
         batches=scheduler_batches(stack.home / "scheduler.log", queued, end),
-        expected_task_instances=shape.task_instances,
+        # The run's own task instances once its mapped tasks expanded (the fan-out decides how many;
+        # `shape.task_instances` is only what the per-tenant granularity would make).
+        expected_task_instances=int(tis[0]),
         stopped_after_s=stopped[0] if stopped else None,
         done_at_stop=stopped[1] if stopped else None,
         median_ti_s={
@@ -781,7 +783,8 @@ def _plan_child() -> None:
     done = time.perf_counter()
     out = {
         "run_id": run_id,
-        "jobs": len(jobs),
+        "jobs": sum(len(item["job_ids"]) for item in jobs),
+        "finish_items": len(jobs),
         "work_items": len(items),
         "max_map_length": conf.getint("core", "max_map_length"),
         "plan_s": planned - started,
@@ -796,6 +799,7 @@ def _plan_child() -> None:
 class Plan:
     shape: Shape
     jobs: int
+    finish_items: int
     work_items: int
     max_map_length: int
     plan_s: float
@@ -806,7 +810,7 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return max(self.jobs, self.work_items) <= self.max_map_length
+        return max(self.finish_items, self.work_items) <= self.max_map_length
 
 
 def plan_in_process(settings: Settings, shape: Shape) -> Plan:
@@ -830,6 +834,7 @@ def plan_in_process(settings: Settings, shape: Shape) -> Plan:
     return Plan(
         shape=shape,
         jobs=out["jobs"],
+        finish_items=out["finish_items"],
         work_items=out["work_items"],
         max_map_length=out["max_map_length"],
         plan_s=out["plan_s"] + out["work_items_s"],
@@ -961,7 +966,8 @@ def run_row(result: Result) -> str | None:
 
 def plan_row(plan: Plan) -> str:
     return (
-        f"| `{plan.shape}` | {plan.jobs:,} | {plan.work_items:,} | {plan.max_map_length:,} | {_ok(plan.fits)} | "
+        f"| `{plan.shape}` | {plan.jobs:,} / {plan.finish_items:,} | {plan.work_items:,} | {plan.max_map_length:,} | "
+        f"{_ok(plan.fits)} | "
         f"{plan.plan_s:.1f} s | {plan.jobs_xcom_kb:.0f} / {plan.items_xcom_kb:.0f} KB | "
         f"{(plan.real_run or 'not run (--plan-run)').replace('|', '/')} | {datetime.now(timezone.utc):%Y-%m-%d} |"
     )
@@ -975,7 +981,7 @@ RUN_HEADER = """\
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"""
 
 PLAN_HEADER = """\
-| T x G x F | jobs (→ finish.expand) | work items (→ materialize_feature.expand) | max_map_length \
+| T x G x F | jobs / finish items (→ finish.expand) | work items (→ materialize_feature.expand) | max_map_length \
 | fits (target) | plan + work_items logic | XCom size jobs / items | real run | date |
 |---|---:|---:|---:|---|---:|---:|---|---|"""
 
@@ -1019,7 +1025,8 @@ def print_summary(result: Result) -> None:
                 f" (target <= 10 %: {_ok(share <= 0.10)}); polled {dag.first_job_polled_s or 0:.0f} s after trigger"
             )
         print(
-            f"  task instances    {dag.task_instances:8d} (expected {result.shape.task_instances}); {dag.ti_states};"
+            f"  task instances    {dag.task_instances:8d} (one per tenant would be {result.shape.task_instances});"
+            f" {dag.ti_states};"
             f" {dag.retried} retried"
         )
         print(

@@ -154,16 +154,36 @@ class TenantNotFoundError(NotFoundError):
 
 
 class FeatureGroupNotFoundError(NotFoundError):
-    def __init__(self, group_id: str) -> None:
-        super().__init__(f"feature group {group_id!r} does not exist; register it in your feature repo and apply")
+    """No such group, or (with `tenant_id`) none that tenant can see: another tenant's group reads the same."""
+
+    def __init__(self, group_id: str, tenant_id: str | None = None) -> None:
+        scope = f" for tenant {tenant_id!r}" if tenant_id is not None else ""
+        super().__init__(
+            f"feature group {group_id!r} does not exist{scope}; register it in your feature repo and apply"
+        )
         self.group_id = group_id
+        self.tenant_id = tenant_id
 
 
 class FeatureNotFoundError(NotFoundError):
-    def __init__(self, group_id: str, feature: str) -> None:
-        super().__init__(f"feature {feature!r} does not exist in feature group {group_id!r}")
+    def __init__(self, group_id: str, feature: str, tenant_id: str | None = None) -> None:
+        scope = f" for tenant {tenant_id!r}" if tenant_id is not None else ""
+        super().__init__(f"feature {feature!r} does not exist in feature group {group_id!r}{scope}")
         self.group_id = group_id
         self.feature = feature
+        self.tenant_id = tenant_id
+
+
+class FeatureGroupDisabledError(FeatureStoreError):
+    """A shared group the tenant switched off: nothing is materialized for that tenant."""
+
+    def __init__(self, group_id: str, tenant_id: str) -> None:
+        super().__init__(
+            f"feature group {group_id!r} is disabled for tenant {tenant_id!r}; enable it in the tenant's"
+            " group_settings and apply"
+        )
+        self.group_id = group_id
+        self.tenant_id = tenant_id
 
 
 class JobNotFoundError(NotFoundError):

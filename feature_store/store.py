@@ -16,6 +16,7 @@ from feature_store import schema
 from feature_store.config import Settings
 from feature_store.db import connect, ensure_database, fetch_models
 from feature_store.definitions.apply import ApplyReport, apply_repo
+from feature_store.definitions.models import TenantGroup
 from feature_store.definitions.registry import Registry
 from feature_store.definitions.repo import load_repo
 from feature_store.errors import SchemaNotInitializedError
@@ -143,6 +144,12 @@ class FeatureStore:
         self._features.invalidate()
         return report
 
+    def tenant_groups(self, tenant_id: str | None = None) -> list[TenantGroup]:
+        """Per tenant (or for one), each group it sees: shared or its own, enabled, its overrides."""
+        if tenant_id is not None:
+            self.registry.get_tenant(tenant_id)
+        return self.registry.tenant_scopes(tenant_id)
+
     # -- materialization -----------------------------------------------------------------------
 
     def pipeline(self, *, online: bool = True, progress: ProgressCallback | None = None) -> FeaturePipeline:
@@ -221,9 +228,16 @@ class FeatureStore:
         """
         self._require_schema()
         tenants = [self.registry.get_tenant(tenant_id)] if tenant_id else self.registry.list_tenants(active_only=True)
-        groups = [self.registry.get_group(group_id)] if group_id else self.registry.list_groups(active_only=True)
+        if group_id and not tenant_id:
+            self.registry.get_group(group_id)  # an unknown id is an error
         results = []
         for tenant in tenants:
+            # Each tenant's own groups and the shared ones it keeps, with its overrides (TTL).
+            if group_id and tenant_id:
+                groups = [self.registry.tenant_group(tenant.id, group_id, enabled_only=True)]
+            else:
+                groups = self.registry.tenant_groups(tenant.id, active_only=True, enabled_only=True)
+                groups = [g for g in groups if not group_id or g.id == group_id]
             for group in groups:
                 if not (group.online_enabled and group.offline_enabled):
                     continue
@@ -264,10 +278,10 @@ class FeatureStore:
 
     # -- monitoring ----------------------------------------------------------------------------
 
-    def freshness(self, *, check_online: bool = True) -> list[GroupFreshness]:
-        """Freshness of every active (tenant, group); with `check_online`, sampled against the online store."""
+    def freshness(self, *, check_online: bool = True, tenant_id: str | None = None) -> list[GroupFreshness]:
+        """Freshness of every active (tenant, group), or one tenant's; with `check_online`, sampled online."""
         self._require_schema()
-        return freshness.freshness(self.conn, self.online if check_online else None)
+        return freshness.freshness(self.conn, self.online if check_online else None, tenant_id=tenant_id)
 
     def deadline_misses(self, *, limit: int = 20) -> list[DeadlineMiss]:
         self._require_schema()
@@ -292,9 +306,10 @@ class FeatureStore:
 
         Raises:
             TenantNotFoundError: the tenant is not registered.
+            FeatureGroupNotFoundError, FeatureNotFoundError: not there for this tenant (another
+                tenant's group reads the same as one that does not exist).
         """
-        self._features.require_tenant(tenant_id)
-        specs = self._features.specs(features, entity_type=entity_type)
+        specs = self._features.specs(tenant_id, features, entity_type=entity_type)
         return self.online.read(tenant_id=tenant_id, entity_ids=entity_ids, features=specs)
 
     def get_historical_features(
@@ -304,9 +319,9 @@ class FeatureStore:
 
         Raises:
             TenantNotFoundError: the tenant is not registered.
+            FeatureGroupNotFoundError, FeatureNotFoundError: not there for this tenant.
         """
-        self._features.require_tenant(tenant_id)
-        specs = self._features.specs(features, entity_type=None)
+        specs = self._features.specs(tenant_id, features, entity_type=None)
         return offline_store.get_historical_features(
             self.conn,
             tenant_id=tenant_id,

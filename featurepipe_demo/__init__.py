@@ -19,7 +19,14 @@ DEMO_TENANTS = ("acme", "globex", "initech")
 
 
 def demo_repo_path() -> Path:
+    """The platform's repo: tenants, sources and the shared groups."""
     return Path(str(resources.files("featurepipe_demo").joinpath("repo")))
+
+
+def demo_tenant_repo_paths() -> list[Path]:
+    """One repo per tenant that has one (Acme's own group; Globex's settings of shared groups)."""
+    root = Path(str(resources.files("featurepipe_demo").joinpath("tenants")))
+    return sorted(p for p in root.iterdir() if p.is_dir())
 
 
 def demo_windows(hours: int, *, now: datetime | None = None) -> list[TimeWindow]:
@@ -75,8 +82,11 @@ def prepare(store: FeatureStore, *, hours: int = 6, users_per_tenant: int = 40) 
     windows = demo_windows(hours)
     create_sources(store.conn)
     counts = generate_data(store.conn, start=windows[0].start, end=windows[-1].end, users_per_tenant=users_per_tenant)
-    report = store.apply(demo_repo_path())
-    changes = [f"created {x}" for x in report.created] + [f"updated {x}" for x in report.updated]
+    changes = []
+    # The platform's repo first (it registers the tenants), then each tenant's: each changes only its scope.
+    for path in (demo_repo_path(), *demo_tenant_repo_paths()):
+        report = store.apply(path)
+        changes += [f"created {x}" for x in report.created] + [f"updated {x}" for x in report.updated]
     return DemoSetup(windows=windows, source_rows=counts, changes=changes)
 
 
@@ -87,13 +97,16 @@ def materialize(
     on_job: Callable[[PipelineResult], None] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[PipelineResult]:
-    """Materialize every window for every active tenant x group, through the library (no Airflow)."""
-    groups = store.registry.list_groups(active_only=True)
+    """Materialize every window for every active tenant x its groups, through the library (no Airflow).
+
+    A tenant's groups are its own and the shared ones it did not switch off.
+    """
     tenants = store.registry.list_tenants(active_only=True)
+    groups = {t.id: store.registry.tenant_groups(t.id, active_only=True, enabled_only=True) for t in tenants}
     results = []
     for window in windows:
         for tenant in tenants:
-            for group in groups:
+            for group in groups[tenant.id]:
                 result = store.materialize(
                     PipelineConfig(
                         tenant_id=tenant.id,

@@ -374,3 +374,22 @@ def test_a_corrective_rerun_needs_a_reason_and_records_it(env: object, db: Sql) 
     ) == [(True, "ratings were stamped in 2031")]
     code, out = run(*materialize_args(), "--overwrite-online", "")
     assert code == 1 and "overwrite_online" in out
+
+
+def test_apply_reports_per_tenant_and_materialize_names_a_group_the_tenant_switched_off(env: object) -> None:
+    from featurepipe_demo import demo_tenant_repo_paths
+
+    for path in demo_tenant_repo_paths():
+        code, out = run("apply", str(path))
+        assert code == 0, out
+    assert "scopes applied: tenant globex; groups missing from the repo are deactivated only in these scopes" in out
+    created = "created settings of shared feature group message_features for tenant globex: disabled"
+    assert f"tenant globex:\n  {created}" in out
+    code, out = run("apply", str(path), "--json")
+    assert json.loads(out)["changes"] == {}
+    code, out = run(*materialize_args("globex", "message_features"))
+    assert code != 0
+    assert "feature group 'message_features' is disabled for tenant 'globex'" in out
+    code, out = run(*materialize_args("globex", "acme_satisfaction"))
+    assert code != 0
+    assert "feature group 'acme_satisfaction' does not exist for tenant 'globex'" in out

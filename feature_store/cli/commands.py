@@ -148,13 +148,16 @@ def apply(path: str, as_json: bool) -> None:
     if as_json:
         emit_json(report.__dict__)
         return
-    for verb, items, style in (
-        ("created", report.created, "green"),
-        ("updated", report.updated, "yellow"),
-        ("deactivated", report.deactivated, "red"),
-    ):
-        for item in items:
-            console.print(f"[{style}]{verb}[/] {item}")
+    styles = {"created": "green", "updated": "yellow", "deactivated": "red"}
+    console.print(
+        f"scopes applied: {', '.join(report.scopes)}; groups missing from the repo are deactivated only in"
+        " these scopes, every other scope is untouched"
+    )
+    for scope, changes in report.changes.items():
+        console.print(f"{scope}:")
+        for change in changes:
+            verb, _, item = change.partition(" ")
+            console.print(f"  [{styles[verb]}]{verb}[/] {item}")
     if not report.changed:
         console.print(f"no changes ({len(report.unchanged)} objects up to date)")
 
@@ -381,10 +384,9 @@ def demo(hours: int, users: int, materialize: bool, summary_only: bool, since: s
 
 
 def _demo_materialize(store: FeatureStore, windows: list[Any], *, quiet: bool) -> list[PipelineResult]:
-    total = (
-        len(windows)
-        * len(store.registry.list_tenants(active_only=True))
-        * len(store.registry.list_groups(active_only=True))
+    total = len(windows) * sum(
+        len(store.registry.tenant_groups(t.id, active_only=True, enabled_only=True))
+        for t in store.registry.list_tenants(active_only=True)
     )
     with Progress(
         TextColumn("{task.description}"),
@@ -436,7 +438,13 @@ def _demo_summary(store: FeatureStore, *, since: datetime | None) -> dict[str, A
                 [f"message_features:{f}" for f in ("length", "token_count", "intent", "is_question", "topic")],
             ).rows(),
         }
-    return {"jobs": jobs, "quarantined": quarantined, "quarantine_by_rule": by_rule, "online": lookups}
+    return {
+        "jobs": jobs,
+        "quarantined": quarantined,
+        "quarantine_by_rule": by_rule,
+        "online": lookups,
+        "tenant_groups": store.tenant_groups(),
+    }
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from feature_store.definitions.models import Status, TenantGroup
 from feature_store.pipeline.models import JobStatus, PipelineResult
 from feature_store.serving.models import OnlineFeatureRow
 
@@ -64,6 +65,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     failed = [j for j in jobs if j.status is JobStatus.FAILED]
     for job in failed[:5]:
         console.print(f"[red]job {job.id} failed:[/] {job.error_message}", highlight=False)
+    print_tenant_groups(summary["tenant_groups"])
     console.rule("quarantined rows by feature and rule")
     counts = Table("feature", "rule", "rows", "tenants", "for example")
     for c in summary["quarantine_by_rule"]:
@@ -78,6 +80,23 @@ def print_summary(summary: dict[str, Any]) -> None:
             rows: list[OnlineFeatureRow] = online_lookups[kind]
             if rows:
                 print_online(rows, list(rows[0].features))
+
+
+def print_tenant_groups(rows: Sequence[TenantGroup]) -> None:
+    """Which groups each tenant has: shared or its own, switched off, overridden."""
+    console.rule("feature groups per tenant")
+    table = Table("tenant", "group", "scope", "enabled", "overrides")
+    for row in rows:
+        if row.status is not Status.ACTIVE:
+            continue
+        table.add_row(
+            row.tenant_id,
+            row.feature_group_id,
+            row.scope,
+            "yes" if row.enabled else "[red]disabled[/]",
+            ", ".join(f"{k}={v}" for k, v in row.overrides.items()),
+        )
+    console.print(table)
 
 
 def print_results(results: Sequence[PipelineResult]) -> None:

@@ -11,9 +11,9 @@ import psycopg
 from pydantic import BaseModel
 
 from feature_store.config import Settings
-from feature_store.definitions.models import SourceType, Status
+from feature_store.definitions.models import FeatureGroup, SourceType, Status
 from feature_store.definitions.registry import Registry
-from feature_store.definitions.repo import FeatureRepo
+from feature_store.definitions.repo import SHARED, FeatureRepo
 from feature_store.errors import DefinitionError, FeatureStoreError
 from feature_store.pipeline import transform
 from feature_store.pipeline.sandbox import sandbox_session
@@ -29,9 +29,21 @@ class ApplyReport:
     unreadable: list[str] = field(default_factory=list)
     """Tables of the source schemas that transforms may not read, each with the reason."""
 
+    scopes: list[str] = field(default_factory=list)
+    """What this apply could change ("shared", "tenant X"): only groups of these scopes missing from
+    the repo were deactivated; every other scope was left as it was."""
+
+    changes: dict[str, list[str]] = field(default_factory=dict)
+    """Per scope, its changes as "created ...", "updated ...", "deactivated ..." (the report per tenant)."""
+
     @property
     def changed(self) -> bool:
         return bool(self.created or self.updated or self.deactivated)
+
+    def record(self, scope: str, verb: str, label: str) -> None:
+        getattr(self, verb).append(label)
+        if verb != "unchanged":
+            self.changes.setdefault(_scope_label(scope), []).append(f"{verb} {label}")
 
 
 # -- applying ----------------------------------------------------------------------------------
@@ -45,41 +57,50 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) 
     stored declarations are put back.
     """
     registry = Registry(conn)
-    report = ApplyReport()
-    problems = _check_sources(conn, repo)
+    report = ApplyReport(scopes=[_scope_label(s) for s in sorted(repo.scopes, key=lambda s: (s != SHARED, s))])
+    owns_shared = SHARED in repo.scopes
+    problems = _check_sources(conn, repo) + _check_scopes(registry, repo)
     if problems:
         raise DefinitionError(problems)
     stored_schemas, stored_sources = registry.source_declarations()
-    relations = sources.sync(conn, repo.source_schemas, repo.sources)
+    # A tenant's repo declares no sources: its SQL is checked against what the platform declared.
+    schemas = repo.source_schemas if owns_shared else stored_schemas
+    relations = sources.sync(conn, schemas, repo.sources if owns_shared else stored_sources)
     try:
-        problems = list(_check_sql(conn, repo, settings, relations))
+        problems = list(_check_sql(conn, repo, settings, relations, schemas))
         if problems:
             raise DefinitionError(problems)
         with conn.transaction():
             existing_tenants = {t.id: t for t in registry.list_tenants()}
             existing_groups = {g.id: g for g in registry.list_groups()}
-            registry.replace_sources(repo.source_schemas, repo.sources)
+            if owns_shared:
+                registry.replace_sources(repo.source_schemas, repo.sources)
             for tenant in repo.tenants:
-                _classify(report, f"tenant {tenant.id}", existing_tenants.get(tenant.id), tenant)
+                _classify(report, SHARED, f"tenant {tenant.id}", existing_tenants.get(tenant.id), tenant)
                 registry.upsert_tenant(tenant)
             for group in repo.groups:
                 old = existing_groups.get(group.id)
-                _classify(report, f"feature group {group.id}", old, group)
+                scope = group.tenant or SHARED
+                _classify(report, scope, _group_label(group), old, group)
                 if old is not None:
                     declared = {f.name for f in group.features}
-                    report.deactivated.extend(
-                        f"feature {group.id}:{f.name}"
-                        for f in old.features
-                        if f.name not in declared and f.status is Status.ACTIVE
-                    )
+                    for f in old.features:
+                        if f.name not in declared and f.status is Status.ACTIVE:
+                            report.record(scope, "deactivated", f"feature {group.id}:{f.name}")
                 registry.upsert_group(group)
+            # Only groups of the scopes this repo owns can be missing from it; others are not its to touch.
             gone = [
                 g
                 for g in existing_groups.values()
-                if g.id not in {x.id for x in repo.groups} and g.status is Status.ACTIVE
+                if (g.tenant or SHARED) in repo.scopes
+                and g.id not in {x.id for x in repo.groups}
+                and g.status is Status.ACTIVE
             ]
             registry.deactivate_groups(g.id for g in gone)
-            report.deactivated.extend(f"feature group {g.id}" for g in gone)
+            for g in gone:
+                report.record(g.tenant or SHARED, "deactivated", _group_label(g))
+            for tenant_id in (s for s in repo.scopes if s != SHARED):
+                _apply_settings(registry, report, tenant_id, repo.group_settings.get(tenant_id, {}))
     except BaseException:
         sources.sync(conn, stored_schemas, stored_sources)
         raise
@@ -87,13 +108,72 @@ def apply_repo(conn: psycopg.Connection, repo: FeatureRepo, settings: Settings) 
     return report
 
 
-def _classify(report: ApplyReport, label: str, old: BaseModel | None, new: BaseModel) -> None:
+def _scope_label(scope: str) -> str:
+    return SHARED if scope == SHARED else f"tenant {scope}"
+
+
+def _group_label(group: FeatureGroup) -> str:
+    return f"feature group {group.id}" + (f" (tenant {group.tenant})" if group.tenant else "")
+
+
+def _apply_settings(registry: Registry, report: ApplyReport, tenant_id: str, declared: dict[str, Any]) -> None:
+    """Replace the tenant's settings of shared groups with the declared ones, reporting each difference."""
+    stored = registry.group_settings(tenant_id)
+    for group_id in sorted(set(stored) | set(declared)):
+        label = f"settings of shared feature group {group_id} for tenant {tenant_id}"
+        new = declared.get(group_id)
+        if new is None:
+            report.record(tenant_id, "deactivated", f"{label}: back to the group's own")
+        else:
+            _classify(report, tenant_id, f"{label}: {_describe_settings(new)}", stored.get(group_id), new)
+    registry.replace_group_settings(tenant_id, declared)
+
+
+def _describe_settings(settings: Any) -> str:
+    overrides = ", ".join(f"{k}={v}" for k, v in settings.overrides().items())
+    state = "enabled" if settings.enabled else "disabled"
+    return f"{state}{'; ' + overrides if overrides else ''}"
+
+
+def _check_scopes(registry: Registry, repo: FeatureRepo) -> list[str]:
+    """Owners that exist, ids not taken by a scope this repo does not own, settings only of shared groups."""
+    problems = []
+    tenants = {t.id for t in registry.list_tenants()} | {t.id for t in repo.tenants}
+    existing = {g.id: g for g in registry.list_groups()}
+    declared = {g.id: g for g in repo.groups}
+    for scope in repo.scopes:
+        if scope != SHARED and scope not in tenants:
+            problems.append(f"tenant {scope!r}: a file declares `tenant: {scope}` but no such tenant is registered")
+    for group in repo.groups:
+        old = existing.get(group.id)
+        old_scope = None if old is None else old.tenant or SHARED
+        if old_scope is not None and old_scope != (group.tenant or SHARED) and old_scope not in repo.scopes:
+            problems.append(
+                f"{repo.where('group', group.id)}: feature group {group.id!r}: the id is taken by a group of"
+                " another scope; choose another id"
+            )
+    for tenant_id, settings in repo.group_settings.items():
+        for group_id in settings:
+            target = declared.get(group_id) or existing.get(group_id)
+            where = repo.where("settings", tenant_id, group_id)
+            if target is None or (target.tenant is not None and target.tenant != tenant_id):
+                problems.append(f"{where}: tenant {tenant_id!r}: group_settings: no shared feature group {group_id!r}")
+            elif target.tenant is not None:
+                problems.append(
+                    f"{where}: tenant {tenant_id!r}: group_settings: feature group {group_id!r} is the tenant's own;"
+                    " set its values on the group itself"
+                )
+    return problems
+
+
+def _classify(report: ApplyReport, scope: str, label: str, old: BaseModel | None, new: BaseModel) -> None:
     if old is None:
-        report.created.append(label)
+        verb = "created"
     elif _comparable(old) != _comparable(new):
-        report.updated.append(label)
+        verb = "updated"
     else:
-        report.unchanged.append(label)
+        verb = "unchanged"
+    report.record(scope, verb, label)
 
 
 def _comparable(model: BaseModel) -> dict[str, Any]:
@@ -121,7 +201,11 @@ def _check_sources(conn: psycopg.Connection, repo: FeatureRepo) -> list[str]:
 
 
 def _check_sql(
-    conn: psycopg.Connection, repo: FeatureRepo, settings: Settings, relations: list[sources.SourceRelation]
+    conn: psycopg.Connection,
+    repo: FeatureRepo,
+    settings: Settings,
+    relations: list[sources.SourceRelation],
+    source_schemas: list[str],
 ) -> Iterable[str]:
     """Plan every batch feature's SQL in the sandbox, as the transform will run it."""
     features = [(g, f) for g in repo.groups for f in g.features if f.source_type is SourceType.BATCH]
@@ -133,7 +217,7 @@ def _check_sql(
     ) as session:
         for group, feature in features:
             try:
-                transform.describe(session, feature, source_schemas=repo.source_schemas)
+                transform.describe(session, feature, source_schemas=source_schemas)
             except (transform.SqlShapeError, FeatureStoreError) as exc:
                 where = repo.where("feature", group.id, feature.name, "transformation_sql")
                 yield (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -248,6 +248,9 @@ class FeatureGroup(StrictModel):
 
     id: Identifier
     entity_type: Identifier
+    tenant: Identifier | None = None
+    """The tenant owning the group (only it plans, reads or sees it); None: shared by every tenant."""
+
     description: str = ""
     online_enabled: bool = True
     offline_enabled: bool = True
@@ -273,3 +276,35 @@ class FeatureGroup(StrictModel):
     @property
     def batch_features(self) -> tuple[FeatureDefinition, ...]:
         return tuple(f for f in self.features if f.source_type is SourceType.BATCH and f.status is Status.ACTIVE)
+
+
+# -- Tenant scope ------------------------------------------------------------------------------
+
+
+class TenantGroupSettings(StrictModel):
+    """One tenant's settings of a shared group: switched off, or overriding what makes sense per tenant.
+
+    None keeps the group's own value.
+    """
+
+    enabled: bool = True
+    online_enabled: bool | None = None
+    offline_enabled: bool | None = None
+    ttl_seconds: int | None = Field(default=None, gt=0)
+    max_failure_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    freshness_target_seconds: int | None = Field(default=None, gt=0)
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings that differ from the group's own, as stored and shown."""
+        return self.model_dump(mode="json", exclude_none=True, exclude={"enabled"})
+
+
+class TenantGroup(StrictModel):
+    """What one tenant sees of one group: whether it is shared or the tenant's own, enabled, overridden."""
+
+    tenant_id: str
+    feature_group_id: str
+    scope: Literal["shared", "owned"]
+    enabled: bool
+    status: Status
+    overrides: dict[str, Any] = Field(default_factory=dict)

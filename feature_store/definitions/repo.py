@@ -21,6 +21,7 @@ from feature_store.definitions.models import (
     Identifier,
     SourceTable,
     Tenant,
+    TenantGroupSettings,
 )
 from feature_store.errors import DefinitionError
 
@@ -41,6 +42,16 @@ class RepoFile(BaseModel):
     tenants: list[dict[str, Any]] = Field(default_factory=list)
     feature_groups: list[dict[str, Any]] = Field(default_factory=list)
 
+    tenant: Identifier | None = None
+    """The tenant this file belongs to (e.g. one folder per tenant): its groups are that tenant's own."""
+
+    group_settings: dict[Identifier, dict[str, Any]] = Field(default_factory=dict)
+    """The file's tenant's settings of shared groups, by group id (`enabled: false`, overrides)."""
+
+
+SHARED = "shared"
+"""The scope of shared groups (and of tenants and sources) in `FeatureRepo.scopes`."""
+
 
 @dataclass
 class FeatureRepo:
@@ -50,6 +61,12 @@ class FeatureRepo:
     sources: list[SourceTable] = field(default_factory=list)
     tenants: list[Tenant] = field(default_factory=list)
     groups: list[FeatureGroup] = field(default_factory=list)
+    group_settings: dict[str, dict[str, TenantGroupSettings]] = field(default_factory=dict)
+    """tenant id -> shared group id -> that tenant's settings of it."""
+
+    scopes: list[str] = field(default_factory=list)
+    """What the repo owns, so what `apply` may change: SHARED (a file without `tenant:`) and tenant ids."""
+
     locations: dict[tuple[str, ...], str] = field(default_factory=dict)
     """('group', id) / ('feature', group, name, key) -> "file:line" for messages."""
 
@@ -99,6 +116,14 @@ def load_repo(path: str | Path) -> FeatureRepo:
         except PydanticValidationError as exc:
             problems.extend(_format_errors(exc, (), at, "repo"))
             continue
+        scope = top.tenant or SHARED
+        if scope not in repo.scopes:
+            repo.scopes.append(scope)
+        if top.tenant is not None:
+            problems.extend(_platform_only(top, at))
+            _load_settings(repo, top.tenant, top.group_settings, at, problems)
+        elif top.group_settings:
+            problems.append(f"{at(('group_settings',))}: group_settings belong in a tenant's file (`tenant: <id>`)")
         for schema in top.source_schemas:
             if schema not in repo.source_schemas:
                 repo.source_schemas.append(schema)
@@ -125,6 +150,14 @@ def load_repo(path: str | Path) -> FeatureRepo:
             repo.tenants.append(tenant)
         for i, raw in enumerate(top.feature_groups):
             label = f"feature group {raw.get('id', f'#{i + 1}')!r}"
+            if isinstance(raw, dict) and "tenant" in raw and raw["tenant"] != top.tenant:
+                problems.append(
+                    f"{at(('feature_groups', i, 'tenant'))}: {label}: tenant: declare a tenant's own groups in a"
+                    " file of that tenant (top-level `tenant: <id>`), not per group"
+                )
+                continue
+            if top.tenant is not None and isinstance(raw, dict):
+                raw = {**raw, "tenant": top.tenant}
             raw = _with_function_sources(raw, folder, lambda p, _i=i: at(("feature_groups", _i, *p)), label, problems)
             try:
                 group = FeatureGroup.model_validate(raw)
@@ -172,6 +205,34 @@ def _with_function_sources(
                 )
         out.append(feature)
     return {**raw, "features": out}
+
+
+def _platform_only(top: RepoFile, at: Any) -> list[str]:
+    """Tenants and sources belong to the platform: a tenant's file cannot declare or replace them."""
+    return [
+        f"{at((key,))}: {key}: a tenant's file (tenant {top.tenant!r}) cannot declare {key}; they belong in a"
+        " shared file of the platform's repo"
+        for key in ("source_schemas", "sources", "tenants")
+        if getattr(top, key)
+    ]
+
+
+def _load_settings(
+    repo: FeatureRepo, tenant: str, raw: dict[str, dict[str, Any]], at: Any, problems: list[str]
+) -> None:
+    settings = repo.group_settings.setdefault(tenant, {})
+    for group_id, values in raw.items():
+        label = f"tenant {tenant!r}: settings of feature group {group_id!r}"
+        try:
+            parsed = TenantGroupSettings.model_validate(values)
+        except PydanticValidationError as exc:
+            problems.extend(_format_errors(exc, ("group_settings", group_id), at, label))
+            continue
+        if group_id in settings:
+            problems.append(f"{at(('group_settings', group_id))}: {label}: declared twice")
+            continue
+        settings[group_id] = parsed
+        repo.locations[("settings", tenant, group_id)] = at(("group_settings", group_id))
 
 
 def _duplicate(

@@ -33,8 +33,11 @@ class GroupFreshness(BaseModel):
     last_online_job_id: int | None = None
 
 
-def freshness(conn: psycopg.Connection, online: OnlineStore | None = None) -> list[GroupFreshness]:
-    """One row per active tenant x active group; `stale` when past its target or never materialized.
+def freshness(
+    conn: psycopg.Connection, online: OnlineStore | None = None, *, tenant_id: str | None = None
+) -> list[GroupFreshness]:
+    """One row per active tenant x each of its active, enabled groups; `stale` when past its target or
+    never materialized.
 
     With `online`, a sample of the entities the last online publish wrote (when its values have not
     expired yet) is looked up, so freshness reflects what the online store actually holds.
@@ -46,7 +49,8 @@ def freshness(conn: psycopg.Connection, online: OnlineStore | None = None) -> li
         " last.end_time AS last_window_end, last.completed_at AS last_completed_at, age.seconds AS age_seconds,"
         " (age.seconds IS NULL OR age.seconds > g.freshness_target_seconds) IS TRUE AS stale,"
         " pub.id AS last_online_job_id"
-        " FROM feature_store.tenants t CROSS JOIN feature_store.feature_groups g"
+        # Each tenant's own groups and the shared ones it keeps, with its overrides (target, TTL).
+        " FROM feature_store.tenants t JOIN feature_store.tenant_feature_groups g ON g.tenant_id = t.id"
         " LEFT JOIN LATERAL (SELECT j.end_time, j.completed_at FROM feature_store.materialization_jobs j"
         "   WHERE j.tenant_id = t.id AND j.feature_group_id = g.id AND j.status = 'completed'"
         "   ORDER BY j.end_time DESC LIMIT 1) last ON true"
@@ -56,8 +60,10 @@ def freshness(conn: psycopg.Connection, online: OnlineStore | None = None) -> li
         "     AND (g.ttl_seconds IS NULL OR j.completed_at > now() - make_interval(secs => g.ttl_seconds))"
         "   ORDER BY j.completed_at DESC LIMIT 1) pub ON true"
         " CROSS JOIN LATERAL (SELECT extract(epoch FROM now() - last.end_time)::float8 AS seconds) age"
-        " WHERE t.status = 'active' AND g.status = 'active'"
+        " WHERE t.status = 'active' AND g.status = 'active' AND g.enabled"
+        " AND (%(tenant)s::text IS NULL OR t.id = %(tenant)s)"
         " ORDER BY t.id, g.id",
+        {"tenant": tenant_id},
     )
     if online is None:
         return rows

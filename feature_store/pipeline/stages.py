@@ -150,10 +150,12 @@ class FeaturePipeline:
         run: RunInfo | None = None,
         overwrite_online: str | None = None,
     ) -> list[PlannedJob]:
-        """Create one pending job per active tenant x active feature group (optionally filtered)."""
+        """Create one pending job per active tenant x each of its active, enabled groups (optionally filtered).
+
+        A tenant's groups are its own and the shared ones it did not switch off, with its overrides.
+        """
         self._check_window(window, mode)
         tenants = self._registry.list_tenants(active_only=True)
-        groups = [g for g in self._registry.list_groups(active_only=True) if g.online_enabled or g.offline_enabled]
         if tenant_ids:
             for tenant_id in tenant_ids:
                 self._registry.get_tenant(tenant_id)  # an unknown id is an error, not an empty plan
@@ -161,9 +163,13 @@ class FeaturePipeline:
         if group_ids:
             for group_id in group_ids:
                 self._registry.get_group(group_id)
-            groups = [g for g in groups if g.id in set(group_ids)]
         planned = []
         for tenant in tenants:
+            groups = [
+                g
+                for g in self._registry.tenant_groups(tenant.id, active_only=True, enabled_only=True)
+                if (g.online_enabled or g.offline_enabled) and (not group_ids or g.id in set(group_ids))
+            ]
             for group in groups:
                 features = tuple(f.name for f in group.batch_features)
                 job_id = jobs.create_job(
@@ -184,12 +190,12 @@ class FeaturePipeline:
     def start(self, config: PipelineConfig, *, run: RunInfo | None = None) -> PlannedJob:
         """Create the job for one (tenant, group, window)."""
         self._registry.get_tenant(config.tenant_id)
-        group = self._registry.get_group(config.feature_group_id)
+        group = self._registry.tenant_group(config.tenant_id, config.feature_group_id, enabled_only=True)
         names = tuple(f.name for f in group.batch_features)
         if config.features is not None:
             for name in config.features:
                 if name not in names:
-                    raise FeatureNotFoundError(group.id, name)
+                    raise FeatureNotFoundError(group.id, name, config.tenant_id)
             names = tuple(config.features)
         window = TimeWindow(start=config.start_time, end=config.end_time)
         self._check_window(window, config.mode)
@@ -432,7 +438,8 @@ class FeaturePipeline:
 
     def _context(self, job_id: int) -> _JobContext:
         job = jobs.get_job(self._conn, job_id)
-        return _JobContext(job=job, group=self._registry.get_group(job.feature_group_id))
+        # The group as the job's tenant sees it: its overrides (TTL, max_failure_rate, ...) apply.
+        return _JobContext(job=job, group=self._registry.tenant_group(job.tenant_id, job.feature_group_id))
 
     @contextmanager
     def _stage(

@@ -1,7 +1,9 @@
-"""Resolve `group:feature` references for reads, with a short-lived cache of the registry.
+"""Resolve `group:feature` references for reads, as one tenant sees them, with a short-lived cache.
 
 Online reads are latency-critical: looking the groups and tenants up in PostgreSQL on every call
-would cost more than the Redis round trip, so they are cached for `CACHE_SECONDS`.
+would cost more than the Redis round trip, so each tenant's groups are cached for `CACHE_SECONDS`.
+A tenant sees its own groups and the shared ones (with its overrides, e.g. its TTL); another
+tenant's group does not exist for it.
 """
 
 from __future__ import annotations
@@ -23,51 +25,54 @@ class FeatureResolver:
 
     def __init__(self, registry: Callable[[], Registry]) -> None:
         self._registry = registry
-        self._groups: dict[str, FeatureGroup] = {}
-        self._tenants: set[str] = set()
-        self._loaded_at = float("-inf")
+        self._groups: dict[str, tuple[float, dict[str, FeatureGroup]]] = {}
+        """tenant id -> (loaded at, its visible groups by id)."""
 
     def invalidate(self) -> None:
         """Forget the cached registry (after an apply)."""
-        self._loaded_at = float("-inf")
+        self._groups.clear()
 
-    def specs(self, refs: Sequence[FeatureRef], *, entity_type: str | None) -> list[FeatureSpec]:
-        """One spec per ref, in order; `entity_type` (when given) must be every feature's group's."""
-        return [self._spec(ref, entity_type) for ref in refs]
+    def specs(self, tenant_id: str, refs: Sequence[FeatureRef], *, entity_type: str | None) -> list[FeatureSpec]:
+        """One spec per ref, in order; `entity_type` (when given) must be every feature's group's.
+
+        Raises:
+            TenantNotFoundError: the tenant is not registered.
+            FeatureGroupNotFoundError, FeatureNotFoundError: not there for this tenant.
+        """
+        groups = self._tenant_groups(tenant_id)
+        return [self._spec(tenant_id, groups, ref, entity_type) for ref in refs]
 
     def require_tenant(self, tenant_id: str) -> None:
         """Raise TenantNotFoundError unless the tenant is registered."""
-        self._refresh()
-        if tenant_id not in self._tenants:
-            self._registry().get_tenant(tenant_id)  # raises TenantNotFoundError
-            self._tenants.add(tenant_id)
+        self._tenant_groups(tenant_id)
 
-    def _spec(self, ref: FeatureRef, entity_type: str | None) -> FeatureSpec:
+    def _spec(
+        self, tenant_id: str, groups: dict[str, FeatureGroup], ref: FeatureRef, entity_type: str | None
+    ) -> FeatureSpec:
         group_id, sep, name = ref.partition(":")
         if not sep or not group_id or not name:
             raise FeatureStoreError(f"feature reference {ref!r} must look like 'group:feature'")
-        group = self._group(group_id)
+        group = groups.get(group_id)
+        if group is None:
+            # Not cached: maybe applied since; the registry says for sure (and raises for this tenant).
+            group = self._registry().tenant_group(tenant_id, group_id)
+            groups[group_id] = group
         if entity_type is not None and group.entity_type != entity_type:
             raise FeatureStoreError(
                 f"feature {ref!r} belongs to entity type {group.entity_type!r}, not {entity_type!r}"
             )
         feature = group.feature(name)
         if feature is None:
-            raise FeatureNotFoundError(group_id, name)
+            raise FeatureNotFoundError(group_id, name, tenant_id)
         return FeatureSpec(group_id=group.id, name=name, value_type=feature.value_type, ttl_seconds=group.ttl_seconds)
 
-    def _group(self, group_id: str) -> FeatureGroup:
-        self._refresh()
-        group = self._groups.get(group_id)
-        if group is None:
-            group = self._registry().get_group(group_id)  # raises FeatureGroupNotFoundError
-            self._groups[group_id] = group
-        return group
-
-    def _refresh(self) -> None:
+    def _tenant_groups(self, tenant_id: str) -> dict[str, FeatureGroup]:
         now = time.monotonic()
-        if now - self._loaded_at > CACHE_SECONDS:
-            registry = self._registry()
-            self._groups = {g.id: g for g in registry.list_groups()}
-            self._tenants = {t.id for t in registry.list_tenants()}
-            self._loaded_at = now
+        cached = self._groups.get(tenant_id)
+        if cached is not None and now - cached[0] <= CACHE_SECONDS:
+            return cached[1]
+        registry = self._registry()
+        registry.get_tenant(tenant_id)  # raises TenantNotFoundError
+        groups = {g.id: g for g in registry.tenant_groups(tenant_id)}
+        self._groups[tenant_id] = (now, groups)
+        return groups

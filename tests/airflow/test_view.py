@@ -23,7 +23,7 @@ HOSTILE = [
 
 # Every element the page itself is made of; anything else came from data.
 PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "table", "thead", "tbody", "tr", "th", "td"}
-PAGE_TAGS |= {"p", "span"}
+PAGE_TAGS |= {"p", "span", "form", "label", "select", "option", "button"}
 BADGES = {"fresh", "stale", "pending", "running", "completed", "failed"}
 
 
@@ -169,3 +169,31 @@ def test_the_view_shows_empty_states_and_keeps_refreshing(client: TestClient) ->
     freshness = page.rows("Freshness")
     assert {(row[0], row[1]) for row in freshness} >= {("acme", "user_engagement"), ("globex", "message_features")}
     assert all(row[3:6] == ["", "", ""] and row[7] == "stale" for row in freshness)
+
+
+def test_the_view_filters_by_tenant_and_shows_shared_and_owned_groups(client: TestClient, db: Sql) -> None:
+    db.execute(
+        "INSERT INTO feature_store.feature_groups (id, entity_type, owner_tenant_id)"
+        " VALUES ('acme_only', 'user', 'acme')"
+    )
+    db.execute(
+        "INSERT INTO feature_store.tenant_group_settings (tenant_id, feature_group_id, enabled, ttl_seconds)"
+        " VALUES ('acme', 'message_features', false, 60)"
+    )
+    everyone = parse(client.get("/").text)
+    groups = {(r[0], r[1]): r[2:] for r in everyone.rows("Feature groups per tenant")}
+    assert groups[("acme", "acme_only")] == ["owned", "yes", ""]
+    assert groups[("acme", "message_features")] == ["shared", "disabled for this tenant", "ttl_seconds=60"]
+    assert groups[("globex", "message_features")] == ["shared", "yes", ""]
+    assert ("globex", "acme_only") not in groups
+
+    page = parse(client.get("/", params={"tenant": "globex"}).text)
+    assert {r[0] for r in page.rows("Feature groups per tenant")} == {"globex"}
+    assert {r[0] for r in page.rows("Freshness")} == {"globex"}
+    acme = parse(client.get("/", params={"tenant": "acme"}).text)
+    assert ("acme", "message_features") not in {(r[0], r[1]) for r in acme.rows("Freshness")}  # disabled
+    assert ("acme", "acme_only") in {(r[0], r[1]) for r in acme.rows("Freshness")}
+    assert client.get("/api/groups", params={"tenant": "globex"}).json()[0]["tenant_id"] == "globex"
+    missing = client.get("/", params={"tenant": "nobody"})
+    assert missing.status_code == 404
+    assert "tenant 'nobody' does not exist" in missing.json()["detail"]
