@@ -393,3 +393,31 @@ def test_apply_reports_per_tenant_and_materialize_names_a_group_the_tenant_switc
     code, out = run(*materialize_args("globex", "acme_satisfaction"))
     assert code != 0
     assert "feature group 'acme_satisfaction' does not exist for tenant 'globex'" in out
+
+
+def test_demo_summary_shows_window_and_function_features(env: object) -> None:
+    for group in ("user_engagement", "message_features"):
+        args = materialize_args("acme", group)
+        args[args.index("--start") + 1] = HOURS[0].start.isoformat()  # every hour of the data: all tiles
+        code, out = run(*args, "--mode", "full")
+        assert code == 0, out
+    code, out = run("demo", "--summary-only", "--json")
+    assert code == 0, out
+    online = json.loads(out)["online"]
+    users = [row["features"] for row in online["user"]]
+    messages = [row["features"] for row in online["message"]]
+    assert users and messages
+    # The busiest users sent messages in the hour: their 24h counts are present, and at least their hourly count.
+    for user in users:
+        window = user["user_engagement:message_count_24h"]
+        assert window["status"] == "present" and window["value"] >= user["user_engagement:message_count"]["value"]
+        assert "user_engagement:avg_rating_7d" in user
+    assert all(m["message_features:topic"]["status"] == "present" for m in messages)
+    assert {m["message_features:topic"]["value"] for m in messages} <= {
+        "billing",
+        "account",
+        "data",
+        "integrations",
+        "plans",
+        "other",
+    }

@@ -106,6 +106,8 @@ def _demo_repo_with(tmp_path: Path, sources: str) -> Path:
     start = text.index("sources:")
     end = text.index("tenants:")
     (tmp_path / "features.yaml").write_text(text[:start] + textwrap.dedent(sources) + "\n" + text[end:])
+    for module in demo_repo_path().glob("*.py"):  # the repo's function features
+        (tmp_path / module.name).write_text(module.read_text())
     return tmp_path
 
 

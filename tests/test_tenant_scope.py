@@ -182,6 +182,8 @@ def test_a_repo_with_folders_per_tenant_reports_per_tenant(store: FeatureStore, 
     root = tmp_path / "platform"
     root.mkdir()
     (root / "shared.yaml").write_text(demo_repo_path().joinpath("features.yaml").read_text())
+    for module in demo_repo_path().glob("*.py"):  # the demo repo's function features
+        (root / module.name).write_text(module.read_text())
     repo(root, "acme", ACME_GROUP)
     repo(root, "globex", GLOBEX_GROUP)
     report = store.apply(root)

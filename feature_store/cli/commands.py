@@ -426,14 +426,21 @@ def _demo_summary(store: FeatureStore, *, since: datetime | None) -> dict[str, A
                 entities["user"],
                 [
                     f"user_engagement:{f}"
-                    for f in ("message_count", "avg_message_length", "conversation_count", "avg_rating")
+                    for f in (
+                        "message_count",
+                        "avg_message_length",
+                        "conversation_count",
+                        "avg_rating",
+                        "message_count_24h",
+                        "avg_rating_7d",
+                    )
                 ],
             ).rows(),
             "message": store.get_online_features(
                 tenant,
                 "message",
                 entities["message"],
-                [f"message_features:{f}" for f in ("length", "token_count", "intent", "is_question")],
+                [f"message_features:{f}" for f in ("length", "token_count", "intent", "is_question", "topic")],
             ).rows(),
         }
     return {

@@ -140,7 +140,12 @@ def print_quarantine(rows: Sequence[Any]) -> None:
 
 
 def print_online(rows: Sequence[OnlineFeatureRow], features: list[str]) -> None:
-    table = Table("entity_id", *features)
+    groups = {ref.split(":", 1)[0] for ref in features}
+    if len(groups) == 1 and all(":" in ref for ref in features):
+        # One group: its name as the title, short feature names as headers (they fit the terminal).
+        table = Table("entity_id", *(ref.split(":", 1)[1] for ref in features), title=groups.pop())
+    else:
+        table = Table("entity_id", *features)
     for row in rows:
         cells = []
         for ref in features:

@@ -109,6 +109,76 @@ class SourceTable(StrictModel):
         return {c: r.model_dump(mode="json", exclude_defaults=True) for c, r in self.expectations.items()}
 
 
+class AggregationFunction(str, enum.Enum):
+    COUNT = "count"
+    SUM = "sum"
+    AVG = "avg"
+    MIN = "min"
+    MAX = "max"
+    LAST = "last"
+    APPROX_COUNT_DISTINCT = "approx_count_distinct"
+
+
+class EmptyWindow(str, enum.Enum):
+    """What a window without any source row reads: 0, or no value (null offline, null online)."""
+
+    ZERO = "zero"
+    MISSING = "missing"
+
+
+# Window lengths in whole hours or days: the tiles are hourly.
+WINDOW_LENGTH_PATTERN = r"^[1-9][0-9]{0,3}[hd]$"
+WindowLength = Annotated[str, StringConstraints(pattern=WINDOW_LENGTH_PATTERN)]
+MAX_WINDOW_HOURS = 24 * 366
+
+# The value types each aggregation may declare (sum, min, max and last keep the type of what they aggregate).
+_AGGREGATION_TYPES: dict[AggregationFunction, tuple[ValueType, ...]] = {
+    AggregationFunction.COUNT: (ValueType.INT64,),
+    AggregationFunction.APPROX_COUNT_DISTINCT: (ValueType.INT64,),
+    AggregationFunction.AVG: (ValueType.FLOAT64,),
+    AggregationFunction.SUM: (ValueType.INT64, ValueType.FLOAT64),
+    AggregationFunction.MIN: (ValueType.INT64, ValueType.FLOAT64),
+    AggregationFunction.MAX: (ValueType.INT64, ValueType.FLOAT64),
+    AggregationFunction.LAST: tuple(ValueType),
+}
+
+
+class Aggregation(StrictModel):
+    """A sliding-window aggregation of the `value` column of a feature's SQL, combined from hourly tiles.
+
+    The SQL returns the source rows of one hour (`entity_id, value[, event_time]`, not aggregated);
+    each run stores that hour's partial aggregates per entity, and the feature's value at every hour
+    end T is combined from the tiles of the hours in (T - window, T].
+    """
+
+    function: AggregationFunction
+    window: WindowLength
+    empty: EmptyWindow = EmptyWindow.MISSING
+    """What an entity whose window holds no source rows reads (`zero` only for count, sum and distinct counts)."""
+
+    @property
+    def hours(self) -> int:
+        n = int(self.window[:-1])
+        return n * 24 if self.window.endswith("d") else n
+
+    @model_validator(mode="after")
+    def _valid(self) -> Aggregation:
+        if self.hours > MAX_WINDOW_HOURS:
+            raise ValueError(f"window {self.window} is longer than {MAX_WINDOW_HOURS // 24}d")
+        zero_ok = (AggregationFunction.COUNT, AggregationFunction.SUM, AggregationFunction.APPROX_COUNT_DISTINCT)
+        if self.empty is EmptyWindow.ZERO and self.function not in zero_ok:
+            raise ValueError(
+                f"empty: zero is for {', '.join(f.value for f in zero_ok)}; a {self.function.value} of no rows"
+                " is missing"
+            )
+        return self
+
+
+FUNCTION_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+FunctionName = Annotated[str, StringConstraints(pattern=FUNCTION_NAME_PATTERN)]
+"""`module:callable`, the module a `.py` file of the feature repo's folder (`pkg.module` for `pkg/module.py`)."""
+
+
 class StreamOp(str, enum.Enum):
     """How an event changes a stream feature, server-side and atomically."""
 
@@ -142,13 +212,10 @@ class StreamMapping(StrictModel):
         return self
 
 
-FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
-
-
 class OnDemandSpec(StrictModel):
     """An on-demand feature: a Python function over other features of the same entity and request data."""
 
-    function: Annotated[str, StringConstraints(pattern=FUNCTION_PATTERN)]
+    function: FunctionName
     """`package.module:function`, importable wherever features are read; called per entity as
     `function(features, request)` with dicts keyed by input feature name and request field."""
     inputs: list[Annotated[str, StringConstraints(pattern=r"^[^:]+:[^:]+$")]] = Field(default_factory=list)
@@ -169,6 +236,15 @@ class FeatureDefinition(StrictModel):
     """For stream features: the event that updates it (the event -> feature mapping lives in the repo)."""
     on_demand: OnDemandSpec | None = None
     """For on-demand features: the function computing it at read time, and its inputs."""
+
+    aggregation: Aggregation | None = None
+    """A sliding-window aggregation of the SQL's rows (see Aggregation)."""
+
+    function: FunctionName | None = None
+    """A Python function over batches of the SQL's rows, yielding (entity_id, value[, event_time])."""
+
+    function_source: str | None = Field(default=None, repr=False)
+    """The function's module source, read from the repo at load time: every worker runs what was applied."""
 
     @field_validator("transformation_sql")
     @classmethod
@@ -194,6 +270,16 @@ class FeatureDefinition(StrictModel):
             raise ValueError("an on_demand feature needs on_demand: {function: 'module:function', inputs: [...]}")
         if self.on_demand is not None and self.source_type is not SourceType.ON_DEMAND:
             raise ValueError(f"on_demand is only for on_demand features, not {self.source_type.value}")
+        if self.aggregation is not None and self.function is not None:
+            raise ValueError("a feature is either a window aggregation or a function, not both")
+        if self.aggregation is not None and self.value_type not in _AGGREGATION_TYPES[self.aggregation.function]:
+            declared = ", ".join(t.value for t in _AGGREGATION_TYPES[self.aggregation.function])
+            raise ValueError(
+                f"a {self.aggregation.function.value} aggregation has value_type {declared},"
+                f" not {self.value_type.value}"
+            )
+        if self.function is not None and self.function_source is None:
+            raise ValueError(f"function {self.function} has no source (is its module in the repo's folder?)")
         rules = self.validation
         if (rules.min is not None or rules.max is not None) and not self.value_type.is_numeric:
             raise ValueError(f"min/max rules need a numeric value_type, not {self.value_type.value}")

@@ -148,7 +148,8 @@ class Registry:
             "     'name', f.name, 'description', f.description, 'source_type', f.source_type,"
             "     'value_type', f.value_type, 'transformation_sql', f.transformation_sql,"
             "     'validation', f.validation_rules, 'status', f.status, 'stream', f.stream,"
-            "     'on_demand', f.on_demand) ORDER BY f.name)"
+            "     'on_demand', f.on_demand, 'aggregation', f.aggregation,"
+            "     'function', f.function, 'function_source', f.function_source) ORDER BY f.name)"
             "  FROM feature_store.feature_definitions f WHERE f.feature_group_id = g.id), '[]') AS features"
             f"{source} {where} ORDER BY g.id",
             params,
@@ -189,12 +190,15 @@ class Registry:
     def _upsert_feature(self, group_id: str, feature: FeatureDefinition) -> None:
         self._conn.execute(
             "INSERT INTO feature_store.feature_definitions (feature_group_id, name, description, source_type,"
-            " value_type, transformation_sql, validation_rules, status, stream, on_demand)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " value_type, transformation_sql, validation_rules, status, stream, on_demand, aggregation, function,"
+            " function_source)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (feature_group_id, name) DO UPDATE SET description = excluded.description,"
             " source_type = excluded.source_type, value_type = excluded.value_type,"
             " transformation_sql = excluded.transformation_sql, validation_rules = excluded.validation_rules,"
-            " status = excluded.status, stream = excluded.stream, on_demand = excluded.on_demand, updated_at = now()",
+            " status = excluded.status, stream = excluded.stream, on_demand = excluded.on_demand,"
+            " aggregation = excluded.aggregation, function = excluded.function,"
+            " function_source = excluded.function_source, updated_at = now()",
             (
                 group_id,
                 feature.name,
@@ -206,6 +210,9 @@ class Registry:
                 feature.status.value,
                 Jsonb(feature.stream.model_dump(mode="json", exclude_defaults=True)) if feature.stream else None,
                 Jsonb(feature.on_demand.model_dump(mode="json")) if feature.on_demand else None,
+                Jsonb(feature.aggregation.model_dump(mode="json")) if feature.aggregation else None,
+                feature.function,
+                feature.function_source,
             ),
         )
 

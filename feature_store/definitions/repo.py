@@ -14,7 +14,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from feature_store.definitions.models import FeatureGroup, Identifier, SourceTable, Tenant, TenantGroupSettings
+from feature_store.definitions.models import (
+    FUNCTION_NAME_PATTERN,
+    WINDOW_LENGTH_PATTERN,
+    FeatureGroup,
+    Identifier,
+    SourceTable,
+    Tenant,
+    TenantGroupSettings,
+)
 from feature_store.errors import DefinitionError
 from feature_store.monitoring.routing import AlertRouting
 from feature_store.sources.api import ApiSource
@@ -94,6 +102,7 @@ def load_repo(path: str | Path) -> FeatureRepo:
     else:
         raise DefinitionError([f"{root}: no such file or directory"])
 
+    folder = root if root.is_dir() else root.parent
     repo = FeatureRepo()
     problems: list[str] = []
     seen: dict[tuple[str, str], str] = {}
@@ -159,6 +168,7 @@ def load_repo(path: str | Path) -> FeatureRepo:
                 continue
             if top.tenant is not None and isinstance(raw, dict):
                 raw = {**raw, "tenant": top.tenant}
+            raw = _with_function_sources(raw, folder, lambda p, _i=i: at(("feature_groups", _i, *p)), label, problems)
             try:
                 group = FeatureGroup.model_validate(raw)
             except PydanticValidationError as exc:
@@ -217,6 +227,34 @@ def _check_routes(repo: FeatureRepo, problems: list[str]) -> None:
                 f"{repo.where('alerts')}: alerts route {i + 1} names unknown feature group(s) {', '.join(unknown)};"
                 f" declared groups: {', '.join(sorted(declared))}"
             )
+
+
+def _with_function_sources(
+    raw: dict[str, Any], folder: Path, at: Any, label: str, problems: list[str]
+) -> dict[str, Any]:
+    """The group with each function feature's module source read from the repo's folder.
+
+    The source travels with the definition into the registry, so every worker runs the code that was
+    applied, whatever its checkout holds.
+    """
+    features = raw.get("features")
+    if not isinstance(features, list):
+        return raw
+    out = []
+    for j, feature in enumerate(features):
+        name = feature.get("function") if isinstance(feature, dict) else None
+        if isinstance(name, str) and ":" in name:
+            module = name.split(":", 1)[0]
+            file = folder.joinpath(*module.split(".")).with_suffix(".py")
+            try:
+                feature = {**feature, "function_source": file.read_text(encoding="utf-8")}
+            except OSError as exc:
+                problems.append(
+                    f"{at(('features', j, 'function'))}: {label}: feature {feature.get('name')!r}: function"
+                    f" {name}: cannot read {file} ({exc.strerror}); put the module in the repo's folder"
+                )
+        out.append(feature)
+    return {**raw, "features": out}
 
 
 def _platform_only(top: RepoFile, at: Any) -> list[str]:
@@ -301,9 +339,18 @@ def _format_errors(
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] == "string_pattern_mismatch":
-            message = "must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            message = _PATTERN_MESSAGES.get(
+                str((error.get("ctx") or {}).get("pattern")),
+                "must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit",
+            )
         messages.append(f"{where}: {label}{': ' + field_path if field_path else ''}: {message}")
     return messages
+
+
+_PATTERN_MESSAGES = {
+    WINDOW_LENGTH_PATTERN: "must be a number of hours or days, e.g. 1h, 24h, 7d",
+    FUNCTION_NAME_PATTERN: "must be module:function, e.g. text_features:question_score",
+}
 
 
 def _field_path(loc: tuple[Any, ...], raw: dict[str, Any] | None) -> str:

@@ -71,6 +71,24 @@ class SandboxSession:
         with self._watchdog(), self.conn.cursor() as cur, cur.copy(statement, params) as copy:
             yield iter(copy)
 
+    def batches(
+        self, statement: str, params: Mapping[str, Any], *, size: int
+    ) -> Iterator[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+        """Run a query through a server-side cursor and yield (column names, rows) `size` rows at a time.
+
+        Must run inside a transaction (the cursor lives in it); each fetch is under the timeout.
+        """
+        with self.conn.cursor(name="featurepipe_function_source") as cur:
+            with self._watchdog():
+                cur.execute(statement, params)
+            names = tuple(d.name for d in cur.description or ())
+            while True:
+                with self._watchdog():
+                    rows = cur.fetchmany(size)
+                if not rows:
+                    return
+                yield names, rows
+
     @contextmanager
     def _watchdog(self) -> Iterator[None]:
         timed_out = threading.Event()

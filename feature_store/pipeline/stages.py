@@ -98,6 +98,24 @@ class _JobContext:
         return feature
 
 
+def _rows_in(wide: sql.Composed, window: TimeWindow, features: list[str] | None = None) -> sql.Composed:
+    """The job's wide rows stamped inside `window` (with the values of `features` only, if given), as a subquery."""
+    if features is None:
+        return sql.SQL("(SELECT * FROM {} WHERE event_time > {} AND event_time <= {})").format(
+            wide, sql.Literal(window.start), sql.Literal(window.end)
+        )
+    return sql.SQL(
+        "(SELECT w.entity_id, w.event_time, (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(w.features) e"
+        " WHERE e.key = ANY({names})) AS features FROM {wide} w"
+        " WHERE w.event_time > {start} AND w.event_time <= {end} AND w.features ?| {names})"
+    ).format(
+        wide=wide,
+        names=sql.SQL("{}::text[]").format(sql.Literal(features)),
+        start=sql.Literal(window.start),
+        end=sql.Literal(window.end),
+    )
+
+
 class FeaturePipeline:
     """Runs materialization jobs against one PostgreSQL connection and an online store."""
 
@@ -223,6 +241,7 @@ class FeaturePipeline:
                 feature=feature,
                 windows=ctx.windows,
                 source_schemas=schemas,
+                group_id=ctx.group.id,
             )
             rows = staged.rows
             self._conn.execute(
@@ -549,6 +568,8 @@ class FeaturePipeline:
         build_wide(self._conn, job_id, written)
         offline_written = ctx.job.write_offline and ctx.group.offline_enabled
         if offline_written:
+            wide = wide_table(job_id)
+            extended = self._extended_windows(job_id, ctx, written)
             offline_store.replace_window(
                 self._conn,
                 tenant_id=ctx.job.tenant_id,
@@ -556,9 +577,21 @@ class FeaturePipeline:
                 job_id=job_id,
                 features=written,
                 window=ctx.window,
-                source=wide_table(job_id),
+                source=_rows_in(wide, ctx.window) if extended else wide,
                 replaced=replaced_table(job_id),
             )
+            # A rerun of a window feature's hour also replaces the later windows containing it.
+            for later, features in extended:
+                offline_store.replace_window(
+                    self._conn,
+                    tenant_id=ctx.job.tenant_id,
+                    group_id=ctx.group.id,
+                    job_id=job_id,
+                    features=features,
+                    window=later,
+                    source=_rows_in(wide, later, features),
+                    replaced=replaced_table(job_id),
+                )
         if not (ctx.job.write_online and ctx.group.online_enabled):
             return 0
         if self._online is None:
@@ -580,6 +613,24 @@ class FeaturePipeline:
             force=ctx.job.online_overwrite,
             batch_size=self._settings.online_batch_size,
         ).values
+
+    def _extended_windows(
+        self, job_id: int, ctx: _JobContext, written: list[str]
+    ) -> list[tuple[TimeWindow, list[str]]]:
+        """The later hours whose window values the job's window features recomputed (see `tiles`): for
+        each later end, the window after the job's and the features recomputed up to it."""
+        windowed = [f for f in written if (d := ctx.group.feature(f)) is not None and d.aggregation is not None]
+        if not windowed:
+            return []
+        rows = self._conn.execute(
+            sql.SQL(
+                "SELECT max(window_end) AS until, array_agg(feature_name ORDER BY feature_name) FROM ("
+                " SELECT feature_name, max(window_end) AS window_end FROM {} WHERE feature_name = ANY(%s)"
+                " GROUP BY feature_name) f WHERE window_end > %s GROUP BY window_end ORDER BY 1"
+            ).format(staging_table(job_id)),
+            (windowed, ctx.window.end),
+        ).fetchall()
+        return [(TimeWindow(start=ctx.window.end, end=until), list(features)) for until, features in rows]
 
     def _result(self, job: MaterializationJob, rows_online: int) -> PipelineResult:
         results = jobs.feature_results(self._conn, job.id)

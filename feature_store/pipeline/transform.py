@@ -21,8 +21,9 @@ import psycopg
 from psycopg import sql
 
 from feature_store.config import Settings
-from feature_store.definitions.models import FeatureDefinition, ValueType
+from feature_store.definitions.models import AggregationFunction, FeatureDefinition, ValueType
 from feature_store.errors import FeatureStoreError
+from feature_store.pipeline import functions, tiles
 from feature_store.pipeline.sandbox import SandboxSession, sandbox_session
 from feature_store.pipeline.staging import create_staging, empty_partition
 from feature_store.windows import TimeWindow
@@ -77,6 +78,9 @@ class Staged:
     own_event_time: bool
     """The SQL returns event_time (else its rows are stamped with the window end)."""
 
+    windows: tiles.Combined | None = None
+    """For a window feature: the tiles written and the window values combined from them."""
+
 
 def describe(session: SandboxSession, feature: FeatureDefinition, *, source_schemas: Sequence[str]) -> SqlShape:
     """Check a feature's SQL against the live database without running it, and return its shape.
@@ -116,14 +120,29 @@ def describe(session: SandboxSession, feature: FeatureDefinition, *, source_sche
             f"uses a placeholder other than {', '.join(f'%({p})s' for p in PARAMETERS)} ({exc});"
             " write a literal % as %%"
         ) from exc
-    _check_columns(columns, feature.value_type)
+    if feature.function is not None:
+        functions.load(feature)  # any columns: the function reads them; it must load and be callable
+    else:
+        _check_columns(columns, _source_value_type(feature))
     relations = tuple(sorted(set(_relations(plan[0] if plan else []))))
     outside = [r for r in relations if r.split(".", 1)[0] not in source_schemas]
     if outside:
         raise SqlShapeError(
             f"reads {', '.join(outside)}, outside the declared source schemas ({', '.join(source_schemas) or 'none'})"
         )
-    return SqlShape(has_event_time="event_time" in columns, relations=relations)
+    return SqlShape(has_event_time="event_time" in columns and feature.function is None, relations=relations)
+
+
+def _source_value_type(feature: FeatureDefinition) -> ValueType | None:
+    """The type the SQL's `value` must have: the feature's, or what its aggregation aggregates (None: any)."""
+    if feature.aggregation is None:
+        return feature.value_type
+    function = feature.aggregation.function
+    if function in (AggregationFunction.COUNT, AggregationFunction.APPROX_COUNT_DISTINCT):
+        return None
+    if function is AggregationFunction.AVG:
+        return ValueType.FLOAT64  # ints or floats
+    return feature.value_type
 
 
 def _relations(plan: Any) -> Iterator[str]:
@@ -148,13 +167,19 @@ def stage_rows(
     feature: FeatureDefinition,
     windows: Sequence[TimeWindow],
     source_schemas: Sequence[str],
+    group_id: str,
 ) -> Staged:
     """Stage the feature's rows: replace its staged rows with fresh runs of its SQL, one per window.
 
     `conn` is the feature store's own connection (it clears the staged rows and records the
     sandbox's scope); the SQL itself runs in a sandbox session for `tenant_id`. Rows without an
     `event_time` column are stamped with their window's end: the value as known then.
+
+    A window feature's SQL runs once per hour; its rows become that hour's tiles and the staged rows
+    its window values (see `tiles`). A function feature's rows go through its function (see `functions`).
     """
+    if feature.aggregation is not None:
+        windows = tiles.hourly(windows, feature.name)
     create_staging(conn, job_id)  # the job's first transform creates it (or a rerun of a finished job)
     partition = empty_partition(conn, job_id, feature.name)
     with sandbox_session(
@@ -165,16 +190,34 @@ def stage_rows(
         timeout_s=settings.statement_timeout_s,
     ) as session:
         shape = describe(session, feature, source_schemas=source_schemas)
-        query = _select_query(session.conn, feature, shape)
+        query = _select_query(session.conn, feature, shape) if feature.function is None else feature.transformation_sql
+        assert query is not None
         rows = 0
         with session.conn.transaction(force_rollback=True):
             session.conn.execute("SET TRANSACTION READ ONLY")
             for window in windows:
                 params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
-                rows += _pipe(session, conn, query, params, partition)
+                if feature.function is not None:
+                    rows += functions.pipe(
+                        session, conn, feature, query, params, partition, tenant_id=tenant_id, window=window
+                    )
+                else:
+                    rows += _pipe(session, conn, query, params, partition)
+    combined = None
+    if feature.aggregation is not None:
+        combined = tiles.combine(
+            conn,
+            job_id=job_id,
+            tenant_id=tenant_id,
+            group_id=group_id,
+            feature=feature,
+            hours=windows,
+            partition=partition,
+        )
     # Fresh statistics let the planner pick hash joins and aggregates for the stages that follow.
     conn.execute(sql.SQL("ANALYZE {}").format(partition))
-    return Staged(rows=rows, relations=shape.relations, own_event_time=shape.has_event_time)
+    own = shape.has_event_time or combined is not None or feature.function is not None
+    return Staged(rows=rows, relations=shape.relations, own_event_time=own, windows=combined)
 
 
 _STAGED_COLUMNS = sql.SQL("feature_name, entity_id, event_time, value, window_start, window_end")
@@ -201,21 +244,23 @@ def _select_query(conn: psycopg.Connection, feature: FeatureDefinition, shape: S
     """The feature's SQL wrapped to produce staging's columns, in staging's types (binary COPY needs them exact)."""
     event_time = "q.event_time::timestamptz" if shape.has_event_time else "%(end_time)s::timestamptz"
     name = sql.Literal(feature.name).as_string(conn)
+    source_type = _source_value_type(feature)
+    value = _VALUE_EXPRESSIONS[source_type or ValueType.INT64]  # to_jsonb of any type
     wrapper = (
-        f"SELECT {name}::text, q.entity_id::text, {event_time}, ({_VALUE_EXPRESSIONS[feature.value_type]})::jsonb,"
+        f"SELECT {name}::text, q.entity_id::text, {event_time}, ({value})::jsonb,"
         " %(start_time)s::timestamptz, %(end_time)s::timestamptz FROM (\n"
     )
     return wrapper + feature.transformation_sql + "\n) AS q"  # type: ignore[operator]
 
 
-def _check_columns(columns: dict[str, str], value_type: ValueType) -> None:
+def _check_columns(columns: dict[str, str], value_type: ValueType | None) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     extra = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or extra:
         got = ", ".join(columns) or "no columns"
         raise SqlShapeError(f"must return columns entity_id, value[, event_time]; it returns {got}")
-    accepted = _ACCEPTED_VALUE_TYPES[value_type]
-    if accepted is not None and columns["value"] not in accepted:
+    accepted = _ACCEPTED_VALUE_TYPES[value_type] if value_type is not None else None
+    if value_type is not None and accepted is not None and columns["value"] not in accepted:
         raise SqlShapeError(
             f"returns value of type {columns['value']}, which is not a {value_type.value}"
             f" (accepted: {', '.join(sorted(accepted))})"
