@@ -65,10 +65,7 @@ def test_numeric_statistics_equal_an_independent_computation(store: FeatureStore
     per_window = [stats[HOURS[i].end] for i in range(3)]
     # No stats rows leak across tenants or features.
     assert {s.feature_name for s in store.feature_statistics(tenant_id="acme", group_id="message_features")} == {
-        "length",
-        "token_count",
-        "intent",
-        "is_question",
+        f.name for f in store.registry.get_group("message_features").batch_features
     }
     edges: list[float] = []
     bins_by_window = []
@@ -158,7 +155,7 @@ def test_a_rerun_replaces_the_windows_statistics(store: FeatureStore, db: Sql) -
         " AND feature_group_id = 'user_engagement'"
     )
     assert sorted(name for name, _ in rows) == sorted(
-        ["message_count", "avg_message_length", "conversation_count", "avg_rating"]
+        f.name for f in store.registry.get_group("user_engagement").batch_features
     )
     assert {job for _, job in rows} == {second}
 

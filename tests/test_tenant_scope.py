@@ -181,8 +181,7 @@ def test_applying_one_tenants_repo_leaves_other_tenants_and_shared_groups_untouc
 def test_a_repo_with_folders_per_tenant_reports_per_tenant(store: FeatureStore, tmp_path: Path) -> None:
     root = tmp_path / "platform"
     root.mkdir()
-    (root / "shared.yaml").write_text(demo_repo_path().joinpath("features.yaml").read_text())
-    for module in demo_repo_path().glob("*.py"):  # the demo repo's function features
+    for module in [*demo_repo_path().glob("*.yaml"), *demo_repo_path().glob("*.py")]:  # the whole platform repo
         (root / module.name).write_text(module.read_text())
     repo(root, "acme", ACME_GROUP)
     repo(root, "globex", GLOBEX_GROUP)

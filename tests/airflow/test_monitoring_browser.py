@@ -105,7 +105,7 @@ def test_monitoring_page_draws_statistics_markers_and_freshness_in_chromium(
         sections = {
             s.get_attribute("data-feature"): s for s in driver.find_elements(By.CSS_SELECTOR, "section.feature")
         }
-        assert set(sections) == {"intent", "is_question", "length", "token_count"}
+        assert set(sections) == {f.name for f in store.registry.get_group("message_features").batch_features}
         length = sections["length"]
         # Three charts per feature; every one is drawn (the browser laid it out with a real size).
         svgs = length.find_elements(By.TAG_NAME, "svg")

@@ -23,7 +23,8 @@ def test_statistics_endpoint_serves_the_stored_statistics(client: TestClient, st
     assert response.status_code == 200
     body = response.json()
     expected = store.feature_statistics(tenant_id="acme", group_id="message_features")
-    assert len(body) == len(expected) == 8
+    # One row per batch feature and window.
+    assert len(body) == len(expected) == 2 * len(store.registry.get_group("message_features").batch_features)
     assert body == [s.model_dump(mode="json") for s in expected]
     one = client.get(
         "/api/statistics", params={"tenant_id": "acme", "group_id": "message_features", "feature": "length"}
