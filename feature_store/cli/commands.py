@@ -537,11 +537,13 @@ def events_replay_demo(tenant_id: str, steps: int, as_json: bool) -> None:
                 store.publish_raw_events([json.dumps(raw)])
         size = max(1, -(-len(valid) // steps))
         consumer = store.event_consumer(consumer_id="demo-replay")
+        applied = duplicates = 0
         for step in range(steps):
             chunk = valid[step * size : (step + 1) * size]
             if chunk:
                 store.publish_events(chunk)
-            consumer.run(max_idle_s=0.2)
+            stats = consumer.run(max_idle_s=0.2)
+            applied, duplicates = applied + stats.applied, duplicates + stats.duplicates
             read = store.get_online_features(tenant_id, "user", users, DEMO_LIVE_FEATURES)
             snapshots.append(
                 {
@@ -551,7 +553,14 @@ def events_replay_demo(tenant_id: str, steps: int, as_json: bool) -> None:
                 }
             )
         dead = store.dead_letters(limit=1000)
-    payload = {"tenant": tenant_id, "events": len(found), "snapshots": snapshots, "dead_lettered": len(dead)}
+    payload = {
+        "tenant": tenant_id,
+        "events": len(found),
+        "applied": applied,
+        "duplicates": duplicates,
+        "snapshots": snapshots,
+        "dead_lettered": len(dead),
+    }
     if as_json:
         emit_json(payload)
         return
@@ -566,6 +575,11 @@ def events_replay_demo(tenant_id: str, steps: int, as_json: bool) -> None:
                 *(show_value(values[f]) for f in DEMO_LIVE_FEATURES),
             )
     console.print(table)
+    if duplicates:
+        # Event ids come from the source rows: a rerun over the same rows replays events already applied.
+        console.print(
+            f"{duplicates} events had been applied before (same event ids) and changed nothing: each event applies once"
+        )
     reasons: dict[str, int] = {}
     for d in dead:
         reasons[d.reason] = reasons.get(d.reason, 0) + 1

@@ -78,29 +78,6 @@ def test_a_backfill_through_the_rest_api_materializes_every_hour(stack: Stack, d
         120,
     )
 
-    # An application asks for a scoped run through an asset event: just acme's user_engagement, first hour.
-    asset = stack.api("GET", "/assets?name_pattern=feature_materialization_request")["assets"]
-    assert [a["name"] for a in asset] == ["feature_materialization_request"], asset
-    request = {
-        "tenant_id": "acme",
-        "feature_group_ids": ["user_engagement"],
-        "start": HOURS[0].start.isoformat(),
-        "end": HOURS[0].end.isoformat(),
-    }
-    stack.api("POST", "/assets/events", {"asset_id": asset[0]["id"], "extra": request})
-
-    def requested_run() -> dict[str, Any] | None:
-        runs = stack.api("GET", f"/dags/{DAG_ID}/dagRuns?run_type=asset_triggered&limit=5")["dag_runs"]
-        return runs[0] if runs and runs[0]["state"] in ("success", "failed") else None
-
-    scoped = wait_for("the asset-triggered run to finish", requested_run, 300)
-    assert scoped["state"] == "success", scoped
-    assert db.rows(
-        "SELECT tenant_id, feature_group_id, start_time, end_time, status FROM feature_store.materialization_jobs"
-        " WHERE run_id = %s",
-        (scoped["dag_run_id"],),
-    ) == [("acme", "user_engagement", HOURS[0].start, HOURS[0].end, "completed")]
-
     shot = _view_in_browser(
         stack,
         expected=[
