@@ -39,6 +39,18 @@ class ValueType(str, enum.Enum):
     def is_numeric(self) -> bool:
         return self in (ValueType.INT64, ValueType.FLOAT64)
 
+    def accepts(self, value: object) -> bool:
+        """Whether a Python value is of this type (a bool is no number; an int is a float64)."""
+        if self is ValueType.BOOL:
+            return isinstance(value, bool)
+        if isinstance(value, bool):
+            return False
+        if self is ValueType.INT64:
+            return isinstance(value, int)
+        if self is ValueType.FLOAT64:
+            return isinstance(value, int | float)
+        return isinstance(value, str)
+
 
 # -- Registry definitions ----------------------------------------------------------------------
 
@@ -284,7 +296,7 @@ class FeatureDefinition(StrictModel):
         if (rules.min is not None or rules.max is not None) and not self.value_type.is_numeric:
             raise ValueError(f"min/max rules need a numeric value_type, not {self.value_type.value}")
         for allowed in rules.allowed_values or []:
-            if not _matches_type(allowed, self.value_type):
+            if not self.value_type.accepts(allowed):
                 raise ValueError(f"allowed value {allowed!r} is not of value_type {self.value_type.value}")
         return self
 
@@ -294,20 +306,8 @@ def _check_stream_type(mapping: StreamMapping, value_type: ValueType) -> None:
         raise ValueError(f"op count needs a numeric value_type, not {value_type.value}")
     if mapping.op is StreamOp.EWMA and value_type is not ValueType.FLOAT64:
         raise ValueError(f"op ewma needs value_type float64, not {value_type.value}")
-    if mapping.default is not None and not _matches_type(mapping.default, value_type):
+    if mapping.default is not None and not value_type.accepts(mapping.default):
         raise ValueError(f"default {mapping.default!r} is not of value_type {value_type.value}")
-
-
-def _matches_type(value: object, value_type: ValueType) -> bool:
-    if value_type is ValueType.BOOL:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if value_type is ValueType.INT64:
-        return isinstance(value, int)
-    if value_type is ValueType.FLOAT64:
-        return isinstance(value, int | float)
-    return isinstance(value, str)
 
 
 class FeatureGroup(StrictModel):

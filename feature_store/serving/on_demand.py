@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from feature_store.definitions.models import FeatureDefinition, FeatureGroup, SourceType, ValueType
+from feature_store.definitions.models import FeatureDefinition, FeatureGroup, SourceType
 from feature_store.errors import OnDemandError
 from feature_store.serving.features import FeatureResolver
 from feature_store.serving.models import OnlineFeatures, OnlineValueStatus
@@ -126,7 +126,7 @@ def violation(value: FeatureValue, feature: FeatureDefinition) -> str | None:
     rules = feature.validation
     if value is None:
         return "not_null" if rules.not_null else None
-    if not _of_type(value, feature.value_type):
+    if not feature.value_type.accepts(value):
         return "value_type"
     if isinstance(value, float) and not math.isfinite(value):
         return "value_type"
@@ -137,15 +137,3 @@ def violation(value: FeatureValue, feature: FeatureDefinition) -> str | None:
     if rules.allowed_values is not None and value not in rules.allowed_values:
         return "allowed_values"
     return None
-
-
-def _of_type(value: object, value_type: ValueType) -> bool:
-    if value_type is ValueType.BOOL:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if value_type is ValueType.INT64:
-        return isinstance(value, int)
-    if value_type is ValueType.FLOAT64:
-        return isinstance(value, int | float)
-    return isinstance(value, str)
