@@ -28,6 +28,9 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
         "AIRFLOW__CORE__PARALLELISM": "4",
         # A deadline every run misses (3 s after it is queued), to see the triggerer record misses.
         "FEATURE_STORE_DEADLINE_MINUTES": "0.05",
+        # The scheduler creates asset-triggered runs only when it creates runs at all (then also the
+        # DAG's latest hourly run, whose jobs the checks below tell apart by run id).
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
     }
     with airflow_stack(home=tmp_path / "airflow_home", settings=settings, executor="LocalExecutor", env=env) as stack:
         yield stack
@@ -63,7 +66,9 @@ def test_a_backfill_through_the_rest_api_materializes_every_hour(stack: Stack, d
     ]
 
     jobs = db.rows(
-        "SELECT run_id, status, start_time, end_time, dag_id FROM feature_store.materialization_jobs ORDER BY id"
+        "SELECT run_id, status, start_time, end_time, dag_id FROM feature_store.materialization_jobs"
+        " WHERE run_id = ANY(%s) ORDER BY id",
+        ([r["dag_run_id"] for r in runs],),
     )
     assert len(jobs) == 3 * 9  # 3 hours x 3 tenants x 3 groups
     assert {status for _, status, *_ in jobs} == {"completed"}
@@ -77,6 +82,29 @@ def test_a_backfill_through_the_rest_api_materializes_every_hour(stack: Stack, d
         lambda: db.value("SELECT count(DISTINCT run_id) FROM feature_store.deadline_misses") >= 3,
         120,
     )
+
+    # An application asks for a scoped run through an asset event: just acme's user_engagement, first hour.
+    asset = stack.api("GET", "/assets?name_pattern=feature_materialization_request")["assets"]
+    assert [a["name"] for a in asset] == ["feature_materialization_request"], asset
+    request = {
+        "tenant_id": "acme",
+        "feature_group_ids": ["user_engagement"],
+        "start": HOURS[0].start.isoformat(),
+        "end": HOURS[0].end.isoformat(),
+    }
+    stack.api("POST", "/assets/events", {"asset_id": asset[0]["id"], "extra": request})
+
+    def requested_run() -> dict[str, Any] | None:
+        runs = stack.api("GET", f"/dags/{DAG_ID}/dagRuns?run_type=asset_triggered&limit=5")["dag_runs"]
+        return runs[0] if runs and runs[0]["state"] in ("success", "failed") else None
+
+    scoped = wait_for("the asset-triggered run to finish", requested_run, 300)
+    assert scoped["state"] == "success", scoped
+    assert db.rows(
+        "SELECT tenant_id, feature_group_id, start_time, end_time, status FROM feature_store.materialization_jobs"
+        " WHERE run_id = %s",
+        (scoped["dag_run_id"],),
+    ) == [("acme", "user_engagement", HOURS[0].start, HOURS[0].end, "completed")]
 
     shot = _view_in_browser(
         stack,
