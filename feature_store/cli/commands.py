@@ -162,7 +162,7 @@ def apply(path: str, as_json: bool) -> None:
         console.print(f"{scope}:")
         for change in changes:
             verb, _, item = change.partition(" ")
-            console.print(f"  [{styles[verb]}]{verb}[/] {item}")
+            console.print(f"  [{styles[verb]}]{verb}[/] {escape(item)}")
     if not report.changed:
         console.print(f"no changes ({len(report.unchanged)} objects up to date)")
 
