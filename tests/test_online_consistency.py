@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -296,3 +297,72 @@ def test_freshness_reflects_what_the_online_store_holds(store: FeatureStore) -> 
     assert lost.online_present == 0 and lost.stale
     store.reconcile_online(tenant_id="acme", group_id="message_features")
     assert not acme_messages().stale
+
+
+# Values whose JSON text a decode and re-encode would change: beyond a double, more digits than a double
+# keeps, escapes, non-ASCII text.
+TEXTS_REPO = """\
+source_schemas: [app]
+tenants: [{id: acme, name: Acme Corp}]
+feature_groups:
+  - id: texts
+    entity_type: thing
+    features:
+      - name: big
+        value_type: int64
+        transformation_sql: |
+          SELECT entity_id, event_time, big AS value FROM (VALUES
+            ('one', %(end_time)s::timestamptz, 9007199254740993::int8),
+            ('two', %(end_time)s::timestamptz - interval '1 minute', '-9223372036854775808'::int8),
+            ('two', %(end_time)s::timestamptz, 9223372036854775807::int8)) v(entity_id, event_time, big)
+          WHERE %(tenant_id)s = 'acme'
+      - name: precise
+        value_type: float64
+        transformation_sql: |
+          SELECT entity_id, event_time, x AS value FROM (VALUES
+            ('one', %(end_time)s::timestamptz, 0.1000000000000000055511151231257827::numeric),
+            ('two', %(end_time)s::timestamptz, 1e-300::numeric)) v(entity_id, event_time, x)
+          WHERE %(tenant_id)s = 'acme'
+      - name: words
+        value_type: string
+        transformation_sql: |
+          SELECT entity_id, event_time, w AS value FROM (VALUES
+            ('one', %(end_time)s::timestamptz, E'été "quoted" \\\\ back\\nslash'),
+            ('two', %(end_time)s::timestamptz - interval '1 minute', '日本語 ✓')) v(entity_id, event_time, w)
+          WHERE %(tenant_id)s = 'acme'
+"""
+
+
+def test_published_values_are_stored_as_the_json_texts_of_their_offline_values(
+    store: FeatureStore, db: Sql, tmp_path: Path
+) -> None:
+    """Entity `one` has one row (published from its value texts), `two` has two event times (its payload
+    is built in SQL): either way each stored value is its latest offline value's text, byte for byte."""
+    (tmp_path / "texts.yaml").write_text(TEXTS_REPO)
+    store.apply(tmp_path)
+    result = store.materialize(config("acme", "texts"))
+    assert result.status is JobStatus.COMPLETED, result.errors
+    offline = {
+        (entity, feature): (text, ts)
+        for entity, feature, text, ts in db.rows(
+            "SELECT DISTINCT ON (entity_id, feature_name) entity_id, feature_name, value::text, event_time"
+            " FROM feature_store.feature_values WHERE tenant_id = 'acme' AND feature_group_id = 'texts'"
+            " ORDER BY entity_id, feature_name, event_time DESC"
+        )
+    }
+    assert len(offline) == 6
+    assert offline[("one", "words")][0] == '"été \\"quoted\\" \\\\ back\\nslash"'
+    online = store.online
+    stored = {}
+    for key in online.scan_keys(tenant_id="acme", group_id="texts"):  # type: ignore[attr-defined]
+        for field, raw in online.client.hgetall(key).items():  # type: ignore[attr-defined]
+            if field != b"~":
+                event_us, _write_us, text = raw.decode().split("|", 2)
+                event_time = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(event_us))
+                stored[(online.entity_of(key), field.decode())] = (text, event_time)  # type: ignore[attr-defined]
+    assert stored == offline
+    rows = store.get_online_features("acme", "thing", ["one", "two"], ["texts:big", "texts:precise", "texts:words"])
+    assert [[v.value for v in row.features.values()] for row in rows] == [
+        [9007199254740993, 0.1, 'été "quoted" \\ back\nslash'],
+        [9223372036854775807, 1e-300, "日本語 ✓"],
+    ]

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
+from functools import partial
 
 import pytest
 import redis
@@ -16,7 +17,7 @@ from feature_store.definitions.models import ValueType
 from feature_store.errors import ConfigurationError
 from feature_store.serving.models import OnlineValueStatus
 from feature_store.stores.online import open_online_store
-from feature_store.stores.online.base import EPOCH, FeatureSpec, OnlineWrite
+from feature_store.stores.online.base import EPOCH, FeatureSpec, OnlineStore, OnlineWrite
 from feature_store.stores.online.redis import RedisOnlineStore
 
 
@@ -174,3 +175,19 @@ def test_a_prefix_that_could_match_another_stores_keys_is_refused(settings: Sett
         Settings(redis_prefix=prefix)
     with pytest.raises(ConfigurationError, match="without ':' or glob characters"):
         RedisOnlineStore(redis.Redis.from_url(settings.redis_url), prefix=prefix)
+
+
+def test_the_default_stamped_encoding_stores_what_the_backends_own_stores(online: RedisOnlineStore) -> None:
+    """A backend that keeps `OnlineStore.encode_stamped` (decoding each value) serves the same values."""
+    rows = [("e1", 200, ["count", "score"], ["9007199254740993", "0.25"]), ("e2", 300, ["score"], ["null"])]
+    for tenant, encode in (("own", online.encode_stamped), ("default", partial(OnlineStore.encode_stamped, online))):
+        encoded = encode(rows, write_time_us=1000)
+        assert [entity for entity, _ in encoded] == ["e1", "e2"]
+        online.write_encoded(tenant_id=tenant, group_id="g", rows=encoded, ttl_seconds=None, write_time_us=1000)
+    served = [
+        [(v.value, v.status, v.event_time) for v in row.features.values()]
+        for tenant in ("own", "default")
+        for row in online.read(tenant_id=tenant, entity_ids=["e1", "e2"], features=SPECS)
+    ]
+    assert served[:2] == served[2:]
+    assert [v for v, _, _ in served[0]] == [9007199254740993, 0.25]

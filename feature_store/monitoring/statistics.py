@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from feature_store.db import fetch_models
 from feature_store.definitions.models import FeatureDefinition
-from feature_store.pipeline.staging import staging_table
+from feature_store.pipeline.staging import partition_table
 from feature_store.windows import TimeWindow
 
 BASELINE_WINDOWS = 24
@@ -91,7 +91,7 @@ def record_statistics(
 ) -> FeatureStatistics:
     """Compute and store the statistics of the feature's staged rows for the job's window (replacing a
     rerun's), then its drift against the windows before it; returns what was stored."""
-    table = staging_table(job_id)
+    table = partition_table(job_id, feature.name)
     key = {"tenant": tenant_id, "group": group_id, "feature": feature.name}
     numeric = feature.value_type.is_numeric
     with conn.transaction():
@@ -240,15 +240,19 @@ ON CONFLICT (tenant_id, feature_group_id, feature_name, window_start, window_end
     baseline_windows = 0, computed_at = excluded.computed_at
 """
 
-# Mean and spread in numeric: a double's sum (or sum of squares) of values near its limit overflows.
+# Mean and spread in doubles, or in numeric when a value is so large that a double's sum of squares
+# would overflow (`small` is false): the numeric aggregates see no row unless they are needed.
 _NUMBERS = f"""
 SELECT min_value, max_value, mean_value, stddev_value,
        CASE WHEN qs IS NOT NULL THEN
            (SELECT jsonb_object_agg(p.name, p.q) FROM unnest(%(names)s::text[], qs) AS p(name, q)) END AS percentiles
-FROM (SELECT min(x) AS min_value, max(x) AS max_value, {_double("avg(n)")} AS mean_value,
-             {_double("stddev_pop(n)")} AS stddev_value,
+FROM (SELECT min(x) AS min_value, max(x) AS max_value,
+             coalesce(avg(x) FILTER (WHERE small), {_double("avg(value::numeric) FILTER (WHERE NOT small)")})
+                 AS mean_value,
+             coalesce(stddev_pop(x) FILTER (WHERE small),
+                      {_double("stddev_pop(value::numeric) FILTER (WHERE NOT small)")}) AS stddev_value,
              percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY x) AS qs
-      FROM (SELECT x, value::numeric AS n FROM v) xs) agg
+      FROM v, (SELECT coalesce(max(abs(x)), 0) < 1e150 AS small FROM v) scale) agg
 """
 
 _NO_NUMBERS = (

@@ -226,16 +226,6 @@ def record_feature(
         )
 
 
-def stamps_own_event_times(conn: psycopg.Connection, job_id: int, features: Sequence[str]) -> bool:
-    """Whether any of these features' SQL returns its own event times (or it is not known)."""
-    row = conn.execute(
-        "SELECT bool_or(own_event_time IS NOT FALSE) FROM feature_store.materialization_job_features"
-        " WHERE job_id = %s AND feature_name = ANY(%s)",
-        (job_id, list(features)),
-    ).fetchone()
-    return bool(row and row[0])
-
-
 def note_feature_retry(conn: psycopg.Connection, job_id: int, feature: str, note: str) -> None:
     """Record why a feature's stage failed in a way a retry can fix: its status stays as it is (so the
     retry can go on from there) and the note is its error message until a stage succeeds."""

@@ -33,9 +33,13 @@ from feature_store.windows import TimeWindow
 SAMPLE_SIZE = 50
 """Entities of the first and of the last batch checked for presence after a publish."""
 
-# One entity's payload in the online backend's encoding, and whether it writes (not only removes) a value:
-# aggregates over rows x(feature_name, event_time, value) of the entity.
+# The rows a publish streams: (entity_id, event_us, names, value_texts, payload, has_value). An entity's
+# values sharing one event time come as its names and value JSON texts (payload NULL), for the backend
+# to encode in Python; any other entity as its payload, built by the backend's SQL aggregate over rows
+# x(feature_name, event_time, value) of the entity. has_value: it writes (not only removes) a value.
 _PAYLOAD = "{encoded}, bool_or(x.event_time IS NOT NULL)"
+_NOT_STAMPED = sql.SQL("NULL::bigint, NULL::text[], NULL::text[]")
+_EVENT_US = "(extract(epoch FROM {time}) * 1000000)::bigint"
 
 
 @dataclass(frozen=True)
@@ -56,14 +60,15 @@ def publish_job(
     features: Sequence[str],
     window: TimeWindow,
     offline_written: bool,
-    one_row_per_entity: bool,
     force: bool,
     batch_size: int,
 ) -> Published:
     """Publish the job's written features from its wide rows (see staging).
 
-    `one_row_per_entity`: the wide rows hold one row per entity (every feature stamped with the
-    window end, one window), so each row is its entity's latest values and no sort is needed.
+    An entity with one wide row (the usual case) is sent as that row's names and value texts, which
+    the backend encodes in Python (`encode_stamped`): PostgreSQL only reads them. Entities with
+    several rows, and those whose values were quarantined or replaced, get their payloads built by
+    the backend's SQL aggregate (`encode_sql`).
     Raises OnlineStoreLostDataError (retryable) if the store lost data meanwhile.
     """
     staging, replaced, wide = staging_table(job_id), replaced_table(job_id), wide_table(job_id)
@@ -78,21 +83,24 @@ def publish_job(
     write_time_us = time.time_ns() // 1000
     encoded = online.encode_sql(write_time_us=write_time_us)
     payload = sql.SQL(_PAYLOAD).format(encoded=encoded)
-    if one_row_per_entity:
-        # Each wide row is its entity's latest values: its payload straight from the row, no grouping.
+    several = sql.SQL(
+        "SELECT x.entity_id, {none}, {payload} FROM ("
+        "  SELECT DISTINCT ON (w.entity_id, e.key) w.entity_id, e.key AS feature_name, w.event_time, e.value"
+        "  FROM {wide} w, jsonb_each(w.features) e WHERE e.key = ANY(%(fresh)s) AND {which}"
+        "  ORDER BY w.entity_id, e.key, w.event_time DESC) x GROUP BY x.entity_id"
+    )
+    if fresh == list(features):
+        # Every written feature is fresh: a single row is its entity's latest values, as it is.
         latest = sql.SQL(
-            "SELECT w.entity_id, (SELECT {encoded} FROM ("
-            "  SELECT e.key AS feature_name, w.event_time, e.value FROM jsonb_each(w.features) e"
-            "  WHERE e.key = ANY(%(fresh)s)) x) AS payload, true AS has_value"
-            " FROM {wide} w WHERE w.features ?| %(fresh)s::text[]"
-        ).format(encoded=encoded, wide=wide)
+            "SELECT w.entity_id, {event_us}, w.names, w.value_texts, NULL::text, true FROM {wide} w"
+            " WHERE w.entity_rows = 1 UNION ALL {several}"
+        ).format(
+            event_us=sql.SQL(_EVENT_US.format(time="w.event_time")),
+            wide=wide,
+            several=several.format(none=_NOT_STAMPED, payload=payload, wide=wide, which=sql.SQL("w.entity_rows > 1")),
+        )
     else:
-        latest = sql.SQL(
-            "SELECT x.entity_id, {payload} FROM ("
-            "  SELECT DISTINCT ON (w.entity_id, e.key) w.entity_id, e.key AS feature_name, w.event_time, e.value"
-            "  FROM {wide} w, jsonb_each(w.features) e WHERE e.key = ANY(%(fresh)s)"
-            "  ORDER BY w.entity_id, e.key, w.event_time DESC) x GROUP BY x.entity_id"
-        ).format(payload=payload, wide=wide)
+        latest = several.format(none=_NOT_STAMPED, payload=payload, wide=wide, which=sql.SQL("true"))
     lookup = offline.latest_value(
         tenant=sql.SQL("%(tenant)s"),
         group=sql.SQL("%(group)s"),
@@ -102,7 +110,7 @@ def publish_job(
     query = sql.SQL(
         "{latest}"
         " UNION ALL"
-        " SELECT x.entity_id, {payload} FROM ("
+        " SELECT x.entity_id, {none}, {payload} FROM ("
         "  SELECT m.entity_id, m.feature_name, f.event_time, f.value FROM ("
         "   SELECT s.feature_name, s.entity_id FROM {staging} s WHERE s.feature_name = ANY(%(features)s)"
         "    AND s.entity_id IS NOT NULL AND (s.rejected_rule IS NOT NULL OR s.feature_name = ANY(%(later)s))"
@@ -111,7 +119,15 @@ def publish_job(
         "  WHERE NOT EXISTS (SELECT 1 FROM {wide} w WHERE w.entity_id = m.entity_id AND w.features ? m.feature_name"
         "   AND m.feature_name = ANY(%(fresh)s))) x"
         " GROUP BY x.entity_id"
-    ).format(latest=latest, payload=payload, staging=staging, replaced=replaced, wide=wide, lookup=lookup)
+    ).format(
+        latest=latest,
+        none=_NOT_STAMPED,
+        payload=payload,
+        staging=staging,
+        replaced=replaced,
+        wide=wide,
+        lookup=lookup,
+    )
     params = {
         "features": list(features),
         "fresh": fresh,
@@ -132,7 +148,17 @@ def publish_job(
             force=force,
         )
 
-    return _stream(conn, online, query, params, write, batch_size=batch_size, tenant_id=tenant_id, group_id=group.id)
+    return _stream(
+        conn,
+        online,
+        query,
+        params,
+        write,
+        batch_size=batch_size,
+        tenant_id=tenant_id,
+        group_id=group.id,
+        write_time_us=write_time_us,
+    )
 
 
 def reconcile_group(
@@ -150,7 +176,7 @@ def reconcile_group(
     """
     write_time_us = time.time_ns() // 1000
     query = sql.SQL(
-        "SELECT x.entity_id, {payload} FROM ("
+        "SELECT x.entity_id, {none}, {payload} FROM ("
         "  SELECT DISTINCT ON (r.entity_id, e.key) r.entity_id, e.key AS feature_name, r.event_time, e.value,"
         "   r.created_at"
         "  FROM feature_store.offline_rows r, jsonb_each(r.features) e"
@@ -158,7 +184,9 @@ def reconcile_group(
         "  ORDER BY r.entity_id, e.key, r.event_time DESC) x"
         " WHERE %(ttl)s::int IS NULL OR x.created_at > now() - make_interval(secs => %(ttl)s::int)"
         " GROUP BY x.entity_id"
-    ).format(payload=sql.SQL(_PAYLOAD).format(encoded=online.encode_sql(write_time_us=write_time_us)))
+    ).format(
+        none=_NOT_STAMPED, payload=sql.SQL(_PAYLOAD).format(encoded=online.encode_sql(write_time_us=write_time_us))
+    )
     params = {"tenant": tenant_id, "group": group.id, "features": list(features), "ttl": group.ttl_seconds}
 
     def write(rows: list[tuple[str, str]]) -> int:
@@ -170,7 +198,17 @@ def reconcile_group(
             write_time_us=write_time_us,
         )
 
-    return _stream(conn, online, query, params, write, batch_size=batch_size, tenant_id=tenant_id, group_id=group.id)
+    return _stream(
+        conn,
+        online,
+        query,
+        params,
+        write,
+        batch_size=batch_size,
+        tenant_id=tenant_id,
+        group_id=group.id,
+        write_time_us=write_time_us,
+    )
 
 
 def _stream(
@@ -183,8 +221,10 @@ def _stream(
     batch_size: int,
     tenant_id: str,
     group_id: str,
+    write_time_us: int,
 ) -> Published:
-    """Stream (entity, fields, has_value) rows to `write` in batches, then check the store kept them."""
+    """Stream the query's rows (see `_PAYLOAD`) to `write` as (entity, payload) batches, then check the
+    store kept them. The next batch is fetched and encoded while a worker thread writes this one."""
     instance = online.instance_id()
     written = entities = 0
     samples: list[str] = []
@@ -199,17 +239,27 @@ def _stream(
         cur.execute(query, params)
         while batch := cur.fetchmany(batch_size):
             if not samples:
-                samples = [r[0] for r in batch if r[2]][:SAMPLE_SIZE]
+                samples = [r[0] for r in batch if r[5]][:SAMPLE_SIZE]
             last = batch
             entities += len(batch)
+            rows = _payloads(online, batch, write_time_us)
             if pending is not None:
                 written += pending.result()
-            pending = writer.submit(write, [(r[0], r[1]) for r in batch])
+            pending = writer.submit(write, rows)
         if pending is not None:
             written += pending.result()
-    samples += [r[0] for r in last if r[2]][-SAMPLE_SIZE:]
+    samples += [r[0] for r in last if r[5]][-SAMPLE_SIZE:]
     _check_kept(online, tenant_id, group_id, instance, samples)
     return Published(values=written, entities=entities)
+
+
+def _payloads(online: OnlineStore, batch: list[tuple[Any, ...]], write_time_us: int) -> list[tuple[str, str]]:
+    """(entity, payload) of each streamed row, in order: those without a payload are encoded here."""
+    stamped = [(r[0], r[1], r[2], r[3]) for r in batch if r[4] is None]
+    if not stamped:
+        return [(r[0], r[4]) for r in batch]
+    encoded = iter(online.encode_stamped(stamped, write_time_us=write_time_us))
+    return [(r[0], r[4]) if r[4] is not None else next(encoded) for r in batch]
 
 
 def _check_kept(online: OnlineStore, tenant_id: str, group_id: str, instance: str, samples: list[str]) -> None:

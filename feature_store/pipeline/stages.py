@@ -51,6 +51,7 @@ from feature_store.pipeline.publish import publish_job
 from feature_store.pipeline.staging import (
     build_wide,
     drop_staging,
+    partition_table,
     replaced_table,
     staging_exists,
     staging_table,
@@ -554,7 +555,7 @@ class FeaturePipeline:
     def _count_valid(self, job_id: int, feature_name: str) -> int:
         row = self._conn.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE feature_name = %s AND rejected_rule IS NULL").format(
-                staging_table(job_id)
+                partition_table(job_id, feature_name)
             ),
             (feature_name,),
         ).fetchone()
@@ -608,8 +609,6 @@ class FeaturePipeline:
             features=written,
             window=ctx.window,
             offline_written=offline_written,
-            one_row_per_entity=ctx.job.job_type is JobType.INCREMENTAL
-            and not jobs.stamps_own_event_times(self._conn, job_id, written),
             force=ctx.job.online_overwrite,
             batch_size=self._settings.online_batch_size,
         ).values

@@ -3,7 +3,8 @@
 - `job_N`: one row per staged value (feature, entity, event time), as transforms insert them and
   validation marks them, partitioned by feature (each stage of a feature scans its own rows only);
 - `job_N_wide`: the job's valid values, one row per (entity, event time) with all its features,
-  built once when the job is flushed; the offline write and the online publish both read it;
+  built once when the job is flushed; the offline write and the online publish both read it (the
+  publish takes an entity with one row straight from its `names` and `value_texts`);
 - `job_N_replaced`: the (feature, entity) pairs whose offline values of the window a flush replaced,
   which the publish re-checks (their online value may have to fall back, or go).
 
@@ -34,7 +35,9 @@ def replaced_table(job_id: int) -> sql.Composed:
 
 
 def wide_table(job_id: int) -> sql.Composed:
-    """The job's valid values, one row per (entity, event time): `(entity_id, event_time, features jsonb)`."""
+    """The job's valid values, one row per (entity, event time): `(entity_id, event_time, features jsonb,
+    names text[], value_texts text[], entity_rows)`: the features as one object (the offline row), as
+    aligned arrays of names and JSON texts (the online payload), and how many rows the entity has."""
     return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_wide"))
 
 
@@ -44,10 +47,13 @@ def build_wide(conn: psycopg.Connection, job_id: int, features: list[str]) -> in
     with conn.transaction():
         conn.execute("SET LOCAL work_mem = '64MB'")  # sort and aggregate ~1M staged values in memory
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
+        # One sort serves the grouping and the count of each entity's rows (a window over the groups).
         cur = conn.execute(
             sql.SQL(
                 "CREATE UNLOGGED TABLE {} AS"
-                " SELECT entity_id, event_time, jsonb_object_agg(feature_name, value) AS features"
+                " SELECT entity_id, event_time, jsonb_object_agg(feature_name, value) AS features,"
+                "  array_agg(feature_name) AS names, array_agg(coalesce(value::text, 'null')) AS value_texts,"
+                "  count(*) OVER (PARTITION BY entity_id) AS entity_rows"
                 " FROM {} WHERE feature_name = ANY(%s) AND rejected_rule IS NULL GROUP BY entity_id, event_time"
             ).format(wide, staging_table(job_id)),
             (features,),
@@ -56,12 +62,24 @@ def build_wide(conn: psycopg.Connection, job_id: int, features: list[str]) -> in
 
 
 def create_staging(conn: psycopg.Connection, job_id: int) -> None:
-    """Create the job's staging tables unless they exist; safe when parallel tasks of the job all call it."""
+    """Create the job's staging tables unless they exist, with a partition for each of its features;
+    safe when parallel tasks of the job all call it.
+
+    The partitions are made up front because attaching one locks the whole table: made by each
+    feature's transform, they made the features of a job wait for each other's stages.
+    """
     with conn.transaction():
-        # Concurrent GRANTs on one table fail with "tuple concurrently updated": take turns.
+        # Concurrent DDL on one table fails with "tuple concurrently updated": take turns.
         advisory_xact_lock(conn, f"featurepipe staging {int(job_id)}")
         if not staging_exists(conn, job_id):
             _create(conn, job_id)
+            features = conn.execute(
+                "SELECT feature_name FROM feature_store.materialization_job_features WHERE job_id = %s"
+                " ORDER BY feature_name",
+                (job_id,),
+            ).fetchall()
+            for (feature,) in features:
+                _create_partition(conn, job_id, feature)
 
 
 def _create(conn: psycopg.Connection, job_id: int) -> None:
@@ -89,20 +107,26 @@ def partition_table(job_id: int, feature: str) -> sql.Composed:
 
 
 def empty_partition(conn: psycopg.Connection, job_id: int, feature: str) -> sql.Composed:
-    """The feature's staging partition, created or emptied for a (re)run of its transform."""
+    """The feature's staging partition, emptied for a (re)run of its transform (created if missing)."""
     partition = partition_table(job_id, feature)
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (partition.as_string(conn),)).fetchone()
+    if exists and exists[0]:
+        # Only a rerun finds rows: an empty partition is left alone (TRUNCATE locks it exclusively).
+        if conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(partition)).fetchone() == (True,):
+            conn.execute(sql.SQL("TRUNCATE {}").format(partition))
+        return partition
     with conn.transaction():
         advisory_xact_lock(conn, f"featurepipe staging {int(job_id)}")
-        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (partition.as_string(conn),)).fetchone()
-        if exists and exists[0]:
-            conn.execute(sql.SQL("TRUNCATE {}").format(partition))
-        else:
-            conn.execute(
-                sql.SQL("CREATE UNLOGGED TABLE {} PARTITION OF {} FOR VALUES IN ({})").format(
-                    partition, staging_table(job_id), sql.Literal(feature)
-                )
-            )
+        _create_partition(conn, job_id, feature)
     return partition
+
+
+def _create_partition(conn: psycopg.Connection, job_id: int, feature: str) -> None:
+    conn.execute(
+        sql.SQL("CREATE UNLOGGED TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES IN ({})").format(
+            partition_table(job_id, feature), staging_table(job_id), sql.Literal(feature)
+        )
+    )
 
 
 def drop_staging(conn: psycopg.Connection, job_id: int) -> None:

@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from feature_store.definitions.models import FeatureDefinition, ValueType
-from feature_store.pipeline.staging import staging_table
+from feature_store.pipeline.staging import partition_table
 from feature_store.sources.expectations import EXPECTATION_RULE
 from feature_store.windows import TimeWindow
 
@@ -100,7 +100,7 @@ def check_rules(
         max_entity_id_length: longest entity id, in characters (`Settings.max_entity_id_length`).
         max_value_bytes: longest string value, in UTF-8 bytes (`Settings.max_value_bytes`).
     """
-    table = staging_table(job_id)
+    table = partition_table(job_id, feature.name)
     name = feature.name
     with conn.transaction():
         conn.execute(

@@ -2,17 +2,19 @@
 
 A backend is one module with a subclass of `OnlineStore`, registered by name in
 `feature_store.stores.online.BACKENDS`. Writes come set-wise from PostgreSQL: the backend says, as a
-SQL aggregate, how one entity's values are encoded for it (`encode_sql`), the pipeline streams one
-encoded payload per entity (`write_encoded`), and Python never touches single values. Code that has
-values in Python (tests, event consumers) uses `write_values`.
+SQL aggregate, how one entity's values are encoded for it (`encode_sql`), or, for an entity whose
+values share one event time (the usual row of a window), how their JSON texts are put together in
+Python without decoding them (`encode_stamped`); the pipeline streams one encoded payload per entity
+(`write_encoded`). Code that has values in Python (tests, event consumers) uses `write_values`.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from psycopg import sql
@@ -40,6 +42,11 @@ class FeatureSpec:
     @property
     def ref(self) -> str:
         return f"{self.group_id}:{self.name}"
+
+
+StampedValues = tuple[str, int, Sequence[str], Sequence[str]]
+"""One entity's values sharing one event time: (entity_id, event time in epoch microseconds, feature
+names, the values as JSON texts aligned with the names)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,19 @@ class OnlineStore(ABC):
     @abstractmethod
     def encode(self, values: Sequence[OnlineWrite], *, write_time_us: int) -> list[tuple[str, str]]:
         """The (entity_id, payload) pairs `write_encoded` takes, built in Python (one pair per entity)."""
+
+    def encode_stamped(self, rows: Sequence[StampedValues], *, write_time_us: int) -> list[tuple[str, str]]:
+        """The (entity_id, payload) pair of each row of values sharing one event time, in order.
+
+        This is the publish's hot path (one row per entity and window), so a backend should override
+        it with an encoding that does not decode the values; this default goes through `encode`.
+        """
+        pairs = []
+        for entity_id, event_us, names, texts in rows:
+            event_time = EPOCH + timedelta(microseconds=event_us)
+            values = [OnlineWrite(entity_id, n, event_time, json.loads(t)) for n, t in zip(names, texts, strict=True)]
+            pairs += self.encode(values, write_time_us=write_time_us)
+        return pairs
 
     def write_values(
         self,

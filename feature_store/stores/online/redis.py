@@ -27,7 +27,14 @@ from psycopg import sql
 from feature_store.config import Settings, check_redis_prefix
 from feature_store.definitions.models import ValueType
 from feature_store.serving.models import OnlineFeatures, OnlineValueStatus
-from feature_store.stores.online.base import EPOCH, REMOVE, FeatureSpec, OnlineStore, OnlineWrite
+from feature_store.stores.online.base import (
+    EPOCH,
+    REMOVE,
+    FeatureSpec,
+    OnlineStore,
+    OnlineWrite,
+    StampedValues,
+)
 from feature_store.types import FeatureValue
 from feature_store.windows import TimeWindow
 
@@ -96,6 +103,15 @@ class RedisOnlineStore(OnlineStore):
             ]
             rows.append((entity, json.dumps(payload)))
         return rows
+
+    def encode_stamped(self, rows: Sequence[StampedValues], *, write_time_us: int) -> list[tuple[str, str]]:
+        # The payload of `encode_sql`, with the value texts as PostgreSQL wrote them (never re-encoded).
+        between = f"|{int(write_time_us)}|"
+        dumps = json.dumps
+        return [
+            (entity, dumps([str(event_us), str(event_us), 0, names, [f"{event_us}{between}{t}" for t in texts]]))
+            for entity, event_us, names, texts in rows
+        ]
 
     def write_encoded(
         self,
