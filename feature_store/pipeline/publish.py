@@ -27,7 +27,7 @@ from feature_store.definitions.models import FeatureGroup
 from feature_store.errors import OnlineStoreLostDataError
 from feature_store.pipeline.staging import replaced_table, staging_table, wide_table
 from feature_store.stores.offline import postgres as offline
-from feature_store.stores.online.base import OnlineStore
+from feature_store.stores.online.base import OnlineStore, Payload
 from feature_store.windows import TimeWindow
 
 SAMPLE_SIZE = 50
@@ -137,7 +137,7 @@ def publish_job(
         "group": group.id,
     }
 
-    def write(rows: list[tuple[str, str]]) -> int:
+    def write(rows: list[tuple[str, Payload]]) -> int:
         return online.write_encoded(
             tenant_id=tenant_id,
             group_id=group.id,
@@ -189,7 +189,7 @@ def reconcile_group(
     )
     params = {"tenant": tenant_id, "group": group.id, "features": list(features), "ttl": group.ttl_seconds}
 
-    def write(rows: list[tuple[str, str]]) -> int:
+    def write(rows: list[tuple[str, Payload]]) -> int:
         return online.write_encoded(
             tenant_id=tenant_id,
             group_id=group.id,
@@ -216,7 +216,7 @@ def _stream(
     online: OnlineStore,
     query: sql.Composed,
     params: dict[str, Any],
-    write: Callable[[list[tuple[str, str]]], int],
+    write: Callable[[list[tuple[str, Payload]]], int],
     *,
     batch_size: int,
     tenant_id: str,
@@ -253,7 +253,7 @@ def _stream(
     return Published(values=written, entities=entities)
 
 
-def _payloads(online: OnlineStore, batch: list[tuple[Any, ...]], write_time_us: int) -> list[tuple[str, str]]:
+def _payloads(online: OnlineStore, batch: list[tuple[Any, ...]], write_time_us: int) -> list[tuple[str, Payload]]:
     """(entity, payload) of each streamed row, in order: those without a payload are encoded here."""
     stamped = [(r[0], r[1], r[2], r[3]) for r in batch if r[4] is None]
     if not stamped:

@@ -44,6 +44,9 @@ class FeatureSpec:
         return f"{self.group_id}:{self.name}"
 
 
+Payload = str | bytes
+"""One entity's encoded values: text from the backend's `encode_sql`, or what its Python encoders make."""
+
 StampedValues = tuple[str, int, Sequence[str], Sequence[str]]
 """One entity's values sharing one event time: (entity_id, event time in epoch microseconds, feature
 names, the values as JSON texts aligned with the names)."""
@@ -81,7 +84,7 @@ class OnlineStore(ABC):
         *,
         tenant_id: str,
         group_id: str,
-        rows: Sequence[tuple[str, str]],
+        rows: Sequence[tuple[str, Payload]],
         ttl_seconds: int | None,
         write_time_us: int,
         replaces: TimeWindow | None = None,
@@ -99,16 +102,16 @@ class OnlineStore(ABC):
         """
 
     @abstractmethod
-    def encode(self, values: Sequence[OnlineWrite], *, write_time_us: int) -> list[tuple[str, str]]:
+    def encode(self, values: Sequence[OnlineWrite], *, write_time_us: int) -> list[tuple[str, Payload]]:
         """The (entity_id, payload) pairs `write_encoded` takes, built in Python (one pair per entity)."""
 
-    def encode_stamped(self, rows: Sequence[StampedValues], *, write_time_us: int) -> list[tuple[str, str]]:
+    def encode_stamped(self, rows: Sequence[StampedValues], *, write_time_us: int) -> list[tuple[str, Payload]]:
         """The (entity_id, payload) pair of each row of values sharing one event time, in order.
 
         This is the publish's hot path (one row per entity and window), so a backend should override
         it with an encoding that does not decode the values; this default goes through `encode`.
         """
-        pairs = []
+        pairs: list[tuple[str, Payload]] = []
         for entity_id, event_us, names, texts in rows:
             event_time = EPOCH + timedelta(microseconds=event_us)
             values = [OnlineWrite(entity_id, n, event_time, json.loads(t)) for n, t in zip(names, texts, strict=True)]

@@ -6,7 +6,7 @@
 -- ARGV[3]: start of the window being replaced, event-time microseconds ("" for none).
 -- ARGV[4]: end of that window ("" for none).
 -- ARGV[5]: "1" to overwrite whatever is stored (an audited corrective rerun), else "0".
--- ARGV[6]: JSON array aligned with KEYS; each element is one entity's
+-- ARGV[6]: MessagePack array aligned with KEYS; each element is one entity's
 --          [oldest_event_us, newest_event_us, has_removals (0|1), [field, ...], [stored, ...]]
 --          where `stored` is the field's new value "event_time_us|write_time_us|value_json" (built by the
 --          caller with the write time of ARGV[1]), or "" to remove the stored value.
@@ -28,7 +28,7 @@ local ttl_ms = tonumber(ARGV[2])
 local window_start = tonumber(ARGV[3])
 local window_end = tonumber(ARGV[4])
 local force = ARGV[5] == '1'
-local rows = cjson.decode(ARGV[6])
+local rows = cmsgpack.unpack(ARGV[6])
 local changed = 0
 for i = 1, #KEYS do
     local key = KEYS[i]

@@ -21,11 +21,11 @@ from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
 
+import msgpack
 import redis
 from psycopg import sql
 
 from feature_store.config import Settings, check_redis_prefix
-from feature_store.definitions.models import ValueType
 from feature_store.serving.models import OnlineFeatures, OnlineValueStatus
 from feature_store.stores.online.base import (
     EPOCH,
@@ -33,9 +33,11 @@ from feature_store.stores.online.base import (
     FeatureSpec,
     OnlineStore,
     OnlineWrite,
+    Payload,
     StampedValues,
 )
 from feature_store.types import FeatureValue
+from feature_store.values import PARSERS
 from feature_store.windows import TimeWindow
 
 BUCKETS = 256
@@ -83,11 +85,12 @@ class RedisOnlineStore(OnlineStore):
             "  ELSE {ev}::text || {write} || coalesce(x.value::text, 'null') END))::text"
         ).format(ev=event_us, write=sql.Literal(f"|{int(write_time_us)}|"))
 
-    def encode(self, values: Sequence[OnlineWrite], *, write_time_us: int) -> list[tuple[str, str]]:
+    def encode(self, values: Sequence[OnlineWrite], *, write_time_us: int) -> list[tuple[str, Payload]]:
         by_entity: dict[str, list[OnlineWrite]] = {}
         for v in values:
             by_entity.setdefault(v.entity_id, []).append(v)
-        rows = []
+        rows: list[tuple[str, Payload]] = []
+        pack = msgpack.Packer().pack
         for entity, items in by_entity.items():
             events = [_epoch_us(v.event_time) for v in items if v.value is not REMOVE]
             stored = [
@@ -101,15 +104,15 @@ class RedisOnlineStore(OnlineStore):
                 [v.feature for v in items],
                 stored,
             ]
-            rows.append((entity, json.dumps(payload)))
+            rows.append((entity, pack(payload)))
         return rows
 
-    def encode_stamped(self, rows: Sequence[StampedValues], *, write_time_us: int) -> list[tuple[str, str]]:
+    def encode_stamped(self, rows: Sequence[StampedValues], *, write_time_us: int) -> list[tuple[str, Payload]]:
         # The payload of `encode_sql`, with the value texts as PostgreSQL wrote them (never re-encoded).
         between = f"|{int(write_time_us)}|"
-        dumps = json.dumps
+        pack = msgpack.Packer().pack
         return [
-            (entity, dumps([str(event_us), str(event_us), 0, names, [f"{event_us}{between}{t}" for t in texts]]))
+            (entity, pack([str(event_us), str(event_us), 0, names, [f"{event_us}{between}{t}" for t in texts]]))
             for entity, event_us, names, texts in rows
         ]
 
@@ -118,7 +121,7 @@ class RedisOnlineStore(OnlineStore):
         *,
         tenant_id: str,
         group_id: str,
-        rows: Sequence[tuple[str, str]],
+        rows: Sequence[tuple[str, Payload]],
         ttl_seconds: int | None,
         write_time_us: int,
         replaces: TimeWindow | None = None,
@@ -131,14 +134,18 @@ class RedisOnlineStore(OnlineStore):
 
     @staticmethod
     def _args(
-        rows: Iterable[tuple[str, str]],
+        rows: Iterable[tuple[str, Payload]],
         ttl_seconds: int | None,
         write_time_us: int,
         replaces: TimeWindow | None,
         force: bool,
-    ) -> list[str]:
+    ) -> list[str | bytes]:
+        """The script's arguments; its payload a MessagePack array of the entities' payloads (one
+        from `encode_sql` is JSON text, rewritten: the script unpacks MessagePack in half the time)."""
         window = [str(_epoch_us(replaces.start)), str(_epoch_us(replaces.end))] if replaces else ["", ""]
-        payload = "[" + ",".join(fields for _, fields in rows) + "]"
+        packer = msgpack.Packer()
+        packed = [p if isinstance(p, bytes) else packer.pack(json.loads(p)) for _, p in rows]
+        payload = packer.pack_array_header(len(packed)) + b"".join(packed)
         return [str(write_time_us), str((ttl_seconds or 0) * 1000), *window, "1" if force else "0", payload]
 
     # -- reads and upkeep ----------------------------------------------------------------------
@@ -158,7 +165,7 @@ class RedisOnlineStore(OnlineStore):
         width = len(groups)
         for g, (_, specs) in enumerate(groups):
             for f, spec in enumerate(specs):
-                parse = _PARSERS[spec.value_type]
+                parse = PARSERS[spec.value_type]
                 ttl_us = spec.ttl_seconds * 1_000_000 if spec.ttl_seconds else None
                 values: list[FeatureValue] = []
                 events: list[int | None] = []
@@ -222,27 +229,6 @@ class RedisOnlineStore(OnlineStore):
 
 def _epoch_us(value: datetime) -> int:
     return (value - EPOCH) // timedelta(microseconds=1)
-
-
-def _parse_string(raw: bytes) -> FeatureValue:
-    value = json.loads(raw)
-    return None if value is None else str(value)
-
-
-def _parse_number(cast: Any) -> Any:
-    def parse(raw: bytes) -> FeatureValue:
-        return None if raw == b"null" else cast(raw)
-
-    return parse
-
-
-# How a stored value_json becomes the feature's declared type without a general JSON decode.
-_PARSERS = {
-    ValueType.FLOAT64: _parse_number(float),
-    ValueType.INT64: _parse_number(lambda raw: int(float(raw)) if b"." in raw or b"e" in raw else int(raw)),
-    ValueType.BOOL: lambda raw: None if raw == b"null" else raw == b"true",
-    ValueType.STRING: _parse_string,
-}
 
 
 def _glob_escape(text: str) -> str:

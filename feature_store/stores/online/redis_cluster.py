@@ -15,6 +15,7 @@ from redis.cluster import RedisCluster
 
 from feature_store.config import Settings
 from feature_store.errors import ConnectionFailedError
+from feature_store.stores.online.base import Payload
 from feature_store.stores.online.redis import RedisOnlineStore
 from feature_store.windows import TimeWindow
 
@@ -42,7 +43,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         *,
         tenant_id: str,
         group_id: str,
-        rows: Sequence[tuple[str, str]],
+        rows: Sequence[tuple[str, Payload]],
         ttl_seconds: int | None,
         write_time_us: int,
         replaces: TimeWindow | None = None,
@@ -50,7 +51,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
     ) -> int:
         if not rows:
             return 0
-        by_slot: dict[str, list[tuple[str, tuple[str, str]]]] = {}
+        by_slot: dict[str, list[tuple[str, tuple[str, Payload]]]] = {}
         for row in rows:
             key = self.key(tenant_id, group_id, row[0])
             by_slot.setdefault(key[: key.index("}") + 1], []).append((key, row))
