@@ -151,7 +151,7 @@ def run_job(
             pipeline.fail(job_id, f"materialization stopped: {exc}")
             raise
         try:
-            return _attempts(pipeline, lambda final: pipeline.finish(job_id, final=final))
+            return _attempts(pipeline, lambda final: pipeline.finish(job_id, final=final, parallelism=parallelism))
         except FinishError as exc:
             log.warning("%s", exc)  # finish ended the job failed
             return pipeline.close_failed(job_id)

@@ -344,8 +344,12 @@ class FeaturePipeline:
         jobs.record_feature(self._conn, job_id, feature_name, FeatureStatus.WRITTEN, try_number=try_number)
         return rows
 
-    def finish(self, job_id: int, *, try_number: int | None = None, final: bool = True) -> PipelineResult:
+    def finish(
+        self, job_id: int, *, try_number: int | None = None, final: bool = True, parallelism: int = 1
+    ) -> PipelineResult:
         """Publish the written features online (one pass per entity), end the job and drop its staging.
+
+        `parallelism`: connections the job's wide rows may be built on at once (see `build_wide`).
 
         On a failure (FinishError) that a retry can fix and with tries to come (`final=False`), the
         job stays running with the cause noted; otherwise the job ends failed. Its staged rows are
@@ -358,7 +362,7 @@ class FeaturePipeline:
                 return self._result(ctx.job, 0)  # already finished: a retried finish changes nothing
             results = jobs.feature_results(self._conn, job_id)
             written = [r.feature for r in results if r.status is FeatureStatus.WRITTEN]
-            rows_online = self._flush(ctx, written) if written else 0
+            rows_online = self._flush(ctx, written, parallelism) if written else 0
             job = jobs.finish_job(self._conn, job_id, try_number=try_number)
             drop_staging(self._conn, job_id)
             return self._result(job, rows_online)
@@ -561,12 +565,12 @@ class FeaturePipeline:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def _flush(self, ctx: _JobContext, written: list[str]) -> int:
+    def _flush(self, ctx: _JobContext, written: list[str], parallelism: int) -> int:
         """Send the written features to the stores in one pass: the job's wide rows replace the window
         offline, then go online. Returns the values published online. Safe to repeat."""
         job_id = ctx.job.id
         self._progress(f"write {ctx.job.tenant_id}/{ctx.group.id}")
-        build_wide(self._conn, job_id, written)
+        build_wide(self._conn, job_id, written, connect=self._connect, ways=parallelism)
         offline_written = ctx.job.write_offline and ctx.group.offline_enabled
         if offline_written:
             wide = wide_table(job_id)

@@ -16,6 +16,8 @@ first transform creates them, finishing or failing the job drops them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 from psycopg import sql
@@ -41,24 +43,56 @@ def wide_table(job_id: int) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_wide"))
 
 
-def build_wide(conn: psycopg.Connection, job_id: int, features: list[str]) -> int:
-    """(Re)build the job's wide rows from the valid staged values of `features`; returns the rows built."""
+def build_wide(
+    conn: psycopg.Connection,
+    job_id: int,
+    features: list[str],
+    *,
+    connect: Callable[[], psycopg.Connection] | None = None,
+    ways: int = 1,
+) -> int:
+    """(Re)build the job's wide rows from the valid staged values of `features`; returns the rows built.
+
+    With `ways` > 1 and a way to `connect`, that many connections each build the rows of a share of
+    the entities at once (one aggregate uses one core, and nothing else runs while a job is flushed).
+    """
     wide = wide_table(job_id)
+    # One sort serves the grouping and the count of each entity's rows (a window over the groups).
+    select = sql.SQL(
+        "SELECT entity_id, event_time, jsonb_object_agg(feature_name, value) AS features,"
+        "  array_agg(feature_name) AS names, array_agg(coalesce(value::text, 'null')) AS value_texts,"
+        "  count(*) OVER (PARTITION BY entity_id) AS entity_rows"
+        " FROM {} WHERE feature_name = ANY(%(features)s) AND rejected_rule IS NULL {share}"
+        " GROUP BY entity_id, event_time"
+    )
+    staging = staging_table(job_id)
+    if ways <= 1 or connect is None:
+        with conn.transaction():
+            conn.execute("SET LOCAL work_mem = '64MB'")  # sort and aggregate ~1M staged values in memory
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
+            cur = conn.execute(
+                sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(wide, select.format(staging, share=sql.SQL(""))),
+                {"features": features},
+            )
+        return cur.rowcount
     with conn.transaction():
-        conn.execute("SET LOCAL work_mem = '64MB'")  # sort and aggregate ~1M staged values in memory
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
-        # One sort serves the grouping and the count of each entity's rows (a window over the groups).
-        cur = conn.execute(
-            sql.SQL(
-                "CREATE UNLOGGED TABLE {} AS"
-                " SELECT entity_id, event_time, jsonb_object_agg(feature_name, value) AS features,"
-                "  array_agg(feature_name) AS names, array_agg(coalesce(value::text, 'null')) AS value_texts,"
-                "  count(*) OVER (PARTITION BY entity_id) AS entity_rows"
-                " FROM {} WHERE feature_name = ANY(%s) AND rejected_rule IS NULL GROUP BY entity_id, event_time"
-            ).format(wide, staging_table(job_id)),
-            (features,),
+        conn.execute(
+            sql.SQL("CREATE UNLOGGED TABLE {} AS {} WITH NO DATA").format(
+                wide, select.format(staging, share=sql.SQL(""))
+            ),
+            {"features": features},
         )
-    return cur.rowcount
+    share = sql.SQL("AND abs(hashtext(entity_id) %% {ways}) = %(share)s").format(ways=sql.Literal(ways))
+    insert = sql.SQL("INSERT INTO {} {}").format(wide, select.format(staging, share=share))
+
+    def build(part: int) -> int:
+        with connect() as apart, apart.transaction():
+            apart.execute("SET LOCAL work_mem = '64MB'")
+            return apart.execute(insert, {"features": features, "share": part}).rowcount
+
+    with ThreadPoolExecutor(max_workers=ways, thread_name_prefix="wide-rows") as pool:
+        return sum(pool.map(build, range(ways)))
 
 
 def create_staging(conn: psycopg.Connection, job_id: int) -> None:
