@@ -95,6 +95,7 @@ def record_statistics(
     key = {"tenant": tenant_id, "group": group_id, "feature": feature.name}
     numeric = feature.value_type.is_numeric
     with conn.transaction():
+        conn.execute("SET LOCAL work_mem = '64MB'")  # percentiles and distinct counts sort in memory
         _ensure_bins(conn, table, key, numeric=numeric)
         conn.execute(
             sql.SQL(_INSERT).format(
@@ -206,7 +207,7 @@ def _ensure_bins(conn: psycopg.Connection, table: sql.Composable, key: dict[str,
 
 # Staged rows of the feature: `s` all of them, `v` the valid non-null values; `bins` the fixed bins.
 _INSERT = """
-WITH s AS (SELECT value, rejected_rule FROM {table} WHERE feature_name = %(feature)s),
+WITH s AS NOT MATERIALIZED (SELECT value, rejected_rule FROM {table} WHERE feature_name = %(feature)s),
 v AS MATERIALIZED (
     SELECT value, {x} AS x FROM s WHERE rejected_rule IS NULL AND value IS NOT NULL AND jsonb_typeof(value) <> 'null'),
 grouped AS MATERIALIZED (SELECT value, count(*) AS n FROM v GROUP BY value),

@@ -103,6 +103,7 @@ def check_rules(
     table = partition_table(job_id, feature.name)
     name = feature.name
     with conn.transaction():
+        conn.execute("SET LOCAL work_mem = '64MB'")  # the unique check's hash aggregate stays in memory
         conn.execute(
             sql.SQL(
                 "UPDATE {} SET rejected_rule = NULL, rejected_reason = NULL"
@@ -123,7 +124,7 @@ def check_rules(
         )
         reason_case = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(c.condition, c.reason) for c in checks)
         any_failed = sql.SQL(" OR ").join(sql.SQL("({})").format(c.condition) for c in checks)
-        conn.execute(
+        marked = conn.execute(
             sql.SQL(
                 "UPDATE {table} SET rejected_rule = CASE {rule_case} END, rejected_reason = CASE {reason_case} END"
                 " WHERE feature_name = {name} AND ({any_failed})"
@@ -134,8 +135,11 @@ def check_rules(
                 name=sql.Literal(name),
                 any_failed=any_failed,
             )
-        )
-        _mark_duplicates(conn, table, name)
+        ).rowcount
+        marked += _mark_duplicates(conn, table, name)
+        if not marked:  # the usual case: nothing to quarantine, and the outcome is a row count
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+            return ValidationOutcome(rows_total=int(row[0]) if row else 0, rows_failed=0)
         # Oversized entity ids and values are evidence enough as a prefix (a 10 MB string stays in staging).
         keep = sql.Literal(QUARANTINE_KEEP_CHARS)
         conn.execute(
@@ -278,8 +282,9 @@ def _type_reason(value_type: ValueType) -> sql.Composable:
     return _reason(f"value %s is not a {value_type.value}")
 
 
-def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str) -> None:
-    """Quarantine every row of an (entity_id, event_time) seen more than once: which one is right is unknowable."""
+def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str) -> int:
+    """Quarantine every row of an (entity_id, event_time) seen more than once (which one is right is
+    unknowable); returns the rows marked."""
     duplicated = sql.SQL(
         "SELECT entity_id, event_time, count(*) AS n FROM {t}"
         " WHERE feature_name = %(name)s AND rejected_rule IS NULL"
@@ -287,8 +292,8 @@ def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str)
     ).format(t=table)
     # One hash aggregate answers the usual case (no duplicates) without touching a row.
     if conn.execute(sql.SQL("SELECT EXISTS ({})").format(duplicated), {"name": name}).fetchone() == (False,):
-        return
-    conn.execute(
+        return 0
+    return conn.execute(
         sql.SQL(
             "UPDATE {t} s SET rejected_rule = 'unique', rejected_reason = format("
             "'entity %%s has %%s rows at event_time %%s; (entity_id, event_time) must be unique',"
@@ -298,7 +303,7 @@ def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str)
             "   AND s.entity_id = d.entity_id AND s.event_time = d.event_time"
         ).format(t=table, duplicated=duplicated),
         {"name": name},
-    )
+    ).rowcount
 
 
 def _outcome(conn: psycopg.Connection, table: sql.Composable, name: str) -> ValidationOutcome:
