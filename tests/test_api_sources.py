@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -19,7 +17,7 @@ import pytest
 
 from feature_store import FeatureStore, JobStatus, PipelineConfig
 from featurepipe_demo import demo_repo_path
-from support import HOURS, Sql
+from support import HOURS, QuietHandler, Sql, http_server
 
 TOKEN = "crm-s3cret-token"
 PAGE_SIZE = 2
@@ -58,7 +56,7 @@ class Api:
 def api() -> Iterator[Api]:
     state = Api()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
@@ -96,16 +94,9 @@ def api() -> Iterator[Api]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with http_server(Handler) as port:
+        state.port = port
+        yield state
 
 
 API_YAML = """

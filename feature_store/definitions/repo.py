@@ -6,9 +6,10 @@ Every problem is reported with file:line, the object and the field."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +27,8 @@ from feature_store.definitions.models import (
 from feature_store.errors import DefinitionError
 from feature_store.monitoring.routing import AlertRouting
 from feature_store.sources.api import ApiSource
+
+M = TypeVar("M", bound=BaseModel)
 
 Path_ = tuple[str | int, ...]
 
@@ -137,26 +140,10 @@ def load_repo(path: str | Path) -> FeatureRepo:
         for schema in top.source_schemas:
             if schema not in repo.source_schemas:
                 repo.source_schemas.append(schema)
-        for i, raw in enumerate(top.sources):
-            label = f"source {raw.get('table', f'#{i + 1}')!r}"
-            try:
-                source = SourceTable.model_validate(raw)
-            except PydanticValidationError as exc:
-                problems.extend(_format_errors(exc, ("sources", i), at, label))
-                continue
-            if _duplicate(seen, ("source", source.table), at(("sources", i)), label, problems):
-                continue
+        for i, source in _load_items(SourceTable, top.sources, "sources", "source", "table", at, seen, problems):
             repo.sources.append(source)
             repo.locations[("source", source.table)] = at(("sources", i))
-        for i, raw in enumerate(top.tenants):
-            label = f"tenant {raw.get('id', f'#{i + 1}')!r}"
-            try:
-                tenant = Tenant.model_validate(raw)
-            except PydanticValidationError as exc:
-                problems.extend(_format_errors(exc, ("tenants", i), at, label))
-                continue
-            if _duplicate(seen, ("tenant", tenant.id), at(("tenants", i)), label, problems):
-                continue
+        for _, tenant in _load_items(Tenant, top.tenants, "tenants", "tenant", "id", at, seen, problems):
             repo.tenants.append(tenant)
         for i, raw in enumerate(top.feature_groups):
             label = f"feature group {raw.get('id', f'#{i + 1}')!r}"
@@ -186,21 +173,37 @@ def load_repo(path: str | Path) -> FeatureRepo:
                 )
         if top.alerts is not None:
             _load_alerts(repo, top.alerts, at, problems)
-        for i, raw in enumerate(top.api_sources):
-            label = f"API source {raw.get('name', f'#{i + 1}')!r}"
-            try:
-                api_source = ApiSource.model_validate(raw)
-            except PydanticValidationError as exc:
-                problems.extend(_format_errors(exc, ("api_sources", i), at, label))
-                continue
-            if _duplicate(seen, ("api source", api_source.name), at(("api_sources", i)), label, problems):
-                continue
+        api_sources = _load_items(ApiSource, top.api_sources, "api_sources", "API source", "name", at, seen, problems)
+        for i, api_source in api_sources:
             repo.api_sources.append(api_source)
             repo.locations[("api source", api_source.name)] = at(("api_sources", i))
     _check_routes(repo, problems)
     if problems:
         raise DefinitionError(problems)
     return repo
+
+
+def _load_items(
+    model: type[M],
+    items: list[Any],
+    section: str,
+    kind: str,
+    key: str,
+    at: Any,
+    seen: dict[tuple[str, str], str],
+    problems: list[str],
+) -> Iterator[tuple[int, M]]:
+    """Each item of a list section (with its index) as a `model`; an invalid item or a second one with
+    the same `key` is a problem instead, named by its `kind` and key."""
+    for i, raw in enumerate(items):
+        label = f"{kind} {raw.get(key, f'#{i + 1}')!r}"
+        try:
+            item = model.model_validate(raw)
+        except PydanticValidationError as exc:
+            problems.extend(_format_errors(exc, (section, i), at, label))
+            continue
+        if not _duplicate(seen, (kind.lower(), getattr(item, key)), at((section, i)), label, problems):
+            yield i, item
 
 
 def _load_alerts(repo: FeatureRepo, raw: dict[str, Any], at: Any, problems: list[str]) -> None:

@@ -15,7 +15,7 @@ from the offline store after the online store lost data.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -137,27 +137,17 @@ def publish_job(
         "group": group.id,
     }
 
-    def write(rows: list[tuple[str, Payload]]) -> int:
-        return online.write_encoded(
-            tenant_id=tenant_id,
-            group_id=group.id,
-            rows=rows,
-            ttl_seconds=group.ttl_seconds,
-            write_time_us=write_time_us,
-            replaces=window,
-            force=force,
-        )
-
     return _stream(
         conn,
         online,
         query,
         params,
-        write,
-        batch_size=batch_size,
         tenant_id=tenant_id,
-        group_id=group.id,
+        group=group,
         write_time_us=write_time_us,
+        batch_size=batch_size,
+        replaces=window,
+        force=force,
     )
 
 
@@ -189,25 +179,15 @@ def reconcile_group(
     )
     params = {"tenant": tenant_id, "group": group.id, "features": list(features), "ttl": group.ttl_seconds}
 
-    def write(rows: list[tuple[str, Payload]]) -> int:
-        return online.write_encoded(
-            tenant_id=tenant_id,
-            group_id=group.id,
-            rows=rows,
-            ttl_seconds=group.ttl_seconds,
-            write_time_us=write_time_us,
-        )
-
     return _stream(
         conn,
         online,
         query,
         params,
-        write,
-        batch_size=batch_size,
         tenant_id=tenant_id,
-        group_id=group.id,
+        group=group,
         write_time_us=write_time_us,
+        batch_size=batch_size,
     )
 
 
@@ -216,15 +196,31 @@ def _stream(
     online: OnlineStore,
     query: sql.Composed,
     params: dict[str, Any],
-    write: Callable[[list[tuple[str, Payload]]], int],
     *,
-    batch_size: int,
     tenant_id: str,
-    group_id: str,
+    group: FeatureGroup,
     write_time_us: int,
+    batch_size: int,
+    replaces: TimeWindow | None = None,
+    force: bool = False,
 ) -> Published:
-    """Stream the query's rows (see `_PAYLOAD`) to `write` as (entity, payload) batches, then check the
-    store kept them. The next batch is fetched and encoded while a worker thread writes this one."""
+    """Stream the query's rows (see `_PAYLOAD`) to the online store as (entity, payload) batches, then
+    check the store kept them. The next batch is fetched and encoded while a worker thread writes this one.
+
+    `replaces` and `force` are the online store's (see `OnlineStore.write_encoded`)."""
+    group_id = group.id
+
+    def write(rows: list[tuple[str, Payload]]) -> int:
+        return online.write_encoded(
+            tenant_id=tenant_id,
+            group_id=group_id,
+            rows=rows,
+            ttl_seconds=group.ttl_seconds,
+            write_time_us=write_time_us,
+            replaces=replaces,
+            force=force,
+        )
+
     instance = online.instance_id()
     written = entities = 0
     samples: list[str] = []

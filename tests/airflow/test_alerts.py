@@ -8,12 +8,10 @@ import json
 import logging
 import shutil
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from feature_store import FeatureStore, JobStatus, PipelineConfig
 from feature_store.errors import DefinitionError
 from featurepipe_demo import demo_repo_path
-from support import HOURS, Sql
+from support import HOURS, QuietHandler, Sql, http_server
 
 pytestmark = pytest.mark.airflow
 
@@ -113,7 +111,7 @@ def webhooks() -> Iterator[_Webhooks]:
     """A real HTTP server that records every POST and answers 500 to the next `fail_next` of them."""
     state = _Webhooks()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             state.requests.append((self.path, dict(self.headers), body))
@@ -125,16 +123,9 @@ def webhooks() -> Iterator[_Webhooks]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with http_server(Handler) as port:
+        state.port = port
+        yield state
 
 
 @pytest.fixture
