@@ -55,27 +55,31 @@ def psi(actual: list[int], expected: list[int]) -> float:
     return total
 
 
-def test_numeric_statistics_equal_an_independent_computation(store: FeatureStore, db: Sql) -> None:
-    jobs = [materialize(store, "acme", "message_features", i) for i in range(3)]
+@pytest.mark.parametrize(
+    ("group", "feature"),
+    [("message_features", "length"), ("conversation_stats", "avg_tokens")],
+    ids=["int64", "float64"],
+)
+def test_numeric_statistics_equal_an_independent_computation(
+    store: FeatureStore, db: Sql, group: str, feature: str
+) -> None:
+    jobs = [materialize(store, "acme", group, i) for i in range(3)]
 
-    stats = {
-        s.window_end: s
-        for s in store.feature_statistics(tenant_id="acme", group_id="message_features", feature_name="length")
-    }
+    stats = {s.window_end: s for s in store.feature_statistics(tenant_id="acme", group_id=group, feature_name=feature)}
     per_window = [stats[HOURS[i].end] for i in range(3)]
     # No stats rows leak across tenants or features.
-    assert {s.feature_name for s in store.feature_statistics(tenant_id="acme", group_id="message_features")} == {
-        f.name for f in store.registry.get_group("message_features").batch_features
+    assert {s.feature_name for s in store.feature_statistics(tenant_id="acme", group_id=group)} == {
+        f.name for f in store.registry.get_group(group).batch_features
     }
     edges: list[float] = []
     bins_by_window = []
     for i, s in enumerate(per_window):
-        values = sorted(float(v) for v in offline_values(db, "acme", "message_features", "length", i))
+        values = sorted(float(v) for v in offline_values(db, "acme", group, feature, i))
         assert values
         quarantined = db.value(
-            "SELECT count(*) FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = 'length'"
+            "SELECT count(*) FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = %s"
             " AND rule <> 'expectation'",
-            (jobs[i],),
+            (jobs[i], feature),
         )
         assert s.job_id == jobs[i]
         assert s.rows_valid == len(values)

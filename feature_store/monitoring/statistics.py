@@ -100,7 +100,8 @@ def record_statistics(
         conn.execute(
             sql.SQL(_INSERT).format(
                 table=table,
-                x=sql.SQL(_AS_DOUBLE if numeric else "NULL::float8"),
+                # The staged double of a number when the transform staged one (see staging).
+                x=sql.SQL(f"coalesce(number, {_AS_DOUBLE})" if numeric else "NULL::float8"),
                 distinct=sql.SQL("(SELECT count(DISTINCT x) FROM v)" if numeric else "(SELECT count(*) FROM grouped)"),
                 numbers=sql.SQL(_NUMBERS if numeric else _NO_NUMBERS),
                 top=sql.SQL(_NO_TOP if numeric else _TOP),
@@ -207,7 +208,7 @@ def _ensure_bins(conn: psycopg.Connection, table: sql.Composable, key: dict[str,
 
 # Staged rows of the feature: `s` all of them, `v` the valid non-null values; `bins` the fixed bins.
 _INSERT = """
-WITH s AS NOT MATERIALIZED (SELECT value, rejected_rule FROM {table} WHERE feature_name = %(feature)s),
+WITH s AS NOT MATERIALIZED (SELECT value, number, rejected_rule FROM {table} WHERE feature_name = %(feature)s),
 v AS MATERIALIZED (
     SELECT value, {x} AS x FROM s WHERE rejected_rule IS NULL AND value IS NOT NULL AND jsonb_typeof(value) <> 'null'),
 grouped AS MATERIALIZED (SELECT value, count(*) AS n FROM v GROUP BY value),

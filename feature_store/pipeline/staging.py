@@ -2,6 +2,8 @@
 
 - `job_N`: one row per staged value (feature, entity, event time), as transforms insert them and
   validation marks them, partitioned by feature (each stage of a feature scans its own rows only);
+  a number a double can hold is also staged as one (`number`), which the statistics read instead
+  of converting every jsonb value (NULL: not staged so, they convert it);
 - `job_N_wide`: the job's valid values, one row per (entity, event time) with all its features,
   built once when the job is flushed; the offline write and the online publish both read it (the
   publish takes an entity with one row straight from its `names` and `value_texts`);
@@ -123,7 +125,7 @@ def _create(conn: psycopg.Connection, job_id: int) -> None:
             "CREATE TABLE IF NOT EXISTS {} ("
             " feature_name text NOT NULL, entity_id text, event_time timestamptz, value jsonb,"
             " window_start timestamptz NOT NULL, window_end timestamptz NOT NULL,"
-            " rejected_rule text, rejected_reason text) PARTITION BY LIST (feature_name)"
+            " rejected_rule text, rejected_reason text, number float8) PARTITION BY LIST (feature_name)"
         ).format(table)
     )
     conn.execute(

@@ -61,6 +61,16 @@ _VALUE_EXPRESSIONS = {
 }
 
 
+# The staged `number` of a numeric feature: the value as the statistics take it (a double; 0 for one
+# too small for a double, NULL beyond a double's range, where the value_type rule quarantines it).
+_NUMBER_EXPRESSIONS = {
+    ValueType.INT64: "CASE WHEN q.value BETWEEN -1e19 AND 1e19 THEN q.value::float8 END",
+    ValueType.FLOAT64: (
+        "CASE WHEN abs(q.value) < 1e-307 THEN 0 WHEN abs(q.value) <= 1.7976931348623157e308 THEN q.value::float8 END"
+    ),
+}
+
+
 class SqlShapeError(FeatureStoreError, ValueError):
     """The SQL is not a single SELECT returning entity_id, value[, event_time] of the right types."""
 
@@ -222,7 +232,7 @@ def stage_rows(
     return Staged(rows=rows, relations=shape.relations, own_event_time=own, windows=combined)
 
 
-_STAGED_COLUMNS = sql.SQL("feature_name, entity_id, event_time, value, window_start, window_end")
+_STAGED_COLUMNS = sql.SQL("feature_name, entity_id, event_time, value, window_start, window_end, number")
 
 
 def _pipe(
@@ -261,9 +271,10 @@ def _select_query(conn: psycopg.Connection, feature: FeatureDefinition, shape: S
     name = sql.Literal(feature.name).as_string(conn)
     source_type = _source_value_type(feature)
     value = _VALUE_EXPRESSIONS[source_type or ValueType.INT64]  # to_jsonb of any type
+    number = _NUMBER_EXPRESSIONS.get(feature.value_type) if feature.aggregation is None else None
     wrapper = (
         f"SELECT {name}::text, q.entity_id::text, {event_time}, ({value})::jsonb,"
-        " %(start_time)s::timestamptz, %(end_time)s::timestamptz FROM (\n"
+        f" %(start_time)s::timestamptz, %(end_time)s::timestamptz, ({number or 'NULL'})::float8 FROM (\n"
     )
     return wrapper + feature.transformation_sql + "\n) AS q"  # type: ignore[operator]
 
