@@ -375,6 +375,26 @@ def test_stages_are_idempotent_when_retried(store: FeatureStore, db: Sql) -> Non
     )
 
 
+def test_a_job_whose_staging_an_earlier_version_made_still_runs_after_an_upgrade(store: FeatureStore, db: Sql) -> None:
+    """Staging made before the `number` column existed (a job in flight across a deploy) gets it."""
+    pipeline = store.pipeline()
+    planned = pipeline.start(config("acme", "message_features"))
+    first, second = planned.features[:2]
+    pipeline.transform(planned.job_id, first)
+    db.execute(f"ALTER TABLE feature_store_staging.job_{planned.job_id} DROP COLUMN number")
+    for name in planned.features:
+        if name != first:
+            pipeline.transform(planned.job_id, name)
+        pipeline.validate(planned.job_id, name)
+        pipeline.write(planned.job_id, name)
+    assert pipeline.finish(planned.job_id).status is JobStatus.COMPLETED
+    written = db.value("SELECT count(*) FROM feature_store.feature_values WHERE feature_name = %s", (second,))
+    assert written > 0
+    assert written == db.value(
+        "SELECT rows_valid FROM feature_store.feature_statistics WHERE feature_name = %s", (second,)
+    )
+
+
 def test_concurrent_runs_of_the_same_window_end_with_one_copy_of_each_row(settings: object, db: Sql) -> None:
     import threading
 

@@ -55,6 +55,7 @@ from feature_store.pipeline.staging import (
     replaced_table,
     staging_exists,
     staging_table,
+    upgrade_staging,
     wide_table,
 )
 from feature_store.sources import expectations, isolation
@@ -535,6 +536,7 @@ class FeaturePipeline:
                 f"the staged rows of job {ctx.job.id} are gone (the job was finished); rerun transform for"
                 f" {ctx.job.tenant_id}/{ctx.group.id}/{feature_name}"
             )
+        upgrade_staging(self._conn, ctx.job.id)
 
     def _excluded_source_rows(self, job_id: int, feature_name: str) -> int:
         """Source rows the transform quarantined for breaking an expectation (they count as failed rows)."""

@@ -107,7 +107,9 @@ def create_staging(conn: psycopg.Connection, job_id: int) -> None:
     with conn.transaction():
         # Concurrent DDL on one table fails with "tuple concurrently updated": take turns.
         advisory_xact_lock(conn, f"featurepipe staging {int(job_id)}")
-        if not staging_exists(conn, job_id):
+        if staging_exists(conn, job_id):
+            upgrade_staging(conn, job_id)
+        else:
             _create(conn, job_id)
             features = conn.execute(
                 "SELECT feature_name FROM feature_store.materialization_job_features WHERE job_id = %s"
@@ -134,6 +136,20 @@ def _create(conn: psycopg.Connection, job_id: int) -> None:
             " (feature_name text, entity_id text, PRIMARY KEY (feature_name, entity_id))"
         ).format(replaced_table(job_id))
     )
+
+
+def upgrade_staging(conn: psycopg.Connection, job_id: int) -> None:
+    """Give staging made by an earlier version (a job in flight across an upgrade) today's columns;
+    every stage that reads staging calls it (a catalog lookup, unless a column is missing)."""
+    missing = conn.execute(
+        "SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'number'"
+        " AND NOT attisdropped)",
+        (staging_table(job_id).as_string(conn),),
+    ).fetchone()
+    if missing and missing[0]:
+        with conn.transaction():
+            advisory_xact_lock(conn, f"featurepipe staging {int(job_id)}")
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS number float8").format(staging_table(job_id)))
 
 
 def partition_table(job_id: int, feature: str) -> sql.Composed:
