@@ -163,28 +163,24 @@ class RedisOnlineStore(OnlineStore):
         now_us = time.time_ns() // 1000
         result = OnlineFeatures(entity_ids, [s.ref for s in features])
         width = len(groups)
+        present, missing, expired = OnlineValueStatus.PRESENT, OnlineValueStatus.MISSING, OnlineValueStatus.EXPIRED
         for g, (_, specs) in enumerate(groups):
+            replies_of_group = replies[g::width]  # one reply per entity, in order
             for f, spec in enumerate(specs):
                 parse = PARSERS[spec.value_type]
-                ttl_us = spec.ttl_seconds * 1_000_000 if spec.ttl_seconds else None
-                values: list[FeatureValue] = []
-                events: list[int | None] = []
-                statuses: list[OnlineValueStatus] = []
-                for e in range(len(entity_ids)):
-                    raw = replies[e * width + g][f]
-                    if raw is None:
-                        values.append(None)
-                        events.append(None)
-                        statuses.append(OnlineValueStatus.MISSING)
-                        continue
-                    event_us, write_us, value_json = raw.split(b"|", 2)
-                    events.append(int(event_us))
-                    if ttl_us is not None and now_us - int(write_us) > ttl_us:
-                        values.append(None)
-                        statuses.append(OnlineValueStatus.EXPIRED)
-                    else:
-                        values.append(parse(value_json))
-                        statuses.append(OnlineValueStatus.PRESENT)
+                # Each stored field is "event_us|write_us|value_json"; a column is built in one pass each.
+                parts = [None if (raw := reply[f]) is None else raw.split(b"|", 2) for reply in replies_of_group]
+                events: list[int | None] = [None if p is None else int(p[0]) for p in parts]
+                if spec.ttl_seconds:
+                    oldest_write = now_us - spec.ttl_seconds * 1_000_000
+                    parts = [None if p is None or int(p[1]) < oldest_write else p for p in parts]
+                    statuses = [
+                        missing if e is None else present if p is not None else expired
+                        for e, p in zip(events, parts, strict=True)
+                    ]
+                else:
+                    statuses = [missing if p is None else present for p in parts]
+                values: list[FeatureValue] = [None if p is None else parse(p[2]) for p in parts]
                 result.set_column(spec.ref, values, events, statuses)
         return result
 
