@@ -139,17 +139,7 @@ def run_featurepipe(settings: Settings, events: list[str], consumers: int, *, ba
     exe = str(Path(sys.executable).parent / "feature-store")
     if backlog:
         return _drain_backlog(settings, events, consumers, env, exe)
-    procs = [
-        subprocess.Popen(
-            [exe, "events", "consume", "--json", "--consumer-id", f"bench{i}"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        for i in range(consumers)
-    ]
+    procs = start_consumers(exe, env, consumers)
     client = redis.Redis.from_url(settings.redis_url)
     share = -(-settings.event_partitions // consumers)
     wait_for(
@@ -168,11 +158,7 @@ def run_featurepipe(settings: Settings, events: list[str], consumers: int, *, ba
         publish_all(client, events, settings.event_partitions)
         wait_for("the backlog to drain", lambda: store.event_backlog() == 0)
         elapsed = time.perf_counter() - started
-    stats = []
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-        stats.append(json.loads(out))
+    stats = stop_consumers(procs)
     client.close()
     return {
         "seconds": elapsed,
@@ -182,6 +168,31 @@ def run_featurepipe(settings: Settings, events: list[str], consumers: int, *, ba
     }
 
 
+def start_consumers(exe: str, env: dict[str, str], consumers: int) -> list[subprocess.Popen[str]]:
+    """`consumers` real `feature-store events consume` processes, each in its own session."""
+    return [
+        subprocess.Popen(
+            [exe, "events", "consume", "--json", "--consumer-id", f"bench{i}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        for i in range(consumers)
+    ]
+
+
+def stop_consumers(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    """Stop the consumers (SIGTERM: they finish their batch) and return the stats each printed."""
+    stats = []
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        stats.append(json.loads(out))
+    return stats
+
+
 def _drain_backlog(
     settings: Settings, events: list[str], consumers: int, env: dict[str, str], exe: str
 ) -> dict[str, Any]:
@@ -189,26 +200,12 @@ def _drain_backlog(
     publish_all(client, events, settings.event_partitions)
     with FeatureStore(settings=settings) as store:
         total = store.event_backlog()
-        procs = [
-            subprocess.Popen(
-                [exe, "events", "consume", "--json", "--consumer-id", f"bench{i}"],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-                start_new_session=True,
-            )
-            for i in range(consumers)
-        ]
+        procs = start_consumers(exe, env, consumers)
         wait_for("the first acknowledgements", lambda: store.event_backlog() < total, every=0.005)
         started, acked = time.perf_counter(), total - store.event_backlog()
         wait_for("the backlog to drain", lambda: store.event_backlog() == 0)
         elapsed = time.perf_counter() - started
-    stats = []
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-        stats.append(json.loads(out))
+    stats = stop_consumers(procs)
     client.close()
     # events/s over what was acknowledged while the clock ran
     return {"seconds": elapsed * len(events) / (len(events) - acked), "applied": sum(s["applied"] for s in stats)}
