@@ -17,7 +17,7 @@ from feature_store.definitions.models import ValueType
 from feature_store.errors import ConfigurationError
 from feature_store.serving.models import OnlineValueStatus
 from feature_store.stores.online import open_online_store
-from feature_store.stores.online.base import EPOCH, FeatureSpec, OnlineStore, OnlineWrite
+from feature_store.stores.online.base import EPOCH, FeatureSpec, OnlineStore, OnlineWrite, join_fields
 from feature_store.stores.online.redis import RedisOnlineStore
 
 
@@ -179,7 +179,10 @@ def test_a_prefix_that_could_match_another_stores_keys_is_refused(settings: Sett
 
 def test_the_default_stamped_encoding_stores_what_the_backends_own_stores(online: RedisOnlineStore) -> None:
     """A backend that keeps `OnlineStore.encode_stamped` (decoding each value) serves the same values."""
-    rows = [("e1", 200, ["count", "score"], ["9007199254740993", "0.25"]), ("e2", 300, ["score"], ["null"])]
+    rows = [
+        ("e1", 200, join_fields(["count", "score"], ["9007199254740993", "0.25"])),
+        ("e2", 300, join_fields(["score"], ["null"])),
+    ]
     for tenant, encode in (("own", online.encode_stamped), ("default", partial(OnlineStore.encode_stamped, online))):
         encoded = encode(rows, write_time_us=1000)
         assert [entity for entity, _ in encoded] == ["e1", "e2"]

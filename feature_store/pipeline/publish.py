@@ -33,12 +33,13 @@ from feature_store.windows import TimeWindow
 SAMPLE_SIZE = 50
 """Entities of the first and of the last batch checked for presence after a publish."""
 
-# The rows a publish streams: (entity_id, event_us, names, value_texts, payload, has_value). An entity's
-# values sharing one event time come as its names and value JSON texts (payload NULL), for the backend
-# to encode in Python; any other entity as its payload, built by the backend's SQL aggregate over rows
-# x(feature_name, event_time, value) of the entity. has_value: it writes (not only removes) a value.
+# The rows a publish streams: (entity_id, event_us, fields, payload, has_value). An entity's values
+# sharing one event time come as its fields text of names and value JSON texts (payload NULL, see
+# `StampedValues`), for the backend to encode in Python; any other entity as its payload, built by the
+# backend's SQL aggregate over rows x(feature_name, event_time, value) of the entity. has_value: it
+# writes (not only removes) a value.
 _PAYLOAD = "{encoded}, bool_or(x.event_time IS NOT NULL)"
-_NOT_STAMPED = sql.SQL("NULL::bigint, NULL::text[], NULL::text[]")
+_NOT_STAMPED = sql.SQL("NULL::bigint, NULL::text")
 _EVENT_US = "(extract(epoch FROM {time}) * 1000000)::bigint"
 
 
@@ -92,7 +93,7 @@ def publish_job(
     if fresh == list(features):
         # Every written feature is fresh: a single row is its entity's latest values, as it is.
         latest = sql.SQL(
-            "SELECT w.entity_id, {event_us}, w.names, w.value_texts, NULL::text, true FROM {wide} w"
+            "SELECT w.entity_id, {event_us}, w.fields, NULL::text, true FROM {wide} w"
             " WHERE w.entity_rows = 1 UNION ALL {several}"
         ).format(
             event_us=sql.SQL(_EVENT_US.format(time="w.event_time")),
@@ -235,7 +236,7 @@ def _stream(
         cur.execute(query, params)
         while batch := cur.fetchmany(batch_size):
             if not samples:
-                samples = [r[0] for r in batch if r[5]][:SAMPLE_SIZE]
+                samples = [r[0] for r in batch if r[4]][:SAMPLE_SIZE]
             last = batch
             entities += len(batch)
             rows = _payloads(online, batch, write_time_us)
@@ -244,18 +245,18 @@ def _stream(
             pending = writer.submit(write, rows)
         if pending is not None:
             written += pending.result()
-    samples += [r[0] for r in last if r[5]][-SAMPLE_SIZE:]
+    samples += [r[0] for r in last if r[4]][-SAMPLE_SIZE:]
     _check_kept(online, tenant_id, group_id, instance, samples)
     return Published(values=written, entities=entities)
 
 
 def _payloads(online: OnlineStore, batch: list[tuple[Any, ...]], write_time_us: int) -> list[tuple[str, Payload]]:
     """(entity, payload) of each streamed row, in order: those without a payload are encoded here."""
-    stamped = [(r[0], r[1], r[2], r[3]) for r in batch if r[4] is None]
+    stamped = [(r[0], r[1], r[2]) for r in batch if r[3] is None]
     if not stamped:
-        return [(r[0], r[4]) for r in batch]
+        return [(r[0], r[3]) for r in batch]
     encoded = iter(online.encode_stamped(stamped, write_time_us=write_time_us))
-    return [(r[0], r[4]) if r[4] is not None else next(encoded) for r in batch]
+    return [(r[0], r[3]) if r[3] is not None else next(encoded) for r in batch]
 
 
 def _check_kept(online: OnlineStore, tenant_id: str, group_id: str, instance: str, samples: list[str]) -> None:

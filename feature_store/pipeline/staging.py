@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from feature_store.db import advisory_xact_lock
+from feature_store.stores.online.base import FIELD_SEPARATOR, VALUE_MARK
 
 STAGING_SCHEMA = "feature_store_staging"
 
@@ -40,8 +41,8 @@ def replaced_table(job_id: int) -> sql.Composed:
 
 def wide_table(job_id: int) -> sql.Composed:
     """The job's valid values, one row per (entity, event time): `(entity_id, event_time, features jsonb,
-    names text[], value_texts text[], entity_rows)`: the features as one object (the offline row), as
-    aligned arrays of names and JSON texts (the online payload), and how many rows the entity has."""
+    fields text, entity_rows)`: the features as one object (the offline row), as one text of names and
+    JSON texts (the online payload, see `online.base.StampedValues`), and how many rows the entity has."""
     return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_wide"))
 
 
@@ -59,21 +60,27 @@ def build_wide(
     the entities at once (one aggregate uses one core, and nothing else runs while a job is flushed).
     """
     wide = wide_table(job_id)
-    # One sort serves the grouping and the count of each entity's rows (a window over the groups).
+    # One sort serves the grouping and the count of each entity's rows (a window over the groups); in
+    # byte order ("C"), a third faster than the database's collation and the same groups (the table's
+    # column keeps the default collation).
     select = sql.SQL(
-        "SELECT entity_id, event_time, jsonb_object_agg(feature_name, value) AS features,"
-        "  array_agg(feature_name) AS names, array_agg(coalesce(value::text, 'null')) AS value_texts,"
-        "  count(*) OVER (PARTITION BY entity_id) AS entity_rows"
-        " FROM {} WHERE feature_name = ANY(%(features)s) AND rejected_rule IS NULL {share}"
-        " GROUP BY entity_id, event_time"
+        'SELECT (entity_id COLLATE "C") COLLATE "default" AS entity_id, event_time,'
+        "  jsonb_object_agg(feature_name, value) AS features,"
+        "  string_agg(feature_name || {fields_value} || coalesce(value::text, 'null'), {separator}) AS fields,"
+        '  count(*) OVER (PARTITION BY entity_id COLLATE "C") AS entity_rows'
+        " FROM {staging} WHERE feature_name = ANY(%(features)s) AND rejected_rule IS NULL {share}"
+        ' GROUP BY entity_id COLLATE "C", event_time'
     )
     staging = staging_table(job_id)
+    fields = {"fields_value": sql.Literal(FIELD_SEPARATOR + VALUE_MARK), "separator": sql.Literal(FIELD_SEPARATOR)}
     if ways <= 1 or connect is None:
         with conn.transaction():
             conn.execute("SET LOCAL work_mem = '64MB'")  # sort and aggregate ~1M staged values in memory
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
             cur = conn.execute(
-                sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(wide, select.format(staging, share=sql.SQL(""))),
+                sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(
+                    wide, select.format(staging=staging, share=sql.SQL(""), **fields)
+                ),
                 {"features": features},
             )
         return cur.rowcount
@@ -81,12 +88,12 @@ def build_wide(
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
         conn.execute(
             sql.SQL("CREATE UNLOGGED TABLE {} AS {} WITH NO DATA").format(
-                wide, select.format(staging, share=sql.SQL(""))
+                wide, select.format(staging=staging, share=sql.SQL(""), **fields)
             ),
             {"features": features},
         )
     share = sql.SQL("AND abs(hashtext(entity_id) %% {ways}) = %(share)s").format(ways=sql.Literal(ways))
-    insert = sql.SQL("INSERT INTO {} {}").format(wide, select.format(staging, share=share))
+    insert = sql.SQL("INSERT INTO {} {}").format(wide, select.format(staging=staging, share=share, **fields))
 
     def build(part: int) -> int:
         with connect() as apart, apart.transaction():

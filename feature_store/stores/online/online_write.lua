@@ -6,10 +6,12 @@
 -- ARGV[3]: start of the window being replaced, event-time microseconds ("" for none).
 -- ARGV[4]: end of that window ("" for none).
 -- ARGV[5]: "1" to overwrite whatever is stored (an audited corrective rerun), else "0".
--- ARGV[6]: MessagePack array aligned with KEYS; each element is one entity's
---          [oldest_event_us, newest_event_us, has_removals (0|1), [field, ...], [stored, ...]]
+-- ARGV[6]: MessagePack array aligned with KEYS; each element is one entity's flat list
+--          [oldest_event_us, newest_event_us, has_removals (0|1), field, stored, field, stored, ...]
+--          (the event times "" when it only removes values)
 --          where `stored` is the field's new value "event_time_us|write_time_us|value_json" (built by the
---          caller with the write time of ARGV[1]), or "" to remove the stored value.
+--          caller with the write time of ARGV[1]), or "" to remove the stored value. Flat, so that the
+--          usual write passes the list on to HSET as it came (no table built per entity).
 --
 -- A field holds "event_time_us|write_time_us|value_json"; the field "~" holds
 -- "latest_event_time_us|latest_write_time_us" over every value written to the hash. An incoming value
@@ -33,45 +35,56 @@ local changed = 0
 for i = 1, #KEYS do
     local key = KEYS[i]
     local entity = rows[i]
+    local last = #entity
     local oldest, newest_text, removals_in = tonumber(entity[1]), entity[2], entity[3] == 1
-    local names, values = entity[4], entity[5]
     local summary = redis.call('HGET', key, '~')
     local latest, latest_write, latest_text, latest_write_text
     if summary then
         latest_text, latest_write_text = string.match(summary, '^(%-?%d+)|(%d+)$')
         latest, latest_write = tonumber(latest_text), tonumber(latest_write_text)
     end
-    local sets, removals = {}, {}
+    local sets
+    local removals = {}
     local newest_all = not removals_in and oldest ~= nil
         and (latest == nil or oldest > latest or (oldest == latest and write_n >= latest_write))
-    if force or newest_all then
-        for j = 1, #names do
-            if values[j] == '' then
-                removals[#removals + 1] = names[j]
+    if newest_all then
+        sets = entity  -- its fields and values, from entity[4] on, as they came
+    elseif force then
+        sets = {}
+        for j = 4, last, 2 do
+            if entity[j + 1] == '' then
+                removals[#removals + 1] = entity[j]
             else
-                sets[#sets + 1] = names[j]
-                sets[#sets + 1] = values[j]
+                sets[#sets + 1] = entity[j]
+                sets[#sets + 1] = entity[j + 1]
             end
         end
     else
+        sets = {}
+        local names = {}
+        for j = 4, last, 2 do
+            names[#names + 1] = entity[j]
+        end
         local current = redis.call('HMGET', key, unpack(names))
-        for j = 1, #names do
-            local stored = current[j]
+        for k = 1, #names do
+            local j = 2 * k + 2
+            local value = entity[j + 1]
+            local stored = current[k]
             local s_event, s_write
             if stored then
                 s_event, s_write = string.match(stored, '^(%-?%d+)|(%d+)|')
                 s_event, s_write = tonumber(s_event), tonumber(s_write)
             end
             local in_window = s_event and window_start and s_event > window_start and s_event <= window_end
-            if values[j] == '' then
+            if value == '' then
                 if stored and in_window then
-                    removals[#removals + 1] = names[j]
+                    removals[#removals + 1] = names[k]
                 end
             else
-                local event_n = tonumber(string.match(values[j], '^(%-?%d+)|'))
+                local event_n = tonumber(string.match(value, '^(%-?%d+)|'))
                 if not s_event or in_window or event_n > s_event or (event_n == s_event and write_n >= s_write) then
-                    sets[#sets + 1] = names[j]
-                    sets[#sets + 1] = values[j]
+                    sets[#sets + 1] = names[k]
+                    sets[#sets + 1] = value
                 end
             end
         end
@@ -80,8 +93,10 @@ for i = 1, #KEYS do
         redis.call('HDEL', key, unpack(removals))
         changed = changed + #removals
     end
-    if #sets > 0 then
-        changed = changed + #sets / 2
+    local first = sets == entity and 4 or 1
+    local count = #sets - first + 1
+    if count > 0 then
+        changed = changed + count / 2
         -- Event times stay strings where they are stored: Lua prints big numbers with 14 digits only.
         local summary_event, summary_write = newest_text, write_us
         if latest ~= nil and latest > tonumber(newest_text) then
@@ -90,9 +105,10 @@ for i = 1, #KEYS do
         if latest_write ~= nil and latest_write > write_n then
             summary_write = latest_write_text
         end
-        sets[#sets + 1] = '~'
-        sets[#sets + 1] = summary_event .. '|' .. summary_write
-        redis.call('HSET', key, unpack(sets))
+        local n = #sets
+        sets[n + 1] = '~'
+        sets[n + 2] = summary_event .. '|' .. summary_write
+        redis.call('HSET', key, unpack(sets, first, n + 2))
         if ttl_ms > 0 then
             redis.call('PEXPIRE', key, ttl_ms)
         end

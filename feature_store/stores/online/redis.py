@@ -29,7 +29,9 @@ from feature_store.config import Settings, check_redis_prefix
 from feature_store.serving.models import OnlineFeatures, OnlineValueStatus
 from feature_store.stores.online.base import (
     EPOCH,
+    FIELD_SEPARATOR,
     REMOVE,
+    VALUE_MARK,
     FeatureSpec,
     OnlineStore,
     OnlineWrite,
@@ -76,7 +78,8 @@ class RedisOnlineStore(OnlineStore):
 
     def encode_sql(self, *, write_time_us: int) -> sql.Composable:
         # [oldest_event_us, newest_event_us, has_removals, [field, ...], ["event_us|write_us|value_json" or ""]]:
-        # the stored fields are built here, in PostgreSQL, so the script only compares and stores.
+        # the stored fields are built here, in PostgreSQL, so the script only compares and stores
+        # (`_args` flattens the two lists into the script's field, value, ... pairs).
         event_us = sql.SQL("(extract(epoch FROM x.event_time) * 1000000)::bigint")
         return sql.SQL(
             "json_build_array(min({ev})::text, max({ev})::text, bool_or(x.event_time IS NULL)::int,"
@@ -97,24 +100,27 @@ class RedisOnlineStore(OnlineStore):
                 "" if v.value is REMOVE else f"{_epoch_us(v.event_time)}|{write_time_us}|{json.dumps(v.value)}"
                 for v in items
             ]
-            payload = [
-                str(min(events)) if events else None,
-                str(max(events)) if events else None,
+            payload: list[Any] = [
+                str(min(events)) if events else "",
+                str(max(events)) if events else "",
                 int(len(events) < len(items)),
-                [v.feature for v in items],
-                stored,
             ]
+            for v, field in zip(items, stored, strict=True):
+                payload += (v.feature, field)
             rows.append((entity, pack(payload)))
         return rows
 
     def encode_stamped(self, rows: Sequence[StampedValues], *, write_time_us: int) -> list[tuple[str, Payload]]:
-        # The payload of `encode_sql`, with the value texts as PostgreSQL wrote them (never re-encoded).
-        between = f"|{int(write_time_us)}|"
+        # The script's payload with the value texts as PostgreSQL wrote them (never re-encoded): the
+        # fields text is already its name, value, ... list once each value mark becomes the stamp.
         pack = msgpack.Packer().pack
-        return [
-            (entity, pack([str(event_us), str(event_us), 0, names, [f"{event_us}{between}{t}" for t in texts]]))
-            for entity, event_us, names, texts in rows
-        ]
+        write = int(write_time_us)
+        payloads: list[tuple[str, Payload]] = []
+        for entity, event_us, fields in rows:
+            event = str(event_us)
+            pairs = fields.replace(VALUE_MARK, f"{event}|{write}|").split(FIELD_SEPARATOR)
+            payloads.append((entity, pack([event, event, 0, *pairs])))
+        return payloads
 
     def write_encoded(
         self,
@@ -144,7 +150,7 @@ class RedisOnlineStore(OnlineStore):
         from `encode_sql` is JSON text, rewritten: the script unpacks MessagePack in half the time)."""
         window = [str(_epoch_us(replaces.start)), str(_epoch_us(replaces.end))] if replaces else ["", ""]
         packer = msgpack.Packer()
-        packed = [p if isinstance(p, bytes) else packer.pack(json.loads(p)) for _, p in rows]
+        packed = [p if isinstance(p, bytes) else packer.pack(_flat(json.loads(p))) for _, p in rows]
         payload = packer.pack_array_header(len(packed)) + b"".join(packed)
         return [str(write_time_us), str((ttl_seconds or 0) * 1000), *window, "1" if force else "0", payload]
 
@@ -221,6 +227,15 @@ class RedisOnlineStore(OnlineStore):
     def close(self) -> None:
         if self._owns_client:
             self._client.close()
+
+
+def _flat(payload: list[Any]) -> list[Any]:
+    """`encode_sql`'s [oldest, newest, removals, [field, ...], [value, ...]] as the script's flat list."""
+    oldest, newest, removals, fields, values = payload
+    flat = [oldest or "", newest or "", removals]  # no nil: the script counts the list's length
+    for field, value in zip(fields, values, strict=True):
+        flat += (field, value)
+    return flat
 
 
 def _epoch_us(value: datetime) -> int:
