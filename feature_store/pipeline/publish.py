@@ -7,7 +7,9 @@ loses its online value when it has none. The online store applies this newer-onl
 stored value inside the recomputed window always gives way (see online_write.lua).
 
 PostgreSQL builds each entity's fields as JSON text, so Python only joins strings; the next batch is
-fetched while a worker thread writes the current one. A publish checks that the server did not
+fetched while two worker threads write the previous ones (a batch's keys and arguments are put
+together in Python while the store runs the other batch). Their order does not matter: no two rows
+write the same (entity, feature), and each write is newer-only per feature. A publish checks that the server did not
 restart meanwhile and that a sample of what it wrote is there; `reconcile` restores online values
 from the offline store after the online store lost data.
 """
@@ -15,6 +17,7 @@ from the offline store after the online store lost data.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +32,9 @@ from feature_store.pipeline.staging import replaced_table, staging_table, wide_t
 from feature_store.stores.offline import postgres as offline
 from feature_store.stores.online.base import OnlineStore, Payload
 from feature_store.windows import TimeWindow
+
+WRITERS = 2
+"""Batches written at once: while one writer prepares its batch, the store runs the other's."""
 
 SAMPLE_SIZE = 50
 """Entities of the first and of the last batch checked for presence after a publish."""
@@ -206,7 +212,7 @@ def _stream(
     force: bool = False,
 ) -> Published:
     """Stream the query's rows (see `_PAYLOAD`) to the online store as (entity, payload) batches, then
-    check the store kept them. The next batch is fetched and encoded while a worker thread writes this one.
+    check the store kept them. The next batch is fetched and encoded while WRITERS threads write the last ones.
 
     `replaces` and `force` are the online store's (see `OnlineStore.write_encoded`)."""
     group_id = group.id
@@ -225,10 +231,10 @@ def _stream(
     instance = online.instance_id()
     written = entities = 0
     samples: list[str] = []
-    pending: Future[int] | None = None
+    pending: deque[Future[int]] = deque()
     last: list[tuple[Any, ...]] = []
     with (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-publish") as writer,
+        ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="online-publish") as writer,
         conn.transaction(),
         conn.cursor(name="featurepipe_publish") as cur,
     ):
@@ -240,11 +246,11 @@ def _stream(
             last = batch
             entities += len(batch)
             rows = _payloads(online, batch, write_time_us)
-            if pending is not None:
-                written += pending.result()
-            pending = writer.submit(write, rows)
-        if pending is not None:
-            written += pending.result()
+            if len(pending) == WRITERS:
+                written += pending.popleft().result()
+            pending.append(writer.submit(write, rows))
+        while pending:
+            written += pending.popleft().result()
     samples += [r[0] for r in last if r[4]][-SAMPLE_SIZE:]
     _check_kept(online, tenant_id, group_id, instance, samples)
     return Published(values=written, entities=entities)
