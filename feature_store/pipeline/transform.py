@@ -226,8 +226,11 @@ def stage_rows(
             partition=partition,
         )
     # Fresh statistics let the planner pick hash joins and aggregates for the stages that follow; of
-    # the columns it groups, joins and filters by only (the values' jsonb statistics cost twice as much).
-    conn.execute(sql.SQL("ANALYZE {} (feature_name, entity_id, event_time, rejected_rule)").format(partition))
+    # the columns it groups, joins and filters by only (the values' jsonb statistics cost twice as much),
+    # from a sample of 3 000 rows (the default 30 000 took 7x as long for the same choices).
+    with conn.transaction():
+        conn.execute("SET LOCAL default_statistics_target = 10")
+        conn.execute(sql.SQL("ANALYZE {} (feature_name, entity_id, event_time, rejected_rule)").format(partition))
     own = shape.has_event_time or combined is not None or feature.function is not None
     return Staged(rows=rows, relations=shape.relations, own_event_time=own, windows=combined)
 
