@@ -375,6 +375,24 @@ def test_stages_are_idempotent_when_retried(store: FeatureStore, db: Sql) -> Non
     )
 
 
+def test_a_validation_rerun_releases_rows_that_an_earlier_run_quarantined_and_that_pass_now(
+    store: FeatureStore, db: Sql
+) -> None:
+    """A rerun starts from a clean slate: marks of an earlier run (here, under other rules) do not stick."""
+    pipeline = store.pipeline()
+    planned = pipeline.start(config("acme", "message_features", features=("token_count",)))
+    rows = pipeline.transform(planned.job_id, "token_count")
+    outcome = pipeline.validate(planned.job_id, "token_count")
+    stale = db.execute(
+        f"UPDATE feature_store_staging.job_{planned.job_id} SET rejected_rule = 'max', rejected_reason = 'stale'"
+        " WHERE rejected_rule IS NULL"
+    )
+    assert stale > 0
+    assert pipeline.validate(planned.job_id, "token_count") == outcome
+    assert pipeline.write(planned.job_id, "token_count") == rows - outcome.rows_failed
+    assert db.value("SELECT count(*) FROM feature_store.quarantined_rows WHERE rule = 'max'") == 0
+
+
 def test_a_job_whose_staging_an_earlier_version_made_still_runs_after_an_upgrade(store: FeatureStore, db: Sql) -> None:
     """Staging made before the `number` column existed (a job in flight across a deploy) gets it."""
     pipeline = store.pipeline()

@@ -105,13 +105,6 @@ def check_rules(
     with conn.transaction():
         conn.execute("SET LOCAL work_mem = '64MB'")  # the unique check's hash aggregate stays in memory
         conn.execute(
-            sql.SQL(
-                "UPDATE {} SET rejected_rule = NULL, rejected_reason = NULL"
-                " WHERE feature_name = %s AND rejected_rule IS NOT NULL"
-            ).format(table),
-            (name,),
-        )
-        conn.execute(
             # Source rows quarantined by the transform's expectations stay: they are that stage's record.
             "DELETE FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = %s AND rule <> %s",
             (job_id, name, EXPECTATION_RULE),
@@ -124,10 +117,15 @@ def check_rules(
         )
         reason_case = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(c.condition, c.reason) for c in checks)
         any_failed = sql.SQL(" OR ").join(sql.SQL("({})").format(c.condition) for c in checks)
-        marked = conn.execute(
+        # One pass marks the failing rows and clears an earlier run's marks of rows that pass now (the
+        # CASE has no ELSE): a rerun starts from a clean slate without a pass of its own.
+        row = conn.execute(
             sql.SQL(
-                "UPDATE {table} SET rejected_rule = CASE {rule_case} END, rejected_reason = CASE {reason_case} END"
-                " WHERE feature_name = {name} AND ({any_failed})"
+                "WITH marked AS ("
+                " UPDATE {table} SET rejected_rule = CASE {rule_case} END, rejected_reason = CASE {reason_case} END"
+                " WHERE feature_name = {name} AND (rejected_rule IS NOT NULL OR {any_failed})"
+                " RETURNING rejected_rule)"
+                " SELECT count(rejected_rule) FROM marked"
             ).format(
                 table=table,
                 rule_case=rule_case,
@@ -135,11 +133,11 @@ def check_rules(
                 name=sql.Literal(name),
                 any_failed=any_failed,
             )
-        ).rowcount
-        marked += _mark_duplicates(conn, table, name)
-        if not marked:  # the usual case: nothing to quarantine, and the outcome is a row count
-            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
-            return ValidationOutcome(rows_total=int(row[0]) if row else 0, rows_failed=0)
+        ).fetchone()
+        marked = int(row[0]) if row else 0
+        duplicates, unmarked = _mark_duplicates(conn, table, name)
+        if not marked and not duplicates:  # the usual case: nothing to quarantine, every row counted
+            return ValidationOutcome(rows_total=unmarked, rows_failed=0)
         # Oversized entity ids and values are evidence enough as a prefix (a 10 MB string stays in staging).
         keep = sql.Literal(QUARANTINE_KEEP_CHARS)
         conn.execute(
@@ -282,17 +280,22 @@ def _type_reason(value_type: ValueType) -> sql.Composable:
     return _reason(f"value %s is not a {value_type.value}")
 
 
-def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str) -> int:
+def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str) -> tuple[int, int]:
     """Quarantine every row of an (entity_id, event_time) seen more than once (which one is right is
-    unknowable); returns the rows marked."""
-    duplicated = sql.SQL(
+    unknowable); returns the rows marked and the unmarked rows there were before."""
+    grouped = sql.SQL(
         "SELECT entity_id, event_time, count(*) AS n FROM {t}"
-        " WHERE feature_name = %(name)s AND rejected_rule IS NULL"
-        " GROUP BY entity_id, event_time HAVING count(*) > 1"
+        " WHERE feature_name = %(name)s AND rejected_rule IS NULL GROUP BY entity_id, event_time"
     ).format(t=table)
-    # One hash aggregate answers the usual case (no duplicates) without touching a row.
-    if conn.execute(sql.SQL("SELECT EXISTS ({})").format(duplicated), {"name": name}).fetchone() == (False,):
-        return 0
+    # One hash aggregate answers the usual case (no duplicates) and counts the rows, writing none.
+    row = conn.execute(
+        sql.SQL("SELECT coalesce(bool_or(n > 1), false), coalesce(sum(n), 0) FROM ({}) g").format(grouped),
+        {"name": name},
+    ).fetchone()
+    unmarked = int(row[1]) if row else 0
+    if row is None or not row[0]:
+        return 0, unmarked
+    duplicated = sql.SQL("{} HAVING count(*) > 1").format(grouped)
     return conn.execute(
         sql.SQL(
             "UPDATE {t} s SET rejected_rule = 'unique', rejected_reason = format("
@@ -303,7 +306,7 @@ def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str)
             "   AND s.entity_id = d.entity_id AND s.event_time = d.event_time"
         ).format(t=table, duplicated=duplicated),
         {"name": name},
-    ).rowcount
+    ).rowcount, unmarked
 
 
 def _outcome(conn: psycopg.Connection, table: sql.Composable, name: str) -> ValidationOutcome:
