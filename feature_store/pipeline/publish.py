@@ -9,9 +9,9 @@ stored value inside the recomputed window always gives way (see online_write.lua
 PostgreSQL builds each entity's fields as JSON text, so Python only joins strings; the next batch is
 fetched while two worker threads write the previous ones (a batch's keys and arguments are put
 together in Python while the store runs the other batch). Their order does not matter: no two rows
-write the same (entity, feature), and each write is newer-only per feature. A publish checks that the server did not
-restart meanwhile and that a sample of what it wrote is there; `reconcile` restores online values
-from the offline store after the online store lost data.
+write the same (entity, feature), and each write is newer-only per feature. A publish checks that
+the server did not restart meanwhile and that a sample of what it wrote is there; `reconcile`
+restores online values from the offline store after the online store lost data.
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ def _stream(
     force: bool = False,
 ) -> Published:
     """Stream the query's rows (see `_PAYLOAD`) to the online store as (entity, payload) batches, then
-    check the store kept them. The next batch is fetched and encoded while WRITERS threads write the last ones.
+    check the store kept them. The next batch is fetched and encoded while WRITERS threads write the
+    last ones.
 
     `replaces` and `force` are the online store's (see `OnlineStore.write_encoded`)."""
     group_id = group.id
