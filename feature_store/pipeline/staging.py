@@ -63,7 +63,7 @@ def build_wide(
     # One sort serves the grouping and the count of each entity's rows (a window over the groups); in
     # byte order ("C"), a third faster than the database's collation and the same groups (the table's
     # column keeps the default collation).
-    select = sql.SQL(
+    template = sql.SQL(
         'SELECT (entity_id COLLATE "C") COLLATE "default" AS entity_id, event_time,'
         "  jsonb_object_agg(feature_name, value) AS features,"
         "  string_agg(feature_name || {fields_value} || coalesce(value::text, 'null'), {separator}) AS fields,"
@@ -73,27 +73,27 @@ def build_wide(
     )
     staging = staging_table(job_id)
     fields = {"fields_value": sql.Literal(FIELD_SEPARATOR + VALUE_MARK), "separator": sql.Literal(FIELD_SEPARATOR)}
+
+    def select(share: sql.Composable | None = None) -> sql.Composed:
+        return template.format(staging=staging, share=share or sql.SQL(""), **fields)
+
     if ways <= 1 or connect is None:
         with conn.transaction():
             conn.execute("SET LOCAL work_mem = '64MB'")  # sort and aggregate ~1M staged values in memory
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
             cur = conn.execute(
-                sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(
-                    wide, select.format(staging=staging, share=sql.SQL(""), **fields)
-                ),
+                sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(wide, select()),
                 {"features": features},
             )
         return cur.rowcount
     with conn.transaction():
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
         conn.execute(
-            sql.SQL("CREATE UNLOGGED TABLE {} AS {} WITH NO DATA").format(
-                wide, select.format(staging=staging, share=sql.SQL(""), **fields)
-            ),
+            sql.SQL("CREATE UNLOGGED TABLE {} AS {} WITH NO DATA").format(wide, select()),
             {"features": features},
         )
     share = sql.SQL("AND abs(hashtext(entity_id) %% {ways}) = %(share)s").format(ways=sql.Literal(ways))
-    insert = sql.SQL("INSERT INTO {} {}").format(wide, select.format(staging=staging, share=share, **fields))
+    insert = sql.SQL("INSERT INTO {} {}").format(wide, select(share))
 
     def build(part: int) -> int:
         with connect() as apart, apart.transaction():

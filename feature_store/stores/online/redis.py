@@ -100,14 +100,9 @@ class RedisOnlineStore(OnlineStore):
                 "" if v.value is REMOVE else f"{_epoch_us(v.event_time)}|{write_time_us}|{json.dumps(v.value)}"
                 for v in items
             ]
-            payload: list[Any] = [
-                str(min(events)) if events else "",
-                str(max(events)) if events else "",
-                int(len(events) < len(items)),
-            ]
-            for v, field in zip(items, stored, strict=True):
-                payload += (v.feature, field)
-            rows.append((entity, pack(payload)))
+            oldest, newest = (str(min(events)), str(max(events))) if events else (None, None)
+            removals = int(len(events) < len(items))
+            rows.append((entity, pack(_flat(oldest, newest, removals, [v.feature for v in items], stored))))
         return rows
 
     def encode_stamped(self, rows: Sequence[StampedValues], *, write_time_us: int) -> list[tuple[str, Payload]]:
@@ -150,7 +145,7 @@ class RedisOnlineStore(OnlineStore):
         from `encode_sql` is JSON text, rewritten: the script unpacks MessagePack in half the time)."""
         window = [str(_epoch_us(replaces.start)), str(_epoch_us(replaces.end))] if replaces else ["", ""]
         packer = msgpack.Packer()
-        packed = [p if isinstance(p, bytes) else packer.pack(_flat(json.loads(p))) for _, p in rows]
+        packed = [p if isinstance(p, bytes) else packer.pack(_flat(*json.loads(p))) for _, p in rows]
         payload = packer.pack_array_header(len(packed)) + b"".join(packed)
         return [str(write_time_us), str((ttl_seconds or 0) * 1000), *window, "1" if force else "0", payload]
 
@@ -229,10 +224,12 @@ class RedisOnlineStore(OnlineStore):
             self._client.close()
 
 
-def _flat(payload: list[Any]) -> list[Any]:
-    """`encode_sql`'s [oldest, newest, removals, [field, ...], [value, ...]] as the script's flat list."""
-    oldest, newest, removals, fields, values = payload
-    flat = [oldest or "", newest or "", removals]  # no nil: the script counts the list's length
+def _flat(
+    oldest: str | None, newest: str | None, removals: int, fields: Sequence[str], values: Sequence[str]
+) -> list[Any]:
+    """One entity's payload as the script's flat list (`encode_sql`'s [oldest, newest, removals,
+    [field, ...], [value, ...]] as its arguments, or the same built in Python)."""
+    flat: list[Any] = [oldest or "", newest or "", removals]  # no nil: the script counts the list's length
     for field, value in zip(fields, values, strict=True):
         flat += (field, value)
     return flat
