@@ -379,6 +379,34 @@ def test_max_rule_quarantines_values_above_max(store: FeatureStore, db: Sql, tmp
     assert_landed(run, {("a", WINDOW.end): 5, ("low", WINDOW.end): -3})
 
 
+def test_min_and_max_compare_exact_numbers_where_doubles_would_round_them_together(
+    store: FeatureStore, db: Sql, tmp_path: Path
+) -> None:
+    # 2**53 + 1 and 2**53 are one double; 2e-320 and 5e-321 are staged as they are, as 0 in doubles.
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="int64",
+        transformation_sql=values_feature("('at', 9007199254740992), ('above', 9007199254740993)"),
+        validation={"max": 2**53},
+    )
+    assert run.quarantined == {
+        ("above", WINDOW.end, 9007199254740993, "max", "value 9007199254740993 is above max 9.0072e+15")
+    }
+    assert_landed(run, {("at", WINDOW.end): 9007199254740992})
+    run = run_feature(
+        store,
+        db,
+        tmp_path,
+        value_type="float64",
+        transformation_sql=values_feature("('tiny', 2e-320::numeric), ('tinier', 5e-321::numeric)"),
+        validation={"min": 1e-320},
+    )
+    assert {(q[0], q[3]) for q in run.quarantined} == {("tinier", "min")}
+    assert_landed(run, {("tiny", WINDOW.end): 2e-320})
+
+
 def test_allowed_values_rule_quarantines_values_outside_the_set(store: FeatureStore, db: Sql, tmp_path: Path) -> None:
     run = run_feature(
         store,

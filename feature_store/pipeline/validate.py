@@ -210,23 +210,10 @@ def _row_checks(
                 ).format(shown=sql.SQL(_SHOWN), max_bytes=max_bytes),
             )
         )
-    number = "CASE WHEN jsonb_typeof(value) = 'number' THEN value::numeric END"
     if rules.min is not None:
-        checks.append(
-            _Check(
-                "min",
-                sql.SQL(f"({number}) < {{}}").format(sql.Literal(rules.min)),
-                _reason(f"value %s is below min {rules.min:g}"),
-            )
-        )
+        checks.append(_Check("min", _compare("<", rules.min), _reason(f"value %s is below min {rules.min:g}")))
     if rules.max is not None:
-        checks.append(
-            _Check(
-                "max",
-                sql.SQL(f"({number}) > {{}}").format(sql.Literal(rules.max)),
-                _reason(f"value %s is above max {rules.max:g}"),
-            )
-        )
+        checks.append(_Check("max", _compare(">", rules.max), _reason(f"value %s is above max {rules.max:g}")))
     if rules.allowed_values is not None:
         allowed = sql.Literal([Jsonb(v) for v in rules.allowed_values])
         shown = ", ".join(repr(v) for v in rules.allowed_values).replace("%", "%%")
@@ -249,11 +236,29 @@ def _type_test(value_type: ValueType) -> sql.Composable:
             " ELSE false END)"
         ).format(sql.Literal(INT64_MIN), sql.Literal(INT64_MAX))
     if value_type is ValueType.FLOAT64:
-        # Transform stages numbers a double cannot hold (1e400) as they are, and NaN/Infinity as strings.
+        # Transform stages numbers a double cannot hold (1e400) as they are, and NaN/Infinity as strings;
+        # it stages a `number` for the others only (see `transform`), which spares their conversion.
         return sql.SQL(
-            "(CASE WHEN jsonb_typeof(value) = 'number' THEN abs(value::numeric) <= {} ELSE false END)"
+            "(number IS NOT NULL OR CASE WHEN jsonb_typeof(value) = 'number' THEN abs(value::numeric) <= {}"
+            " ELSE false END)"
         ).format(sql.SQL(FLOAT64_MAX))
     return sql.SQL("(jsonb_typeof(value) = {})").format(json_type)
+
+
+def _compare(operator: str, bound: float) -> sql.Composable:
+    """Whether a number is `operator` (< or >) the bound, compared exactly as numerics.
+
+    The staged `number` is the value rounded to the nearest double (unless 0, which a tiny value
+    becomes, or NULL); rounding keeps order, so a `number` other than the bound's own double answers
+    as the exact numeric comparison would, without converting the jsonb value (a third of the rule pass).
+    """
+    exact = sql.SQL("(CASE WHEN jsonb_typeof(value) = 'number' THEN value::numeric END) {} {}").format(
+        sql.SQL(operator), sql.Literal(bound)
+    )
+    return sql.SQL(
+        "(CASE WHEN number IS NOT NULL AND number <> 0 AND number <> {bound}::float8 THEN number {op} {bound}::float8"
+        " ELSE {exact} END)"
+    ).format(bound=sql.Literal(bound), op=sql.SQL(operator), exact=exact)
 
 
 def _type_reason(value_type: ValueType) -> sql.Composable:
