@@ -6,9 +6,11 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from feature_store import FeatureStore, JobStatus, PipelineConfig
 from feature_store.monitoring.statistics import BASELINE_WINDOWS, PERCENTILES, PSI_FLOOR, TOP_VALUES
@@ -188,3 +190,28 @@ def test_an_empty_window_has_counts_and_no_value_statistics(store: FeatureStore,
     assert (s.rows_total, s.rows_valid, s.null_rate, s.quarantine_rate) == (0, 0, 0.0, 0.0)
     assert s.min_value is s.mean_value is s.percentiles is s.drift_psi is None
     assert s.distinct_count == 0
+
+
+def test_mean_and_spread_of_values_too_large_for_a_doubles_sum_of_squares(
+    store: FeatureStore, db: Sql, tmp_path: Path
+) -> None:
+    rows = "('a', 1e200::float8), ('b', -1e200::float8), ('c', 3e200::float8), ('d', NULL::float8)"
+    feature = {
+        "name": "x",
+        "value_type": "float64",
+        "transformation_sql": f"SELECT entity_id, value FROM (VALUES {rows}) AS v(entity_id, value)"
+        " WHERE %(tenant_id)s = 'acme'",
+    }
+    repo = {
+        "source_schemas": ["app"],
+        "tenants": [{"id": "acme", "name": "Acme Corp"}],
+        "feature_groups": [{"id": "huge", "entity_type": "thing", "features": [feature]}],
+    }
+    (tmp_path / "features.yaml").write_text(yaml.safe_dump(repo, sort_keys=False))
+    store.apply(tmp_path)
+    materialize(store, "acme", "huge", -1)
+    [s] = store.feature_statistics(tenant_id="acme", group_id="huge", feature_name="x")
+    assert (s.rows_total, s.rows_null, s.rows_valid) == (4, 1, 3)
+    assert (s.min_value, s.max_value) == (-1e200, 3e200)
+    assert s.mean_value == pytest.approx(1e200)
+    assert s.stddev_value == pytest.approx(math.sqrt(8 / 3) * 1e200)

@@ -47,6 +47,7 @@ def _double(numeric: str) -> str:
 
 
 _AS_DOUBLE = _double("value::numeric")
+_NUMBER_COLUMNS = f"NULL::jsonb AS value, coalesce(number, {_AS_DOUBLE}) AS x"
 
 
 class FeatureStatistics(BaseModel):
@@ -100,8 +101,10 @@ def record_statistics(
         conn.execute(
             sql.SQL(_INSERT).format(
                 table=table,
-                # The staged double of a number when the transform staged one (see staging).
-                x=sql.SQL(f"coalesce(number, {_AS_DOUBLE})" if numeric else "NULL::float8"),
+                # A number as the staged double when the transform staged one (see staging), not its
+                # jsonb; a string's or a bool's value itself, which its top values and bins group by.
+                valid=sql.SQL(_NUMBER_COLUMNS if numeric else "value, NULL::float8 AS x"),
+                rows_valid=sql.SQL("n.rows_valid" if numeric else "(SELECT count(*) FROM v)"),
                 distinct=sql.SQL("(SELECT count(DISTINCT x) FROM v)" if numeric else "(SELECT count(*) FROM grouped)"),
                 numbers=sql.SQL(_NUMBERS if numeric else _NO_NUMBERS),
                 top=sql.SQL(_NO_TOP if numeric else _TOP),
@@ -206,31 +209,34 @@ def _ensure_bins(conn: psycopg.Connection, table: sql.Composable, key: dict[str,
     )
 
 
-# Staged rows of the feature: `s` all of them, `v` the valid non-null values; `bins` the fixed bins.
-_INSERT = """
-WITH s AS NOT MATERIALIZED (SELECT value, number, rejected_rule FROM {table} WHERE feature_name = %(feature)s),
-v AS MATERIALIZED (
-    SELECT value, {x} AS x FROM s WHERE rejected_rule IS NULL AND value IS NOT NULL AND jsonb_typeof(value) <> 'null'),
+# A staged value that is not null: a staged double is a number (see staging), no need to look at the jsonb.
+_PRESENT = "(number IS NOT NULL OR (value IS NOT NULL AND jsonb_typeof(value) <> 'null'))"
+
+# Staged rows of the feature: `s` all of them, `v` the valid non-null values (as numbers `x`, or as
+# they are); `bins` the fixed bins.
+_INSERT = f"""
+WITH s AS NOT MATERIALIZED (SELECT value, number, rejected_rule FROM {{table}} WHERE feature_name = %(feature)s),
+v AS MATERIALIZED (SELECT {{valid}} FROM s WHERE rejected_rule IS NULL AND {_PRESENT}),
 grouped AS MATERIALIZED (SELECT value, count(*) AS n FROM v GROUP BY value),
 counts AS (
     SELECT count(*) AS rows_total,
-           count(*) FILTER (WHERE value IS NULL OR jsonb_typeof(value) = 'null') AS rows_null,
+           count(*) FILTER (WHERE NOT {_PRESENT}) AS rows_null,
            count(*) FILTER (WHERE rejected_rule IS NOT NULL) AS rows_quarantined
     FROM s),
 bins AS (
     SELECT edges, categories FROM feature_store.feature_statistics_bins
     WHERE tenant_id = %(tenant)s AND feature_group_id = %(group)s AND feature_name = %(feature)s),
-numbers AS ({numbers}),
-top AS ({top}),
-binned AS ({bins})
+numbers AS ({{numbers}}),
+top AS ({{top}}),
+binned AS ({{bins}})
 INSERT INTO feature_store.feature_statistics AS f
     (tenant_id, feature_group_id, feature_name, window_start, window_end, job_id, value_type,
      rows_total, rows_null, rows_quarantined, rows_valid, min_value, max_value, mean_value, stddev_value,
      percentiles, distinct_count, top_values, bin_counts, drift_psi, baseline_windows, computed_at)
 SELECT %(tenant)s, %(group)s, %(feature)s, %(start)s, %(end)s, %(job_id)s, %(value_type)s,
-       c.rows_total, c.rows_null, c.rows_quarantined, (SELECT count(*) FROM v),
+       c.rows_total, c.rows_null, c.rows_quarantined, {{rows_valid}},
        n.min_value, n.max_value, n.mean_value, n.stddev_value, n.percentiles,
-       {distinct}, t.top_values, b.bin_counts, NULL, 0, now()
+       {{distinct}}, t.top_values, b.bin_counts, NULL, 0, now()
 FROM counts c, numbers n, top t, binned b
 ON CONFLICT (tenant_id, feature_group_id, feature_name, window_start, window_end) DO UPDATE SET
     job_id = excluded.job_id, value_type = excluded.value_type, rows_total = excluded.rows_total,
@@ -243,18 +249,24 @@ ON CONFLICT (tenant_id, feature_group_id, feature_name, window_start, window_end
 """
 
 # Mean and spread in doubles, or in numeric when a value is so large that a double's sum of squares
-# would overflow (`small` is false): the numeric aggregates see no row unless they are needed.
+# would overflow (`small` is false): the double aggregates skip such values and the numeric ones are
+# an InitPlan of a CASE branch, run only when that branch is taken. One pass over the valid values.
 _NUMBERS = f"""
-SELECT min_value, max_value, mean_value, stddev_value,
+SELECT rows_valid, min_value, max_value,
+       CASE WHEN small THEN mean_double
+            ELSE (SELECT {_double("avg(value::numeric)")} FROM s WHERE rejected_rule IS NULL AND {_PRESENT}) END
+           AS mean_value,
+       CASE WHEN small THEN stddev_double
+            ELSE (SELECT {_double("stddev_pop(value::numeric)")} FROM s WHERE rejected_rule IS NULL AND {_PRESENT}) END
+           AS stddev_value,
        CASE WHEN qs IS NOT NULL THEN
            (SELECT jsonb_object_agg(p.name, p.q) FROM unnest(%(names)s::text[], qs) AS p(name, q)) END AS percentiles
-FROM (SELECT min(x) AS min_value, max(x) AS max_value,
-             coalesce(avg(x) FILTER (WHERE small), {_double("avg(value::numeric) FILTER (WHERE NOT small)")})
-                 AS mean_value,
-             coalesce(stddev_pop(x) FILTER (WHERE small),
-                      {_double("stddev_pop(value::numeric) FILTER (WHERE NOT small)")}) AS stddev_value,
+FROM (SELECT count(*) AS rows_valid, min(x) AS min_value, max(x) AS max_value,
+             avg(x) FILTER (WHERE abs(x) < 1e150) AS mean_double,
+             stddev_pop(x) FILTER (WHERE abs(x) < 1e150) AS stddev_double,
+             coalesce(max(abs(x)), 0) < 1e150 AS small,
              percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY x) AS qs
-      FROM v, (SELECT coalesce(max(abs(x)), 0) < 1e150 AS small FROM v) scale) agg
+      FROM v) agg
 """
 
 _NO_NUMBERS = (
