@@ -132,6 +132,26 @@ def test_an_older_window_never_overwrites_newer_online_values(store: FeatureStor
     assert value.event_time == HOURS[-1].end
 
 
+def test_a_backfill_republishes_the_latest_offline_value_where_the_online_one_is_gone(
+    store: FeatureStore, db: Sql
+) -> None:
+    user = db.value(
+        "SELECT user_id FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' GROUP BY user_id"
+        " HAVING bool_or(created_at > %(h0)s AND created_at <= %(h0_end)s) AND bool_or(created_at > %(h2)s)"
+        " ORDER BY user_id LIMIT 1",
+        {"h0": HOURS[0].start, "h0_end": HOURS[0].end, "h2": HOURS[-1].start},
+    )
+    store.materialize(config("acme", "user_engagement", -1))
+    latest = store.get_online_features("acme", "user", [user], ["user_engagement:message_count"])
+    store.online.client.delete(store.online.key("acme", "user_engagement", user))  # expired, or lost
+    store.materialize(config("acme", "user_engagement", 0))  # a backfill of an older hour
+    after = store.get_online_features("acme", "user", [user], ["user_engagement:message_count"])
+    value = after[0].features["user_engagement:message_count"]
+    assert value.status is OnlineValueStatus.PRESENT
+    assert value.event_time == HOURS[-1].end  # the newer hour's offline value, not the backfill's
+    assert value.value == latest[0].features["user_engagement:message_count"].value
+
+
 def test_invalid_rows_are_quarantined_with_reasons_while_valid_rows_land(store: FeatureStore, db: Sql) -> None:
     def invalid(condition: str, hour: int) -> int:
         return int(

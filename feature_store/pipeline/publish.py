@@ -80,12 +80,14 @@ def publish_job(
     """
     staging, replaced, wide = staging_table(job_id), replaced_table(job_id), wide_table(job_id)
     # Features with offline values after this window (a backfill): their latest value is not this job's.
-    later = [
-        f
-        for f in features
+    after = (
+        offline.features_with_values_after(
+            conn, tenant_id=tenant_id, group_id=group.id, features=features, after=window.end
+        )
         if offline_written
-        and offline.has_values_after(conn, tenant_id=tenant_id, group_id=group.id, feature=f, after=window.end)
-    ]
+        else set()
+    )
+    later = [f for f in features if f in after]
     fresh = [f for f in features if f not in later]
     write_time_us = time.time_ns() // 1000
     encoded = online.encode_sql(write_time_us=write_time_us)
