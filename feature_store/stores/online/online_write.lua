@@ -26,7 +26,8 @@
 -- Returns the number of values written or removed.
 local write_us = ARGV[1]
 local write_n = tonumber(write_us)
-local ttl_ms = tonumber(ARGV[2])
+local ttl_text = ARGV[2]  -- passed on as it came: a Lua number would be formatted per call
+local ttl_ms = tonumber(ttl_text)
 local window_start = tonumber(ARGV[3])
 local window_end = tonumber(ARGV[4])
 local force = ARGV[5] == '1'
@@ -110,7 +111,7 @@ for i = 1, #KEYS do
         sets[n + 2] = summary_event .. '|' .. summary_write
         redis.call('HSET', key, unpack(sets, first, n + 2))
         if ttl_ms > 0 then
-            redis.call('PEXPIRE', key, ttl_ms)
+            redis.call('PEXPIRE', key, ttl_text)
         end
     elseif #removals > 0 and redis.call('HLEN', key) == 1 then
         redis.call('DEL', key)  -- only "~" is left
