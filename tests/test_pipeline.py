@@ -113,8 +113,8 @@ def test_a_rerun_drops_offline_rows_whose_source_rows_are_gone(store: FeatureSto
     assert db.value("SELECT count(*) FROM feature_store.feature_values WHERE entity_id = %s", (gone,)) == 0
 
 
-def test_an_older_window_never_overwrites_newer_online_values(store: FeatureStore, db: Sql) -> None:
-    # A user who wrote in both the oldest and the newest hour, so the backfill has a value to offer.
+def active_in_first_and_last_hour(db: Sql) -> str:
+    """A user who wrote in both the oldest and the newest hour, so a backfill has a value to offer."""
     user = db.value(
         "SELECT user_id FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' GROUP BY user_id"
         " HAVING bool_or(created_at > %(h0)s AND created_at <= %(h0_end)s) AND bool_or(created_at > %(h2)s)"
@@ -122,6 +122,11 @@ def test_an_older_window_never_overwrites_newer_online_values(store: FeatureStor
         {"h0": HOURS[0].start, "h0_end": HOURS[0].end, "h2": HOURS[-1].start},
     )
     assert user, "the demo data should hold a user active in the first and the last hour"
+    return str(user)
+
+
+def test_an_older_window_never_overwrites_newer_online_values(store: FeatureStore, db: Sql) -> None:
+    user = active_in_first_and_last_hour(db)
     store.materialize(config("acme", "user_engagement", -1))
     before = store.get_online_features("acme", "user", [user], ["user_engagement:message_count"])
     store.materialize(config("acme", "user_engagement", 0))  # a backfill of an older hour
@@ -135,12 +140,7 @@ def test_an_older_window_never_overwrites_newer_online_values(store: FeatureStor
 def test_a_backfill_republishes_the_latest_offline_value_where_the_online_one_is_gone(
     store: FeatureStore, db: Sql
 ) -> None:
-    user = db.value(
-        "SELECT user_id FROM app.messages WHERE tenant_id = 'acme' AND role = 'user' GROUP BY user_id"
-        " HAVING bool_or(created_at > %(h0)s AND created_at <= %(h0_end)s) AND bool_or(created_at > %(h2)s)"
-        " ORDER BY user_id LIMIT 1",
-        {"h0": HOURS[0].start, "h0_end": HOURS[0].end, "h2": HOURS[-1].start},
-    )
+    user = active_in_first_and_last_hour(db)
     store.materialize(config("acme", "user_engagement", -1))
     latest = store.get_online_features("acme", "user", [user], ["user_engagement:message_count"])
     store.online.client.delete(store.online.key("acme", "user_engagement", user))  # expired, or lost
