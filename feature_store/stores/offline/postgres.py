@@ -80,13 +80,18 @@ def features_with_values_after(
     conn: psycopg.Connection, *, tenant_id: str, group_id: str, features: Sequence[str], after: datetime
 ) -> set[str]:
     """Those of `features` of which the offline store holds a value stamped after `after` (a later
-    window): one pass over the rows after it, not one per feature."""
+    window). Usually there is no later row at all, which one probe finds (an InitPlan, run once);
+    only then does each feature get a probe of its own, each stopping at its first row."""
+    later = (
+        "SELECT 1 FROM feature_store.offline_rows o WHERE o.tenant_id = %(tenant)s AND o.feature_group_id = %(group)s"
+        " AND o.event_time > %(after)s"
+    )
     rows = conn.execute(
-        "SELECT DISTINCT k FROM feature_store.offline_rows o, jsonb_object_keys(o.features) k"
-        " WHERE o.tenant_id = %s AND o.feature_group_id = %s AND o.event_time > %s AND k = ANY(%s)",
-        (tenant_id, group_id, after, list(features)),
+        f"SELECT f FROM unnest(%(features)s::text[]) f"
+        f" WHERE EXISTS ({later}) AND coalesce(({later} AND o.features ? f LIMIT 1) = 1, false)",
+        {"tenant": tenant_id, "group": group_id, "after": after, "features": list(features)},
     ).fetchall()
-    return {str(k) for (k,) in rows}
+    return {str(f) for (f,) in rows}
 
 
 LATEST_VALUE = (
