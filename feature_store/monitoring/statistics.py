@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from feature_store.db import fetch_models
 from feature_store.definitions.models import FeatureDefinition
-from feature_store.pipeline.staging import partition_table
+from feature_store.pipeline.staging import PRESENT, partition_table
 from feature_store.windows import TimeWindow
 
 BASELINE_WINDOWS = 24
@@ -209,18 +209,15 @@ def _ensure_bins(conn: psycopg.Connection, table: sql.Composable, key: dict[str,
     )
 
 
-# A staged value that is not null: a staged double is a number (see staging), no need to look at the jsonb.
-_PRESENT = "(number IS NOT NULL OR (value IS NOT NULL AND jsonb_typeof(value) <> 'null'))"
-
 # Staged rows of the feature: `s` all of them, `v` the valid non-null values (as numbers `x`, or as
 # they are); `bins` the fixed bins.
 _INSERT = f"""
 WITH s AS NOT MATERIALIZED (SELECT value, number, rejected_rule FROM {{table}} WHERE feature_name = %(feature)s),
-v AS MATERIALIZED (SELECT {{valid}} FROM s WHERE rejected_rule IS NULL AND {_PRESENT}),
+v AS MATERIALIZED (SELECT {{valid}} FROM s WHERE rejected_rule IS NULL AND {PRESENT}),
 grouped AS MATERIALIZED (SELECT value, count(*) AS n FROM v GROUP BY value),
 counts AS (
     SELECT count(*) AS rows_total,
-           count(*) FILTER (WHERE NOT {_PRESENT}) AS rows_null,
+           count(*) FILTER (WHERE NOT {PRESENT}) AS rows_null,
            count(*) FILTER (WHERE rejected_rule IS NOT NULL) AS rows_quarantined
     FROM s),
 bins AS (
@@ -254,10 +251,10 @@ ON CONFLICT (tenant_id, feature_group_id, feature_name, window_start, window_end
 _NUMBERS = f"""
 SELECT rows_valid, min_value, max_value,
        CASE WHEN small THEN mean_double
-            ELSE (SELECT {_double("avg(value::numeric)")} FROM s WHERE rejected_rule IS NULL AND {_PRESENT}) END
+            ELSE (SELECT {_double("avg(value::numeric)")} FROM s WHERE rejected_rule IS NULL AND {PRESENT}) END
            AS mean_value,
        CASE WHEN small THEN stddev_double
-            ELSE (SELECT {_double("stddev_pop(value::numeric)")} FROM s WHERE rejected_rule IS NULL AND {_PRESENT}) END
+            ELSE (SELECT {_double("stddev_pop(value::numeric)")} FROM s WHERE rejected_rule IS NULL AND {PRESENT}) END
            AS stddev_value,
        CASE WHEN qs IS NOT NULL THEN
            (SELECT jsonb_object_agg(p.name, p.q) FROM unnest(%(names)s::text[], qs) AS p(name, q)) END AS percentiles

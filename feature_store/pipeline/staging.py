@@ -2,11 +2,12 @@
 
 - `job_N`: one row per staged value (feature, entity, event time), as transforms insert them and
   validation marks them, partitioned by feature (each stage of a feature scans its own rows only);
-  a number a double can hold is also staged as one (`number`), which the statistics read instead
-  of converting every jsonb value (NULL: not staged so, they convert it);
+  a number a double can hold is also staged as one (`number`), which validation and the statistics
+  read instead of converting every jsonb value (NULL: not staged so, they convert it; never set
+  for a value that is not a number);
 - `job_N_wide`: the job's valid values, one row per (entity, event time) with all its features,
   built once when the job is flushed; the offline write and the online publish both read it (the
-  publish takes an entity with one row straight from its `names` and `value_texts`);
+  publish takes an entity with one row straight from its `fields`);
 - `job_N_replaced`: the (feature, entity) pairs whose offline values of the window a flush replaced,
   which the publish re-checks (their online value may have to fall back, or go).
 
@@ -28,6 +29,9 @@ from feature_store.db import advisory_xact_lock
 from feature_store.stores.online.base import FIELD_SEPARATOR, VALUE_MARK
 
 STAGING_SCHEMA = "feature_store_staging"
+
+PRESENT = "(number IS NOT NULL OR (value IS NOT NULL AND jsonb_typeof(value) <> 'null'))"
+"""SQL: the staged row's value is not null (a staged double is a number: its jsonb need not be read)."""
 
 
 def staging_table(job_id: int) -> sql.Composed:

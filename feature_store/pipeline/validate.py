@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from feature_store.definitions.models import FeatureDefinition, ValueType
-from feature_store.pipeline.staging import partition_table
+from feature_store.pipeline.staging import PRESENT, partition_table
 from feature_store.sources.expectations import EXPECTATION_RULE
 from feature_store.windows import TimeWindow
 
@@ -163,7 +163,7 @@ def _row_checks(
 ) -> list[_Check]:
     rules = feature.validation
     value_type = feature.value_type
-    present = sql.SQL("(value IS NOT NULL AND jsonb_typeof(value) <> 'null')")
+    present = sql.SQL(PRESENT)
     max_id = sql.Literal(max_entity_id_length)
     checks = [
         _Check(
