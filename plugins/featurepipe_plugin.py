@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
 from airflow.plugins_manager import AirflowPlugin
 
 from featurepipe_airflow import listener
-from featurepipe_airflow.view import app
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+
+
+class ViewApp:
+    """The views' FastAPI app (`featurepipe_airflow.view.app`), imported on its first request.
+
+    Every Airflow process loads the plugins, each task's own process too (for the listener): importing
+    the app there (FastAPI, Airflow's API security, which pulls in the API server) cost a Celery task
+    0.6-1.2 s of its start, ten times its work. Only the API server serves the app; it imports it once.
+    """
+
+    async def __call__(
+        self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    ) -> None:
+        from featurepipe_airflow.view import app
+
+        await app(scope, receive, send)
 
 
 class FeaturePipePlugin(AirflowPlugin):
     name = "featurepipe"
     listeners = [listener]
-    fastapi_apps = [{"app": app, "url_prefix": "/featurepipe", "name": "featurepipe"}]
+    fastapi_apps = [{"app": ViewApp(), "url_prefix": "/featurepipe", "name": "featurepipe"}]
     external_views = [
         {
             "name": "Feature Store",

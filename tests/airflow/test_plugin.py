@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from feature_store import FeatureStore, JobStatus, RunInfo, Settings
@@ -14,6 +20,7 @@ from support import HOURS, Sql
 pytestmark = pytest.mark.airflow
 
 DAG_ID = "feature_materialization"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -159,8 +166,37 @@ def test_the_plugin_registers_the_listener_and_the_view() -> None:
 
     plugin = featurepipe_plugin.FeaturePipePlugin
     assert plugin.listeners == [listener]
-    assert plugin.fastapi_apps[0]["url_prefix"] == "/featurepipe"
     assert plugin.external_views[0]["url_route"] == "featurepipe"
+    [registered] = plugin.fastapi_apps
+    # Mounted as Airflow's API server mounts it, the registered app is the view (which wants a login).
+    server = FastAPI()
+    server.mount(registered["url_prefix"], registered["app"])
+    assert registered["url_prefix"] == "/featurepipe"
+    response = TestClient(server).get("/featurepipe/api/jobs")
+    assert response.status_code == 401 and response.json() == {"detail": "Not authenticated"}
+
+
+def test_loading_the_plugins_imports_each_module_once_by_its_name_and_no_web_framework(airflow_db: Path) -> None:
+    """Every Airflow process loads the plugins, each task's own process too (for the listener), as a task does:
+    only featurepipe_plugin.py is a plugin file (featurepipe_airflow's files loaded as loose modules took
+    names such as `requests`), and the views' web stack waits for the API server (it cost each task ~1 s)."""
+    probe = (
+        "import json, sys\n"
+        "from airflow.sdk.listener import get_listener_manager\n"
+        "get_listener_manager()\n"
+        "print(json.dumps({'modules': {n: getattr(m, '__file__', None) for n, m in list(sys.modules.items())},"
+        " 'web': sorted(m for m in ('fastapi', 'starlette', 'airflow.api_fastapi') if m in sys.modules)}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    plugins = ROOT / "plugins"
+    ours = {name: Path(file) for name, file in loaded["modules"].items() if file and Path(file).is_relative_to(plugins)}
+    assert "featurepipe_airflow.listener" in ours  # the plugin was loaded, with its listener
+    for name, file in ours.items():
+        dotted = ".".join(file.relative_to(plugins).with_suffix("").parts).removesuffix(".__init__")
+        assert name == dotted, f"{file} was loaded as module {name!r}"
+    assert loaded["web"] == []
 
 
 def test_the_view_lists_jobs_freshness_and_quarantine(client: TestClient, airflow_env: Settings, db: Sql) -> None:
