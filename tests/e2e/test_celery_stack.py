@@ -1,6 +1,6 @@
 """End to end on CeleryExecutor: api-server, scheduler, dag-processor, triggerer and two Celery workers
 (Redis database of their own as broker; PostgreSQL for Airflow's metadata and Celery's results) backfill
-the test hours through the REST API. While an offline write runs on one worker, that worker is killed with
+two of the test hours through the REST API. While an offline write runs on one worker, that worker is killed with
 SIGKILL; the runs still complete, every job ends `completed`, and the offline (and quarantined) rows equal
 those of a clean library-only run.
 """
@@ -67,6 +67,8 @@ RECOVERY = {
     "FEATURE_STORE_RETRY_DELAY_SECONDS": "2",
 }
 CONCURRENCY = 2  # task slots per worker
+# Two hours: two runs at once, ~280 tasks of ~1 s of a core each (the test's time), most on the survivor alone.
+BACKFILLED = HOURS[1:]
 
 
 @dataclass
@@ -93,7 +95,7 @@ def reference(template_db: str, settings: Settings) -> Reference:
     with clone_database(template_db) as url:
         library = Settings(database_url=url, redis_url=settings.redis_url, redis_prefix=f"{settings.redis_prefix}lib")
         with FeatureStore(settings=library) as store:
-            for hour in HOURS:
+            for hour in BACKFILLED:
                 for tenant in TENANTS:
                     for group in GROUPS:
                         result = store.materialize(
@@ -183,10 +185,10 @@ def test_the_runs_complete_with_the_library_values_after_a_worker_is_killed_mid_
             "/backfills",
             {
                 "dag_id": DAG_ID,
-                "from_date": HOURS[0].start.isoformat(),
-                "to_date": HOURS[-1].start.isoformat(),
+                "from_date": BACKFILLED[0].start.isoformat(),
+                "to_date": BACKFILLED[-1].start.isoformat(),
                 "reprocess_behavior": "none",
-                "max_active_runs": len(HOURS),
+                "max_active_runs": len(BACKFILLED),
                 "dag_run_conf": {},
             },
         )
@@ -210,10 +212,10 @@ def test_the_runs_complete_with_the_library_values_after_a_worker_is_killed_mid_
     def finished_runs() -> list[dict[str, Any]] | None:
         runs = stack.api("GET", f"/dags/{DAG_ID}/dagRuns?run_type=backfill&limit=50")["dag_runs"]
         done = [r for r in runs if r["state"] in ("success", "failed")]
-        return runs if len(runs) == len(HOURS) and len(done) == len(runs) else None
+        return runs if len(runs) == len(BACKFILLED) and len(done) == len(runs) else None
 
     runs = wait_for("the backfill runs to finish", finished_runs, 600)
-    assert [r["state"] for r in runs] == ["success"] * len(HOURS), runs
+    assert [r["state"] for r in runs] == ["success"] * len(BACKFILLED), runs
 
     # The kill hit running tasks: each try that was running on the victim and did not end by itself
     # failed there (no heartbeat) and a later try succeeded on the survivor.
@@ -232,7 +234,7 @@ def test_the_runs_complete_with_the_library_values_after_a_worker_is_killed_mid_
     assert killed, f"every task running on {VICTIM} had ended before the kill: {hit}"
 
     jobs = db.rows("SELECT run_id, tenant_id, feature_group_id, status FROM feature_store.materialization_jobs")
-    assert len(jobs) == len(HOURS) * len(TENANTS) * len(GROUPS)
+    assert len(jobs) == len(BACKFILLED) * len(TENANTS) * len(GROUPS)
     assert len({(r, t, g) for r, t, g, _ in jobs}) == len(jobs)  # one job per run, tenant and group
     assert {status for *_, status in jobs} == {"completed"}, jobs
     assert {run_id for run_id, *_ in jobs} == {r["dag_run_id"] for r in runs}
