@@ -7,7 +7,12 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from featurepipe_airflow import listener
+# `tasks` (the task bodies and the feature store under them) is imported with the plugin: a process that
+# loads the plugins and then forks its task processes (the scheduler, for its LocalExecutor workers; a Celery
+# worker with [core] lazy_load_plugins = False, as in docker-compose.yaml) hands them over imported, where
+# each task's own parse of the DAG file imported them again (~0.5 s of a core per task). A task process
+# that loads the plugins itself imports them either way, for the DAG file.
+from featurepipe_airflow import listener, tasks  # noqa: F401
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -179,13 +179,14 @@ def test_the_plugin_registers_the_listener_and_the_view() -> None:
 def test_loading_the_plugins_imports_each_module_once_by_its_name_and_no_web_framework(airflow_db: Path) -> None:
     """Every Airflow process loads the plugins, each task's own process too (for the listener), as a task does:
     only featurepipe_plugin.py is a plugin file (featurepipe_airflow's files loaded as loose modules took
-    names such as `requests`), and the views' web stack waits for the API server (it cost each task ~1 s)."""
+    names such as `requests`), the views' web stack waits for the API server (it cost each task ~1 s), and
+    the task bodies come with the plugin."""
     probe = (
         "import json, sys\n"
         "from airflow.sdk.listener import get_listener_manager\n"
         "get_listener_manager()\n"
         "print(json.dumps({'modules': {n: getattr(m, '__file__', None) for n, m in list(sys.modules.items())},"
-        " 'web': sorted(m for m in ('fastapi', 'starlette', 'airflow.api_fastapi') if m in sys.modules)}))\n"
+        " 'web': sorted(m for m in ('fastapi', 'starlette', 'featurepipe_airflow.view') if m in sys.modules)}))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
@@ -193,6 +194,8 @@ def test_loading_the_plugins_imports_each_module_once_by_its_name_and_no_web_fra
     plugins = ROOT / "plugins"
     ours = {name: Path(file) for name, file in loaded["modules"].items() if file and Path(file).is_relative_to(plugins)}
     assert "featurepipe_airflow.listener" in ours  # the plugin was loaded, with its listener
+    # ... and the task bodies, which a process that loads the plugins before forking hands to its tasks.
+    assert "featurepipe_airflow.tasks" in ours and "feature_store.store" in loaded["modules"]
     for name, file in ours.items():
         dotted = ".".join(file.relative_to(plugins).with_suffix("").parts).removesuffix(".__init__")
         assert name == dotted, f"{file} was loaded as module {name!r}"
