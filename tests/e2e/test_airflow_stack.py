@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_stack import DAG_ID, Stack, airflow_stack, wait_for
+from e2e_stack import BACKFILLED, DAG_ID, Stack, airflow_stack, wait_for
 
 from feature_store import Settings
 from support import HOURS, Sql
@@ -20,8 +20,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "tests" / "output"
-# Two hours: a run per hour, both at once (each run is ~140 tasks, ~1 s of a core each: the test's time).
-BACKFILLED = HOURS[1:]
 
 
 @pytest.fixture

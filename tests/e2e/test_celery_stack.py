@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import yaml
 from e2e_stack import (
+    BACKFILLED,
     DAG_ID,
     HERE,
     ROOT,
@@ -31,7 +32,7 @@ from e2e_stack import (
 )
 
 from feature_store import FeatureStore, JobStatus, PipelineConfig, Settings
-from support import HOURS, Sql
+from support import Sql
 
 pytestmark = pytest.mark.e2e
 
@@ -67,8 +68,6 @@ RECOVERY = {
     "FEATURE_STORE_RETRY_DELAY_SECONDS": "2",
 }
 CONCURRENCY = 2  # task slots per worker
-# Two hours: two runs at once, ~280 tasks of ~1 s of a core each (the test's time), most on the survivor alone.
-BACKFILLED = HOURS[1:]
 
 
 @dataclass
