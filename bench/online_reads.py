@@ -1,17 +1,18 @@
 """Benchmark: online read latency, featurepipe against a raw pipelined HMGET and against Feast 0.67.
 
-After materializing the same N entities x 5 float features with featurepipe and with Feast, each
-reader runs in a child process of its own and makes 20 warm-up calls, then 200 timed calls, of random
-entity ids (the same ids for every reader in a round), for 1 entity x 5 features and for 100 entities
-x 5 features:
+After materializing the same N entities x 5 float features with featurepipe and with Feast, the
+readers make 20 warm-up calls, then 200 timed calls, of random entity ids (the same ids for every
+reader in a round), for 1 entity x 5 features and for 100 entities x 5 features:
 
 - featurepipe:       `FeatureStore.get_online_features(tenant, entity_type, ids, ["group:feature", ...])`;
 - raw HMGET:         one pipelined HMGET per entity of featurepipe's hashes, redis-py, nothing decoded:
                      the least work (one round trip);
-- raw HMGET hiredis: the same in Feast's venv (redis-py 7 with the hiredis parser, as Feast reads);
+- raw HMGET 7.4:     the same in Feast's venv (redis-py 7.4 with hiredis, as Feast reads);
 - Feast 0.67:        `FeatureStore.get_online_features(features, entity_rows).to_dict()` in bench/.feast-venv.
 
---repeat rounds run in alternating order; p50/p99 are over all timed calls of all rounds.
+featurepipe and raw HMGET share one child process and take turns call by call (the same ids, who goes
+first alternating), so both see the same moments of this noisy machine; the others run in a child
+process each. --repeat rounds run in alternating order; p50/p99 are over all timed calls of all rounds.
 
     python bench/online_reads.py --entities 100000 --repeat 3
     python bench/online_reads.py --entities 10000 --repeat 1 --no-feast --no-results
@@ -54,7 +55,7 @@ READERS = {
     for r in (
         Reader("featurepipe", "featurepipe", "`FeatureStore.get_online_features`"),
         Reader("raw", "raw HMGET", "pipelined HMGET per entity, redis-py, no decoding"),
-        Reader("raw-hiredis", "raw HMGET, hiredis", "the same, redis-py + hiredis (Feast's venv)"),
+        Reader("raw-hiredis", "raw HMGET, redis-py 7.4", "the same, in Feast's venv (redis-py 7.4 + hiredis)"),
         Reader("feast", "Feast 0.67", "`get_online_features(...).to_dict()`"),
     )
 }
@@ -77,57 +78,61 @@ def plan(entities: int, seed: int) -> dict[str, Any]:
     }
 
 
-def timed_calls(read: Callable[[list[str]], object], calls: dict[str, Any]) -> dict[str, list[float]]:
-    """Seconds of each timed call per batch size, after the warm-up calls."""
-    latencies: dict[str, list[float]] = {}
+def timed_calls(readers: dict[str, Callable[[list[str]], object]], calls: dict[str, Any]) -> dict[str, Any]:
+    """Seconds of each timed call per reader and batch size, after the warm-up calls.
+
+    Several readers take turns call by call, who goes first alternating, so that they share whatever
+    else the machine is doing (readers timed one after the other drift apart on a noisy machine).
+    """
+    names = list(readers)
+    latencies: dict[str, dict[str, list[float]]] = {name: {} for name in names}
     for size, batch in calls["batches"].items():
         for ids in batch["warmup"]:
-            read(ids)
-        samples = []
-        for ids in batch["calls"]:
-            started = time.perf_counter()
-            read(ids)
-            samples.append(time.perf_counter() - started)
-        latencies[size] = samples
+            for name in names:
+                readers[name](ids)
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for i, ids in enumerate(batch["calls"]):
+            for name in names if i % 2 == 0 else names[::-1]:
+                started = time.perf_counter()
+                readers[name](ids)
+                samples[name].append(time.perf_counter() - started)
+        for name in names:
+            latencies[name][size] = samples[name]
     return latencies
 
 
-# -- the children -------------------------------------------------------------------------------------
+# -- the child ----------------------------------------------------------------------------------------
 
 
-def child_featurepipe(config: Settings, calls: dict[str, Any]) -> dict[str, Any]:
+def child_featurepipe_and_raw(config: Settings, calls: dict[str, Any]) -> dict[str, Any]:
+    """featurepipe and the raw HMGET, each with its own Redis client, timed call by call in turn."""
     refs = [f"{bl.GROUP}:{f}" for f in bl.FEATURES]
-    with FeatureStore(settings=config) as store:
-
-        def read(ids: list[str]) -> list[Any]:
-            return store.get_online_features(bl.TENANT, bl.ENTITY_TYPE, ids, refs)
-
-        latencies = timed_calls(read, calls)
-        rows = store.get_online_features(bl.TENANT, bl.ENTITY_TYPE, calls["sample"], refs)
-    sample = {row.entity_id: [row.features[ref].value for ref in refs] for row in rows}
-    statuses = {v.status.value for row in rows for v in row.features.values()}
-    if statuses != {"present"}:
-        raise SystemExit(f"featurepipe served values with status {sorted(statuses)}")
-    return {"latencies": latencies, "sample": sample}
-
-
-def child_raw(config: Settings, calls: dict[str, Any]) -> dict[str, Any]:
     client = redis.Redis.from_url(config.redis_url)
     client.ping()
     # featurepipe's own keys (its hash-tagged layout), read with nothing else around them.
     layout = RedisOnlineStore(client, prefix=bl.FP_PREFIX)
 
-    def read(ids: Sequence[str]) -> list[Any]:
+    def raw(ids: Sequence[str]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
         for entity_id in ids:
             pipe.hmget(layout.key(bl.TENANT, bl.GROUP, entity_id), bl.FEATURES)
         return list(pipe.execute())
 
-    latencies = timed_calls(read, calls)
-    if any(v is None for row in read(calls["sample"]) for v in row):
+    with FeatureStore(settings=config) as store:
+
+        def featurepipe(ids: list[str]) -> Any:
+            return store.get_online_features(bl.TENANT, bl.ENTITY_TYPE, ids, refs)
+
+        latencies = timed_calls({"featurepipe": featurepipe, "raw": raw}, calls)
+        rows = featurepipe(calls["sample"])
+    if any(v is None for row in raw(calls["sample"]) for v in row):
         raise SystemExit("raw HMGET found no value for a sampled entity")
     client.close()
-    return {"latencies": latencies}
+    sample = {row.entity_id: [row.features[ref].value for ref in refs] for row in rows}
+    statuses = {v.status.value for row in rows for v in row.features.values()}
+    if statuses != {"present"}:
+        raise SystemExit(f"featurepipe served values with status {sorted(statuses)}")
+    return {"readers": latencies, "samples": {"featurepipe": sample}}
 
 
 # -- the parent ---------------------------------------------------------------------------------------
@@ -140,13 +145,20 @@ class Result:
     latencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
 
-    def add(self, name: str, child: bl.ChildRun) -> None:
-        for size, samples in child.result["latencies"].items():
+    def add(self, name: str, latencies: dict[str, list[float]], peak_rss_mb: float) -> None:
+        for size, samples in latencies.items():
             self.latencies.setdefault(name, {}).setdefault(size, []).extend(float(s) for s in samples)
-        self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), child.peak_rss_mb)
+        self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), peak_rss_mb)
 
     def p(self, name: str, size: int, q: float) -> float:
         return bl.percentile(self.latencies[name][str(size)], q)
+
+
+def readings(name: str, result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A child's latencies and sampled values per reader (a child of several readers names them)."""
+    if "readers" in result:
+        return result["readers"], result["samples"]
+    return {name: result["latencies"]}, ({name: result["sample"]} if "sample" in result else {})
 
 
 def check_sample(name: str, served: dict[str, list[float]], source: dict[str, list[float]]) -> None:
@@ -176,10 +188,9 @@ def bench(args: argparse.Namespace, config: Settings) -> tuple[Result, dict[str,
     feast_versions = None
     with tempfile.TemporaryDirectory(prefix="fpbench-reads-") as tmp:
         ids_file = Path(tmp) / "ids.json"
-        commands: dict[str, tuple[list[str], dict[str, str] | None]] = {
-            name: (bl.project_child("online_reads.py", "--child", name, "--ids", str(ids_file), *_urls(config)), None)
-            for name in ("featurepipe", "raw")
-        }
+        # A child's name, or names joined by "+" for readers that share a child and take turns.
+        own = bl.project_child("online_reads.py", "--child", "featurepipe+raw", "--ids", str(ids_file), *_urls(config))
+        commands: dict[str, tuple[list[str], dict[str, str] | None]] = {"featurepipe+raw": (own, None)}
         if not args.no_feast:
             import feast_env
 
@@ -194,7 +205,7 @@ def bench(args: argparse.Namespace, config: Settings) -> tuple[Result, dict[str,
             raw = ["raw-reads", "--redis-url", config.redis_url, "--key-format", key_format, "--ids", str(ids_file)]
             commands["raw-hiredis"] = ([*worker, *raw], bl.feast_env())
             commands["feast"] = ([*worker, "online-reads", "--repo", str(repo), "--ids", str(ids_file)], bl.feast_env())
-        names = [n for n in READERS if n in commands]
+        names = list(commands)
         for i in range(args.repeat):
             calls = plan(args.entities, args.seed + i)
             ids_file.write_text(json.dumps(calls))
@@ -202,12 +213,13 @@ def bench(args: argparse.Namespace, config: Settings) -> tuple[Result, dict[str,
             for name in names if i % 2 == 0 else names[::-1]:
                 command, env = commands[name]
                 child = bl.run_child(command, env=env)
-                if "sample" in child.result:
-                    check_sample(name, child.result["sample"], source)
-                result.add(name, child)
-                lat = child.result["latencies"]
-                line = "".join(f"  {s:>3} x5: p50 {_ms(_p(lat, s, 50))} p99 {_ms(_p(lat, s, 99))}" for s in SIZES)
-                print(f"  round {i + 1}/{args.repeat} {READERS[name].label:20s}{line}", flush=True)
+                readers, samples = readings(name, child.result)
+                for reader, served in samples.items():
+                    check_sample(reader, served, source)
+                for reader, lat in readers.items():
+                    result.add(reader, lat, child.peak_rss_mb)
+                    line = "".join(f"  {s:>3} x5: p50 {_ms(_p(lat, s, 50))} p99 {_ms(_p(lat, s, 99))}" for s in SIZES)
+                    print(f"  round {i + 1}/{args.repeat} {READERS[reader].label:24s}{line}", flush=True)
     bl.reset(config)
     return result, feast_versions
 
@@ -248,18 +260,20 @@ INTRO = f"""\
 
 `python bench/online_reads.py --entities N --repeat R` materializes N entities x 5 float features with
 featurepipe and with Feast 0.67 (the same rows as bench/materialize.py, same Redis), then times reads:
-per round, each reader in a child process of its own makes {WARMUP} warm-up calls and {CALLS} timed calls of
-random entity ids (the same ids for every reader of a round), for 1 entity x 5 features and for 100
-entities x 5 features. Rounds alternate the readers' order; p50/p99 are over every timed call of every
-round (nearest rank); ratios are to the raw HMGET with redis-py.
+per round, each reader makes {WARMUP} warm-up calls and {CALLS} timed calls of random entity ids (the same ids
+for every reader of a round), for 1 entity x 5 features and for 100 entities x 5 features. featurepipe
+and the raw HMGET share a child process and take turns call by call (who goes first alternating), so
+that both meet the same moments of this noisy machine; the readers in Feast's venv run in a child
+process each. Rounds alternate the children's order; p50/p99 are over every timed call of every round
+(nearest rank); ratios are to the raw HMGET with redis-py.
 
 - **featurepipe**: `FeatureStore.get_online_features(tenant, entity_type, ids, ["bench_group:f1", ...])`
   (tenant and refs checked against the cached registry, one pipelined HMGET, values decoded and
   TTL-checked into `OnlineFeatureRow`s);
 - **raw HMGET**: one pipelined `HMGET` per entity of featurepipe's own hashes with redis-py, replies
   left as bytes: the least work, one round trip;
-- **raw HMGET, hiredis**: the same from Feast's venv, whose redis-py parses replies with hiredis (the
-  project's venv has no hiredis);
+- **raw HMGET, redis-py 7.4**: the same from Feast's venv (redis-py 7.4 with hiredis; the project's
+  redis-py 8.1 with hiredis spends more per pipelined command);
 - **Feast 0.67**: `FeatureStore.get_online_features(features=[...], entity_rows=[...]).to_dict()` in
   bench/.feast-venv on what its own materialize wrote (protobuf values, `_ts` field, mmh3 field names).
 
@@ -286,13 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=bl.RESULTS)
     parser.add_argument("--no-results", action="store_true", help="Print only; do not touch RESULTS.md.")
     parser.add_argument("--no-feast", action="store_true", help="Leave Feast out (no venv needed).")
-    parser.add_argument("--child", choices=["featurepipe", "raw"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["featurepipe+raw"], help=argparse.SUPPRESS)
     parser.add_argument("--ids", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     config = bl.settings(args.database_url, args.redis_url)
     if args.child:
         calls = json.loads(args.ids.read_text())
-        bl.emit(child_featurepipe(config, calls) if args.child == "featurepipe" else child_raw(config, calls))
+        bl.emit(child_featurepipe_and_raw(config, calls))
         return 0
     load_before = bl.load_average()
     result, feast = bench(args, config)
