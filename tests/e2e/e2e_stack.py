@@ -271,6 +271,38 @@ class Stack:
             with suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
 
+    def unpause_when_parsed(self) -> None:
+        """Wait until the dag-processor has parsed the DAG, then unpause it."""
+        wait_for("the DAG to be parsed", lambda: self.api("GET", f"/dags/{DAG_ID}"), 180)
+        self.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+
+    def backfill(self) -> dict[str, Any]:
+        """Backfill the `BACKFILLED` hours, all runs at once (what the UI's Backfill form posts)."""
+        backfill = self.api(
+            "POST",
+            "/backfills",
+            {
+                "dag_id": DAG_ID,
+                "from_date": BACKFILLED[0].start.isoformat(),
+                "to_date": BACKFILLED[-1].start.isoformat(),
+                "reprocess_behavior": "none",
+                "max_active_runs": len(BACKFILLED),
+                "dag_run_conf": {},
+            },
+        )
+        assert backfill["dag_id"] == DAG_ID, backfill
+        return dict(backfill)
+
+    def backfill_runs(self, timeout: float = 600) -> list[dict[str, Any]]:
+        """The backfill's runs, once there is one per backfilled hour and every one has finished."""
+
+        def finished() -> list[dict[str, Any]] | None:
+            runs = self.api("GET", f"/dags/{DAG_ID}/dagRuns?run_type=backfill&limit=50")["dag_runs"]
+            done = [r for r in runs if r["state"] in ("success", "failed")]
+            return list(runs) if len(runs) == len(BACKFILLED) and len(done) == len(runs) else None
+
+        return wait_for("the backfill runs to finish", finished, timeout)
+
     def healthy(self) -> bool:
         health = self.api("GET", "/monitor/health")
         return all((health.get(key) or {}).get("status") == "healthy" for key in HEALTH_KEYS)

@@ -40,32 +40,13 @@ def test_a_backfill_through_the_rest_api_materializes_every_hour(stack: Stack, d
     def scheduled_runs() -> list[dict[str, Any]]:
         return list(stack.api("GET", f"/dags/{DAG_ID}/dagRuns?run_type=scheduled")["dag_runs"])
 
-    wait_for("the DAG to be parsed", lambda: stack.api("GET", f"/dags/{DAG_ID}"), 180)
-    stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+    stack.unpause_when_parsed()
     # Unpaused, the DAG gets its hourly run of the current hour (after the test data: it would only compete
     # with the backfill for the four task slots, a quarter of the tasks). Stopped as an operator would.
     for hourly in wait_for("the hourly run of the current hour", scheduled_runs, 120, interval=0.5):
         stack.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{hourly['dag_run_id']}", {"state": "failed"})
-    backfill = stack.api(
-        "POST",
-        "/backfills",
-        {
-            "dag_id": DAG_ID,
-            "from_date": BACKFILLED[0].start.isoformat(),
-            "to_date": BACKFILLED[-1].start.isoformat(),
-            "reprocess_behavior": "none",
-            "max_active_runs": len(BACKFILLED),
-            "dag_run_conf": {},
-        },
-    )
-    assert backfill["dag_id"] == DAG_ID
-
-    def finished_runs() -> list[dict[str, Any]] | None:
-        runs = stack.api("GET", f"/dags/{DAG_ID}/dagRuns?run_type=backfill&limit=50")["dag_runs"]
-        done = [r for r in runs if r["state"] in ("success", "failed")]
-        return runs if runs and len(done) == len(runs) else None
-
-    runs = wait_for("the backfill runs to finish", finished_runs, 600)
+    stack.backfill()
+    runs = stack.backfill_runs()
     assert [r["state"] for r in runs] == ["success"] * len(BACKFILLED), runs
     intervals = sorted((r["data_interval_start"], r["data_interval_end"]) for r in runs)
     assert [(s[:19], e[:19]) for s, e in intervals] == [

@@ -170,8 +170,7 @@ def tries(stack: Stack, ti: dict[str, Any]) -> list[dict[str, Any]]:
 def test_the_runs_complete_with_the_library_values_after_a_worker_is_killed_mid_run(
     reference: Reference, stack: Stack, db: Sql, settings: Settings
 ) -> None:
-    wait_for("the DAG to be parsed", lambda: stack.api("GET", f"/dags/{DAG_ID}"), 180)
-    stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+    stack.unpause_when_parsed()
 
     # Kill the victim inside an offline write (the flush a write task makes when it completes its job): until
     # then the test holds a SHARE lock on offline_rows (reads go on, writes wait), and the victim is killed once
@@ -179,18 +178,7 @@ def test_the_runs_complete_with_the_library_values_after_a_worker_is_killed_mid_
     blocker = psycopg.connect(settings.database_url)
     try:
         blocker.execute("LOCK TABLE feature_store.offline_rows IN SHARE MODE")
-        stack.api(
-            "POST",
-            "/backfills",
-            {
-                "dag_id": DAG_ID,
-                "from_date": BACKFILLED[0].start.isoformat(),
-                "to_date": BACKFILLED[-1].start.isoformat(),
-                "reprocess_behavior": "none",
-                "max_active_runs": len(BACKFILLED),
-                "dag_run_conf": {},
-            },
-        )
+        stack.backfill()
         pg_port = urllib.parse.urlsplit(settings.database_url).port or 5432
 
         def victim_writing() -> list[dict[str, Any]] | None:
@@ -208,12 +196,7 @@ def test_the_runs_complete_with_the_library_values_after_a_worker_is_killed_mid_
         blocker.rollback()
         blocker.close()
 
-    def finished_runs() -> list[dict[str, Any]] | None:
-        runs = stack.api("GET", f"/dags/{DAG_ID}/dagRuns?run_type=backfill&limit=50")["dag_runs"]
-        done = [r for r in runs if r["state"] in ("success", "failed")]
-        return runs if len(runs) == len(BACKFILLED) and len(done) == len(runs) else None
-
-    runs = wait_for("the backfill runs to finish", finished_runs, 600)
+    runs = stack.backfill_runs()
     assert [r["state"] for r in runs] == ["success"] * len(BACKFILLED), runs
 
     # The kill hit running tasks: each try that was running on the victim and did not end by itself
