@@ -45,7 +45,15 @@ from feature_store.windows import TimeWindow
 BUCKETS = 256
 """Hash-tag buckets per (tenant, group): how many slots (of 16 384) one group's keys spread over."""
 
-_SCRIPT = resources.files("feature_store.stores.online").joinpath("online_write.lua").read_text(encoding="utf-8")
+READ_SCRIPT_KEYS = 1000
+"""Keys per call of the read script: ~1 ms of the server's time, which no other client gets meanwhile."""
+
+_SCRIPTS = resources.files("feature_store.stores.online")
+_SCRIPT = _SCRIPTS.joinpath("online_write.lua").read_text(encoding="utf-8")
+_READ_SCRIPT = _SCRIPTS.joinpath("online_read.lua").read_text(encoding="utf-8")
+
+Replies = list[list[bytes | None]]
+"""Per key read, its fields' stored texts in the order asked for (None: not stored)."""
 
 
 class RedisOnlineStore(OnlineStore):
@@ -57,6 +65,7 @@ class RedisOnlineStore(OnlineStore):
         self._prefix = prefix
         self._owns_client = owns_client
         self._script = client.register_script(_SCRIPT)
+        self._read_script = client.register_script(_READ_SCRIPT)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: Any = None) -> RedisOnlineStore:
@@ -156,17 +165,12 @@ class RedisOnlineStore(OnlineStore):
         for spec in features:
             by_group.setdefault(spec.group_id, []).append(spec)
         groups = list(by_group.items())
-        pipe = self._client.pipeline(transaction=False)
-        for entity_id in entity_ids:
-            for group_id, specs in groups:
-                pipe.hmget(self.key(tenant_id, group_id, entity_id), [s.name for s in specs])
-        replies = pipe.execute()
+        reads = [([self.key(tenant_id, g, e) for e in entity_ids], [s.name for s in specs]) for g, specs in groups]
+        replies_by_group = self.fetch(reads)
         now_us = time.time_ns() // 1000
         result = OnlineFeatures(entity_ids, [s.ref for s in features])
-        width = len(groups)
         present, missing, expired = OnlineValueStatus.PRESENT, OnlineValueStatus.MISSING, OnlineValueStatus.EXPIRED
-        for g, (_, specs) in enumerate(groups):
-            replies_of_group = replies[g::width]  # one reply per entity, in order
+        for (_, specs), replies_of_group in zip(groups, replies_by_group, strict=True):
             for f, spec in enumerate(specs):
                 parse = PARSERS[spec.value_type]
                 # Each stored field is "event_us|write_us|value_json"; a column is built in one pass each.
@@ -184,6 +188,38 @@ class RedisOnlineStore(OnlineStore):
                 values: list[FeatureValue] = [None if p is None else parse(p[2]) for p in parts]
                 result.set_column(spec.ref, values, events, statuses)
         return result
+
+    def fetch(self, reads: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[Replies]:
+        """For each (keys, fields) read, every key's values of those fields; all in one round trip.
+
+        A read of one key is an HMGET, of several keys a call of the read script (see online_read.lua)
+        per `READ_SCRIPT_KEYS` keys: a script holds the server for its whole run.
+        """
+        sha = self._read_script.sha
+
+        def execute() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for keys, fields in reads:
+                if len(keys) == 1:
+                    pipe.hmget(keys[0], fields)
+                    continue
+                for start in range(0, len(keys), READ_SCRIPT_KEYS):
+                    chunk = keys[start : start + READ_SCRIPT_KEYS]
+                    pipe.evalsha(sha, len(chunk), *chunk, *fields)
+            return list(pipe.execute())
+
+        try:
+            replies = iter(execute())
+        except redis.exceptions.NoScriptError:  # the server restarted or its scripts were flushed
+            self._client.script_load(_READ_SCRIPT)
+            replies = iter(execute())
+        fetched: list[Replies] = []
+        for keys, _ in reads:
+            if len(keys) == 1:
+                fetched.append([next(replies)])
+            else:
+                fetched.append([reply for _ in range(0, len(keys), READ_SCRIPT_KEYS) for reply in next(replies)])
+        return fetched
 
     def instance_id(self) -> str:
         return str(self._client.info("server")["run_id"])

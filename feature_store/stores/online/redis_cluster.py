@@ -2,8 +2,9 @@
 
 A Lua script may only touch keys of one slot, so each bucket's keys (which share their hash tag, see
 `redis.py`) go in a script call of their own; the calls of a batch are pipelined to each node at once.
-Reads and upkeep are the standalone backend's, through redis-py's cluster client (which routes each
-command to its node and splits multi-key EXISTS/UNLINK by slot).
+Reads are pipelined HMGETs (the standalone read script would see keys of many slots); upkeep is the
+standalone backend's, through redis-py's cluster client (which routes each command to its node and
+splits multi-key EXISTS/UNLINK by slot).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from redis.cluster import RedisCluster
 from feature_store.config import Settings
 from feature_store.errors import ConnectionFailedError
 from feature_store.stores.online.base import Payload
-from feature_store.stores.online.redis import RedisOnlineStore
+from feature_store.stores.online.redis import RedisOnlineStore, Replies
 from feature_store.windows import TimeWindow
 
 
@@ -61,6 +62,16 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             args = self._args((row for _, row in batch), ttl_seconds, write_time_us, replaces, force)
             pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
         return sum(int(n) for n in pipe.execute())
+
+    def fetch(self, reads: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[Replies]:
+        """One HMGET per key, pipelined to each node at once: a script may read one slot only, and the
+        keys of a read spread over the buckets (100 random entities fall in ~80 of 256)."""
+        pipe = self._client.pipeline()
+        for keys, fields in reads:
+            for key in keys:
+                pipe.hmget(key, fields)
+        replies = iter(pipe.execute())
+        return [[next(replies) for _ in keys] for keys, _ in reads]
 
     def instance_id(self) -> str:
         # Every primary's run id: a restart of any of them may have lost its slots' values.
