@@ -427,7 +427,11 @@ class FeatureStore:
                 tenant's group reads the same as one that does not exist).
             OnDemandError: an on-demand function raised, or its request data is missing.
         """
-        plan = on_demand.plan_read(self._features, tenant_id, features, entity_type=entity_type)
+        plan = self._features.planned(
+            tenant_id,
+            ("read", entity_type, tuple(features)),
+            lambda: on_demand.plan_read(self._features, tenant_id, features, entity_type=entity_type),
+        )
         stored = self.online.read(tenant_id=tenant_id, entity_ids=entity_ids, features=plan.stored)
         if not plan.on_demand:
             return stored

@@ -9,7 +9,8 @@ tenant's group does not exist for it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 from feature_store.definitions.models import FeatureDefinition, FeatureGroup
 from feature_store.definitions.registry import Registry
@@ -18,6 +19,10 @@ from feature_store.stores.online.base import FeatureSpec
 from feature_store.types import FeatureRef
 
 CACHE_SECONDS = 30.0
+PLANS_PER_TENANT = 256
+"""Read plans kept per tenant (callers mostly repeat a few lists of refs; beyond this all are dropped)."""
+
+T = TypeVar("T")
 
 
 class FeatureResolver:
@@ -27,10 +32,27 @@ class FeatureResolver:
         self._registry = registry
         self._groups: dict[str, tuple[float, dict[str, FeatureGroup]]] = {}
         """tenant id -> (loaded at, its visible groups by id)."""
+        self._plans: dict[str, tuple[dict[str, FeatureGroup], dict[Hashable, Any]]] = {}
+        """tenant id -> (the groups it was built from, what `planned` built by key): a reload starts anew."""
 
     def invalidate(self) -> None:
         """Forget the cached registry (after an apply)."""
         self._groups.clear()
+
+    def planned(self, tenant_id: str, key: Hashable, build: Callable[[], T]) -> T:
+        """`build()` (which resolves refs of this tenant), kept for as long as the tenant's cached groups.
+
+        A read's plan depends on its refs and the registry only; building it for every call cost a
+        single-entity read about a quarter of its time (it resolves every ref and on-demand input anew).
+        """
+        groups = self._tenant_groups(tenant_id)  # raises TenantNotFoundError; reloaded past CACHE_SECONDS
+        cached = self._plans.get(tenant_id)
+        if cached is None or cached[0] is not groups or len(cached[1]) >= PLANS_PER_TENANT:
+            cached = self._plans[tenant_id] = (groups, {})
+        plans = cached[1]
+        if key not in plans:
+            plans[key] = build()
+        return plans[key]
 
     def specs(self, tenant_id: str, refs: Sequence[FeatureRef], *, entity_type: str | None) -> list[FeatureSpec]:
         """One spec per ref, in order; `entity_type` (when given) must be every feature's group's.
