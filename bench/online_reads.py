@@ -5,14 +5,16 @@ readers make 20 warm-up calls, then 200 timed calls, of random entity ids (the s
 reader in a round), for 1 entity x 5 features and for 100 entities x 5 features:
 
 - featurepipe:       `FeatureStore.get_online_features(tenant, entity_type, ids, ["group:feature", ...])`;
-- raw HMGET:         one pipelined HMGET per entity of featurepipe's hashes, redis-py, nothing decoded:
-                     the least work (one round trip);
-- raw HMGET 7.4:     the same in Feast's venv (redis-py 7.4 with hiredis, as Feast reads);
+- raw HMGET:         one pipelined HMGET per entity of featurepipe's hashes, redis-py, nothing decoded
+                     (one round trip);
+- raw read script:   featurepipe's read script (one call, an HMGET of each key inside Redis), nothing
+                     decoded: the least work for a batch;
+- raw HMGET 7.4:     the raw HMGET in Feast's venv (redis-py 7.4 with hiredis, as Feast reads);
 - Feast 0.67:        `FeatureStore.get_online_features(features, entity_rows).to_dict()` in bench/.feast-venv.
 
-featurepipe and raw HMGET share one child process and take turns call by call (the same ids, who goes
-first alternating), so both see the same moments of this noisy machine; the others run in a child
-process each. --repeat rounds run in alternating order; p50/p99 are over all timed calls of all rounds.
+featurepipe and the two raw readers share one child process and take turns call by call (the same
+ids, the order reversed every call), so they meet the same moments of this noisy machine; the others
+run in a child process each. --repeat rounds run in alternating order; p50/p99 are over all timed calls of all rounds.
 
     python bench/online_reads.py --entities 100000 --repeat 3
     python bench/online_reads.py --entities 10000 --repeat 1 --no-feast --no-results
@@ -35,7 +37,7 @@ import benchlib as bl
 import redis
 
 from feature_store import FeatureStore, PipelineConfig, Settings
-from feature_store.stores.online.redis import RedisOnlineStore
+from feature_store.stores.online.redis import READ_SCRIPT, RedisOnlineStore
 
 SIZES = (1, 100)
 WARMUP = 20
@@ -55,6 +57,7 @@ READERS = {
     for r in (
         Reader("featurepipe", "featurepipe", "`FeatureStore.get_online_features`"),
         Reader("raw", "raw HMGET", "pipelined HMGET per entity, redis-py, no decoding"),
+        Reader("raw-script", "raw read script", "featurepipe's read script called with redis-py, no decoding"),
         Reader("raw-hiredis", "raw HMGET, redis-py 7.4", "the same, in Feast's venv (redis-py 7.4 + hiredis)"),
         Reader("feast", "Feast 0.67", "`get_online_features(...).to_dict()`"),
     )
@@ -81,7 +84,7 @@ def plan(entities: int, seed: int) -> dict[str, Any]:
 def timed_calls(readers: dict[str, Callable[[list[str]], object]], calls: dict[str, Any]) -> dict[str, Any]:
     """Seconds of each timed call per reader and batch size, after the warm-up calls.
 
-    Several readers take turns call by call, who goes first alternating, so that they share whatever
+    Several readers take turns call by call, the order reversed every call, so that they share whatever
     else the machine is doing (readers timed one after the other drift apart on a noisy machine).
     """
     names = list(readers)
@@ -105,7 +108,7 @@ def timed_calls(readers: dict[str, Callable[[list[str]], object]], calls: dict[s
 
 
 def child_featurepipe_and_raw(config: Settings, calls: dict[str, Any]) -> dict[str, Any]:
-    """featurepipe and the raw HMGET, each with its own Redis client, timed call by call in turn."""
+    """featurepipe and the raw readers (HMGET, the read script), timed call by call in turn."""
     refs = [f"{bl.GROUP}:{f}" for f in bl.FEATURES]
     client = redis.Redis.from_url(config.redis_url)
     client.ping()
@@ -118,15 +121,21 @@ def child_featurepipe_and_raw(config: Settings, calls: dict[str, Any]) -> dict[s
             pipe.hmget(layout.key(bl.TENANT, bl.GROUP, entity_id), bl.FEATURES)
         return list(pipe.execute())
 
+    script = client.register_script(READ_SCRIPT)
+
+    def raw_script(ids: Sequence[str]) -> list[Any]:
+        keys = [layout.key(bl.TENANT, bl.GROUP, entity_id) for entity_id in ids]
+        return list(script(keys=keys, args=bl.FEATURES))
+
     with FeatureStore(settings=config) as store:
 
         def featurepipe(ids: list[str]) -> Any:
             return store.get_online_features(bl.TENANT, bl.ENTITY_TYPE, ids, refs)
 
-        latencies = timed_calls({"featurepipe": featurepipe, "raw": raw}, calls)
+        latencies = timed_calls({"featurepipe": featurepipe, "raw": raw, "raw-script": raw_script}, calls)
         rows = featurepipe(calls["sample"])
-    if any(v is None for row in raw(calls["sample"]) for v in row):
-        raise SystemExit("raw HMGET found no value for a sampled entity")
+    if raw(calls["sample"]) != raw_script(calls["sample"]) or any(v is None for r in raw(calls["sample"]) for v in r):
+        raise SystemExit("raw HMGET found no value for a sampled entity, or the read script another one")
     client.close()
     sample = {row.entity_id: [row.features[ref].value for ref in refs] for row in rows}
     statuses = {v.status.value for row in rows for v in row.features.values()}
@@ -262,16 +271,19 @@ INTRO = f"""\
 featurepipe and with Feast 0.67 (the same rows as bench/materialize.py, same Redis), then times reads:
 per round, each reader makes {WARMUP} warm-up calls and {CALLS} timed calls of random entity ids (the same ids
 for every reader of a round), for 1 entity x 5 features and for 100 entities x 5 features. featurepipe
-and the raw HMGET share a child process and take turns call by call (who goes first alternating), so
-that both meet the same moments of this noisy machine; the readers in Feast's venv run in a child
+and the raw readers of its venv share a child process and take turns call by call (the order reversed
+every call), so that they meet the same moments of this noisy machine; the readers in Feast's venv run in a child
 process each. Rounds alternate the children's order; p50/p99 are over every timed call of every round
 (nearest rank); ratios are to the raw HMGET with redis-py.
 
 - **featurepipe**: `FeatureStore.get_online_features(tenant, entity_type, ids, ["bench_group:f1", ...])`
-  (tenant and refs checked against the cached registry, one pipelined HMGET, values decoded and
-  TTL-checked into `OnlineFeatureRow`s);
+  (tenant and refs checked against the cached registry, one call of its read script, or one HMGET for a
+  single entity; values decoded and TTL-checked into columns);
 - **raw HMGET**: one pipelined `HMGET` per entity of featurepipe's own hashes with redis-py, replies
   left as bytes: the least work, one round trip;
+- **raw read script**: featurepipe's read script (online_read.lua: one call, HMGET of each key inside
+  Redis) with redis-py, replies left as bytes: the least work featurepipe's way (one HMGET for a single
+  entity is less);
 - **raw HMGET, redis-py 7.4**: the same from Feast's venv (redis-py 7.4 with hiredis; the project's
   redis-py 8.1 with hiredis spends more per pipelined command);
 - **Feast 0.67**: `FeatureStore.get_online_features(features=[...], entity_rows=[...]).to_dict()` in

@@ -50,7 +50,7 @@ READ_SCRIPT_KEYS = 1000
 
 _SCRIPTS = resources.files("feature_store.stores.online")
 _SCRIPT = _SCRIPTS.joinpath("online_write.lua").read_text(encoding="utf-8")
-_READ_SCRIPT = _SCRIPTS.joinpath("online_read.lua").read_text(encoding="utf-8")
+READ_SCRIPT = _SCRIPTS.joinpath("online_read.lua").read_text(encoding="utf-8")
 
 Replies = list[list[bytes | None]]
 """Per key read, its fields' stored texts in the order asked for (None: not stored)."""
@@ -65,7 +65,7 @@ class RedisOnlineStore(OnlineStore):
         self._prefix = prefix
         self._owns_client = owns_client
         self._script = client.register_script(_SCRIPT)
-        self._read_script = client.register_script(_READ_SCRIPT)
+        self._read_script = client.register_script(READ_SCRIPT)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: Any = None) -> RedisOnlineStore:
@@ -211,7 +211,7 @@ class RedisOnlineStore(OnlineStore):
         try:
             replies = iter(execute())
         except redis.exceptions.NoScriptError:  # the server restarted or its scripts were flushed
-            self._client.script_load(_READ_SCRIPT)
+            self._client.script_load(READ_SCRIPT)
             replies = iter(execute())
         fetched: list[Replies] = []
         for keys, _ in reads:
