@@ -39,10 +39,7 @@ import os
 import platform
 import re
 import resource
-import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,15 +48,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import redis
 from psycopg import sql
 
@@ -67,8 +65,11 @@ from feature_store import FeatureStore, PipelineConfig, Settings
 from feature_store.db import ensure_database
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e")]  # the end-to-end tests' Airflow stack
+import e2e_stack  # noqa: E402
+from e2e_stack import Stack  # noqa: E402
+
 DAG_ID = "feature_materialization"
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 WINDOW_END = datetime(2026, 1, 1, 1, tzinfo=timezone.utc)
 WINDOW_START = WINDOW_END - timedelta(hours=1)
 SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -384,12 +385,6 @@ class MemorySampler:
 # -- the Airflow stack -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _db_url(name: str) -> str:
     return f"{SERVER}/{name}"
 
@@ -399,131 +394,47 @@ def drop_database(name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-@dataclass
-class Stack:
-    url: str
-    home: Path
-    env: dict[str, str]
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        request = urllib.request.Request(
-            f"{self.url}/api/v2{path}",
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read() or b"null")
-
-    def tail(self, lines: int = 40) -> str:
-        out = []
-        for name in self.processes:
-            text = (self.home / f"{name}.log").read_text(errors="replace").splitlines()
-            out.append(f"--- {name} ---\n" + "\n".join(text[-lines:]))
-        return "\n".join(out)
-
-    def wait(self, what: str, check: Callable[[], Any], timeout: float, every: float = 2.0) -> Any:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    raise SystemExit(f"{name} exited with {process.returncode}\n{self.tail()}")
-            try:
-                last = check()
-                if last:
-                    return last
-            except (urllib.error.URLError, ConnectionError, OSError) as exc:
-                last = exc
-            time.sleep(every)
-        raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})\n{self.tail()}")
-
-    def metadata(self) -> psycopg.Connection:
-        return psycopg.connect(_db_url(AIRFLOW_DB), autocommit=True)
+def metadata() -> psycopg.Connection:
+    """A connection to the stack's Airflow metadata database."""
+    return psycopg.connect(_db_url(AIRFLOW_DB), autocommit=True)
 
 
 @contextmanager
 def airflow_stack(
-    settings: Settings, *, parallelism: int, max_active_tasks: int, keep_logs: Path | None = None
+    settings: Settings,
+    *,
+    parallelism: int,
+    max_active_tasks: int,
+    keep_logs: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Start api-server, scheduler, dag-processor and triggerer on a fresh metadata DB; stop and drop after."""
+    """The end-to-end tests' stack (tests/e2e/e2e_stack.py: api-server, scheduler, dag-processor and
+    triggerer, their environment, start and stop) on a fresh metadata DB of the bench's own, with the
+    bench's parallelism; the DB is dropped afterwards."""
     drop_database(AIRFLOW_DB)
     with psycopg.connect(_db_url("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(AIRFLOW_DB)))
-    port = _free_port()
+    env = {
+        "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(max_active_tasks),
+        **(env or {}),
+    }
+    metadata_url = _db_url(AIRFLOW_DB).replace("postgresql://", "postgresql+psycopg://", 1)
     with tempfile.TemporaryDirectory(prefix="fpscale-airflow-") as tmp:
-        home = Path(tmp)
-        extra = {"db": 0, "key_prefix": settings.redis_prefix}
-        redis_conn = {"conn_type": "redis", "host": "127.0.0.1", "port": 6379, "extra": extra}
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(max_active_tasks),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{AIRFLOW_DB}",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-            "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the bench's trigger creates runs
-            "AIRFLOW_CONN_FEATURE_STORE_DB": settings.database_url,
-            "AIRFLOW_CONN_FEATURE_STORE_REDIS": json.dumps(redis_conn),
-        }
-        for name in ("FEATURE_STORE_DATABASE_URL", "FEATURE_STORE_REDIS_URL", "FEATURE_STORE_REDIS_PREFIX"):
-            env.pop(name, None)
-        stack = Stack(url=f"http://localhost:{port}", home=home, env=env)
-        airflow = [sys.executable, "-m", "airflow"]
+        home = Path(tmp) / "airflow_home"
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
-            migrate = subprocess.run([*airflow, "db", "migrate"], env=env, capture_output=True, text=True)
-            if migrate.returncode != 0:
-                raise SystemExit(f"airflow db migrate failed:\n{migrate.stderr[-3000:]}")
-            log(f"airflow db migrate on PostgreSQL: {time.perf_counter() - started:.0f} s")
-            for name in COMPONENTS:
-                args = [*airflow, name] + (["--port", str(port)] if name == "api-server" else [])
-                with (home / f"{name}.log").open("wb") as out:
-                    stack.processes[name] = subprocess.Popen(
-                        args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-                    )
-            stack.wait("the api-server", lambda: stack.api("GET", "/monitor/health"), 180)
-            stack.wait("the DAG to be parsed", lambda: stack.api("GET", f"/dags/{DAG_ID}"), 300)
-            log(f"Airflow up on port {port} ({time.perf_counter() - started:.0f} s after migrate started)")
-            yield stack
+            with e2e_stack.airflow_stack(
+                home=home, settings=settings, executor="LocalExecutor", metadata_url=metadata_url, env=env
+            ) as stack:
+                stack.wait("the DAG to be parsed", lambda: stack.api("GET", f"/dags/{DAG_ID}"), 300)
+                log(f"Airflow up at {stack.url} ({time.perf_counter() - started:.0f} s after migrate started)")
+                yield stack
         finally:
-            stop_stack(stack)
             drop_database(AIRFLOW_DB)
-            if keep_logs is not None:
+            if keep_logs is not None and home.exists():
                 shutil.copytree(home, keep_logs, dirs_exist_ok=True)
                 log(f"Airflow logs copied to {keep_logs}")
-
-
-def stop_stack(stack: Stack) -> None:
-    for process in stack.processes.values():
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in stack.processes.values():
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    # Task processes that outlived their group: ours by their AIRFLOW_HOME, ended by pid.
-    marker = f"AIRFLOW_HOME={stack.home}".encode()
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                environ = Path(entry.path, "environ").read_bytes()
-            except OSError:
-                continue
-            if marker in environ.split(b"\0"):
-                with suppress(ProcessLookupError):
-                    os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -538,7 +449,7 @@ def trigger(stack: Stack, run_id: str) -> dict[str, Any]:
 
 
 def ti_states(stack: Stack, run_id: str) -> dict[str, int]:
-    with stack.metadata() as conn:
+    with metadata() as conn:
         rows = conn.execute(
             "SELECT coalesce(state, 'none'), count(*) FROM task_instance WHERE dag_id = %s AND run_id = %s"
             " GROUP BY 1 ORDER BY 1",
@@ -680,7 +591,7 @@ def scheduler_path(
                 stack.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}", {"state": "failed"})
             return None
 
-        run = stack.wait(f"run {run_id}", finished, max_wall + 600, every=1.0)
+        run = stack.wait(f"run {run_id}", finished, max_wall + 600, interval=1.0)
     queued, end = _ts(run["queued_at"]), _ts(run["end_date"])
     assert queued is not None and end is not None
     jobs = fs.execute(
@@ -691,7 +602,7 @@ def scheduler_path(
     missed = fs.execute("SELECT count(*) FROM feature_store.deadline_misses WHERE run_id = %s", (run_id,)).fetchone()
     fs.close()
     assert jobs is not None
-    with stack.metadata() as conn:
+    with metadata() as conn:
         tis = conn.execute(
             "SELECT count(*), min(start_date), coalesce(sum(duration), 0), count(*) FILTER (WHERE try_number > 1),"
             " count(*) FILTER (WHERE start_date IS NOT NULL AND state <> 'skipped')"
@@ -850,7 +761,7 @@ def plan_real_run(stack: Stack, timeout: float) -> str:
     log(f"triggered {run_id} (plan shape)")
 
     def states() -> dict[str, tuple[str, int]]:
-        with stack.metadata() as conn:
+        with metadata() as conn:
             rows = conn.execute(
                 "SELECT task_id, coalesce(state, 'none'), try_number FROM task_instance"
                 " WHERE dag_id = %s AND run_id = %s AND task_id IN ('plan', 'work_items')",
@@ -866,7 +777,7 @@ def plan_real_run(stack: Stack, timeout: float) -> str:
             return now
         return None
 
-    seen = stack.wait("the plan and work_items tasks", settled, timeout, every=2.0)
+    seen = stack.wait("the plan and work_items tasks", settled, timeout, interval=2.0)
     note = ""
     if seen["plan"][0] == "failed":  # everything downstream is upstream_failed: the run ends by itself
 
@@ -874,7 +785,7 @@ def plan_real_run(stack: Stack, timeout: float) -> str:
             run = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
             return run if run["state"] in TERMINAL else None
 
-        run = stack.wait(f"run {run_id} to end", ended, 300, every=2.0)
+        run = stack.wait(f"run {run_id} to end", ended, 300, interval=2.0)
         seen = states()
     else:  # what is left would run for hours at this shape: end it
         run = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
@@ -885,7 +796,7 @@ def plan_real_run(stack: Stack, timeout: float) -> str:
             except urllib.error.HTTPError as exc:
                 note = f"; marking the run failed gave HTTP {exc.code}: {exc.read()[:200]!r}"
     queued = _ts(run.get("queued_at"))
-    with stack.metadata() as conn:
+    with metadata() as conn:
         plan_end = conn.execute(
             "SELECT end_date FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = 'plan'",
             (DAG_ID, run_id),
@@ -1147,6 +1058,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-results", action="store_true", help="Print only; do not touch RESULTS.md.")
     parser.add_argument("--keep", action="store_true", help="Keep the feature-store database and online keys.")
     parser.add_argument("--keep-logs", type=Path, help="Copy AIRFLOW_HOME (component and task logs) here.")
+    parser.add_argument(
+        "--airflow-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="Set an environment variable of the Airflow components (e.g. a setting to compare); repeatable.",
+    )
     parser.add_argument("--plan-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plan_child:
@@ -1178,7 +1096,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             prepare(settings, plan_shape, entities=1, events=1)
         needs_stack = not args.plan_only or args.plan_run
-        with _maybe_stack(needs_stack, settings, args.parallelism, max_active, args.keep_logs) as stack:
+        airflow_env = dict(item.split("=", 1) for item in args.airflow_env)
+        with _maybe_stack(needs_stack, settings, args.parallelism, max_active, args.keep_logs, airflow_env) as stack:
             if not args.plan_only:
                 assert stack is not None
                 result.dag = scheduler_path(
@@ -1194,7 +1113,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.plan_run and stack is not None:
                     try:
                         result.plan.real_run = plan_real_run(stack, timeout=1800)
-                    except (SystemExit, Exception) as exc:  # report what the other measurements found
+                    # (A wait that times out fails as a test would: pytest's Failed, a BaseException.)
+                    except (SystemExit, Exception, pytest.fail.Exception) as exc:  # report what the rest found
                         result.plan.real_run = f"the bench could not tell: {str(exc)[:300]}"
     finally:
         if not args.keep:
@@ -1209,12 +1129,19 @@ def main(argv: list[str] | None = None) -> int:
 
 @contextmanager
 def _maybe_stack(
-    needed: bool, settings: Settings, parallelism: int, max_active: int, keep_logs: Path | None
+    needed: bool,
+    settings: Settings,
+    parallelism: int,
+    max_active: int,
+    keep_logs: Path | None,
+    env: dict[str, str],
 ) -> Iterator[Stack | None]:
     if not needed:
         yield None
         return
-    with airflow_stack(settings, parallelism=parallelism, max_active_tasks=max_active, keep_logs=keep_logs) as stack:
+    with airflow_stack(
+        settings, parallelism=parallelism, max_active_tasks=max_active, keep_logs=keep_logs, env=env
+    ) as stack:
         yield stack
 
 

@@ -5,7 +5,8 @@ server (`fp_airflow_<random>`), migrates it, starts api-server, scheduler, dag-p
 triggerer (each with `setsid`, logging to `AIRFLOW_HOME/<name>.log`), waits until the API reports
 every component healthy, and on the way out stops every component by its process group and drops
 the database. More components (Celery workers) are started with `Stack.start`. `redis_database()`
-claims a Redis database number of its own (a Celery broker) and flushes it afterwards.
+claims a Redis database number of its own (a Celery broker) and flushes it afterwards. bench/scale.py
+runs its Airflow components through `airflow_stack` too.
 
 Ports are free ones picked at start (API, log servers), so stacks of other checkouts on the same
 machine do not collide.
@@ -197,6 +198,17 @@ class Stack:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise ApiError(method, path, exc.code, exc.read().decode(errors="replace")[:2000]) from exc
+
+    def wait(self, what: str, check: Callable[[], T | None], timeout: float, *, interval: float = 2.0) -> T:
+        """`wait_for`, failing at once, with the components' logs, when one of them has exited."""
+
+        def alive_and_checked() -> T | None:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    pytest.fail(f"{name} exited with {process.returncode} while waiting for {what}\n{self.logs()}")
+            return check()
+
+        return wait_for(what, alive_and_checked, timeout, interval=interval)
 
     def airflow(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run an `airflow` CLI command against this stack's configuration."""
