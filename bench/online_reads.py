@@ -14,7 +14,8 @@ reader in a round), for 1 entity x 5 features and for 100 entities x 5 features:
 
 featurepipe and the two raw readers share one child process and take turns call by call (the same
 ids, the order reversed every call), so they meet the same moments of this noisy machine; the others
-run in a child process each. --repeat rounds run in alternating order; p50/p99 are over all timed calls of all rounds.
+run in a child process each. --repeat rounds run in alternating order; p50/p99 are over all timed
+calls of all rounds.
 
     python bench/online_reads.py --entities 100000 --repeat 3
     python bench/online_reads.py --entities 10000 --repeat 1 --no-feast --no-results
@@ -290,8 +291,8 @@ featurepipe and with Feast 0.67 (the same rows as bench/materialize.py, same Red
 per round, each reader makes {WARMUP} warm-up calls and {CALLS} timed calls of random entity ids (the same ids
 for every reader of a round), for 1 entity x 5 features and for 100 entities x 5 features. featurepipe
 and the raw readers of its venv share a child process and take turns call by call (the order reversed
-every call), so that they meet the same moments of this noisy machine; the readers in Feast's venv run in a child
-process each. Rounds alternate the children's order; p50/p99 are over every timed call of every round
+every call), so that they meet the same moments of this noisy machine; the readers in Feast's venv run
+in a child process each. Rounds alternate the children's order; p50/p99 are over every timed call of every round
 (nearest rank); ratios are to the raw HMGET with redis-py. Below the table, featurepipe's p99 over the
 raw HMGET's in each round (both from the same child): a pooled p99 of ~0.1 ms calls is their tenth
 slowest of a thousand, which one noisy moment of one round can decide.
@@ -300,12 +301,13 @@ slowest of a thousand, which one noisy moment of one round can decide.
   (tenant and refs checked against the cached registry, one call of its read script, or one HMGET for a
   single entity; values decoded and TTL-checked into columns);
 - **raw HMGET**: one pipelined `HMGET` per entity of featurepipe's own hashes with redis-py, replies
-  left as bytes: the least work, one round trip;
+  left as bytes, one round trip;
 - **raw read script**: featurepipe's read script (online_read.lua: one call, HMGET of each key inside
   Redis) with redis-py, replies left as bytes: the least work featurepipe's way (one HMGET for a single
   entity is less);
-- **raw HMGET, redis-py 7.4**: the same from Feast's venv (redis-py 7.4 with hiredis; the project's
-  redis-py 8.1 with hiredis spends more per pipelined command);
+- **raw HMGET, redis-py 7.4**: the raw HMGET from Feast's venv (redis-py 7.4 with hiredis), alone in
+  its child: not taking turns with the others, it shows what that client does on a quiet process and
+  compares with nothing else here;
 - **Feast 0.67**: `FeatureStore.get_online_features(features=[...], entity_rows=[...]).to_dict()` in
   bench/.feast-venv on what its own materialize wrote (protobuf values, `_ts` field, mmh3 field names).
 
