@@ -429,7 +429,7 @@ class FeatureStore:
         """
         plan = self._features.planned(
             tenant_id,
-            ("read", entity_type, tuple(features)),
+            (entity_type, tuple(features)),
             lambda: on_demand.plan_read(self._features, tenant_id, features, entity_type=entity_type),
         )
         stored = self.online.read(tenant_id=tenant_id, entity_ids=entity_ids, features=plan.stored)

@@ -193,20 +193,21 @@ class RedisOnlineStore(OnlineStore):
     def fetch(self, reads: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[Replies]:
         """For each (keys, fields) read, every key's values of those fields; all in one round trip.
 
-        A read of one key is an HMGET, of several keys a call of the read script (see online_read.lua)
-        per `READ_SCRIPT_KEYS` keys: a script holds the server for its whole run.
+        The keys go in chunks of `READ_SCRIPT_KEYS` (a script holds the server for its whole run): a
+        chunk of several keys is one call of the read script (see online_read.lua), of one key an HMGET.
         """
+        size = READ_SCRIPT_KEYS
+        chunked = [(fields, [keys[i : i + size] for i in range(0, len(keys), size)]) for keys, fields in reads]
         sha = self._read_script.sha
 
         def execute() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
-            for keys, fields in reads:
-                if len(keys) == 1:
-                    pipe.hmget(keys[0], fields)
-                    continue
-                for start in range(0, len(keys), READ_SCRIPT_KEYS):
-                    chunk = keys[start : start + READ_SCRIPT_KEYS]
-                    pipe.evalsha(sha, len(chunk), *chunk, *fields)
+            for fields, chunks in chunked:
+                for chunk in chunks:
+                    if len(chunk) == 1:
+                        pipe.hmget(chunk[0], fields)
+                    else:
+                        pipe.evalsha(sha, len(chunk), *chunk, *fields)
             return list(pipe.execute())
 
         try:
@@ -214,13 +215,10 @@ class RedisOnlineStore(OnlineStore):
         except redis.exceptions.NoScriptError:  # the server restarted or its scripts were flushed
             self._client.script_load(READ_SCRIPT)
             replies = iter(execute())
-        fetched: list[Replies] = []
-        for keys, _ in reads:
-            if len(keys) == 1:
-                fetched.append([next(replies)])
-            else:
-                fetched.append([reply for _ in range(0, len(keys), READ_SCRIPT_KEYS) for reply in next(replies)])
-        return fetched
+        return [
+            [reply for chunk in chunks for reply in ([next(replies)] if len(chunk) == 1 else next(replies))]
+            for _, chunks in chunked
+        ]
 
     def instance_id(self) -> str:
         return str(self._client.info("server")["run_id"])
