@@ -33,6 +33,7 @@ RESULTS = BENCH_DIR / "RESULTS.md"
 FEATURES = ("f1", "f2", "f3", "f4", "f5")
 TENANT = "bench"
 GROUP = "bench_group"
+GROUP_SQL = "bench_group_sql"  # the same features, by one SQL of the group's
 ENTITY_TYPE = "entity"
 TTL_SECONDS = 86_400
 SOURCE_TABLE = "bench.entity_stats"
@@ -46,18 +47,29 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/featurepipe_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+_WINDOW_FILTER = "s.tenant_id = %(tenant_id)s AND s.event_time > %(start_time)s AND s.event_time <= %(end_time)s"
+
+
 def repo_yaml() -> str:
-    """The featurepipe repo: one group of 5 float64 features, each read from the source table for the window."""
-    features = "".join(
-        f"""      - name: {f}
+    """The featurepipe repo: 5 float64 features read from the source table for the window, twice: in
+    GROUP each feature by a SQL of its own, in GROUP_SQL all of them by one SQL of the group's."""
+
+    def features(own_sql: bool) -> str:
+        return "".join(
+            f"""      - name: {f}
         value_type: float64
         validation: {{not_null: true, min: 0}}
-        transformation_sql: |
-          SELECT s.entity_id, s.event_time, s.{f} AS value FROM {SOURCE_TABLE} s
-          WHERE s.tenant_id = %(tenant_id)s AND s.event_time > %(start_time)s AND s.event_time <= %(end_time)s
 """
-        for f in FEATURES
-    )
+            + (
+                f"""        transformation_sql: |
+          SELECT s.entity_id, s.event_time, s.{f} AS value FROM {SOURCE_TABLE} s WHERE {_WINDOW_FILTER}
+"""
+                if own_sql
+                else ""
+            )
+            for f in FEATURES
+        )
+
     return f"""\
 source_schemas: [bench]
 tenants: [{{id: {TENANT}, name: Benchmark}}]
@@ -66,7 +78,15 @@ feature_groups:
     entity_type: {ENTITY_TYPE}
     ttl_seconds: {TTL_SECONDS}
     features:
-{features}"""
+{features(own_sql=True)}
+  - id: {GROUP_SQL}
+    entity_type: {ENTITY_TYPE}
+    ttl_seconds: {TTL_SECONDS}
+    transformation_sql: |
+      SELECT s.entity_id, s.event_time, {", ".join("s." + f for f in FEATURES)} FROM {SOURCE_TABLE} s
+      WHERE {_WINDOW_FILTER}
+    features:
+{features(own_sql=False)}"""
 
 
 @dataclass(frozen=True)

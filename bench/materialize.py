@@ -7,6 +7,8 @@ removed before each run:
 
 - featurepipe:         `FeatureStore.materialize` (transform, validate, offline write, online publish);
 - featurepipe online:  the same with `write_offline=False` (what Feast's materialize does: online only);
+- featurepipe, group SQL: the same features of a group whose one SQL returns all five columns (what
+                       Feast's feature view reads: one source), instead of a SQL per feature;
 - raw PG -> Redis:     server-side cursor over the rows, one pipelined HSET per entity (5 fields and a
                        timestamp), batches of 10 000: the least work to get the values online;
 - raw INSERT:          `INSERT ... SELECT` of the N wide rows into a table keyed by (tenant, entity,
@@ -54,6 +56,7 @@ PATHS = {
     for p in (
         PathSpec("featurepipe", "featurepipe", "`FeatureStore.materialize`: offline + online"),
         PathSpec("featurepipe-online", "featurepipe, online only", "the same, `write_offline=False`"),
+        PathSpec("featurepipe-group-sql", "featurepipe, group SQL", "offline + online, one SQL for the group"),
         PathSpec("raw-redis", "raw PG → Redis", "server-side cursor + pipelined HSET per entity"),
         PathSpec("raw-insert", "raw INSERT", "`INSERT … SELECT` of the wide rows, PK (tenant, entity, time)"),
         PathSpec("feast", "Feast 0.67", "`FeatureStore.materialize`: PostgreSQL offline → Redis online"),
@@ -96,10 +99,12 @@ class StageClock:
         return totals
 
 
-def child_featurepipe(config: Settings, window: bl.Window, entities: int, *, offline: bool) -> dict[str, Any]:
+def child_featurepipe(
+    config: Settings, window: bl.Window, entities: int, *, offline: bool, group: str = bl.GROUP
+) -> dict[str, Any]:
     job = PipelineConfig(
         tenant_id=bl.TENANT,
-        feature_group_id=bl.GROUP,
+        feature_group_id=group,
         start_time=window.start,
         end_time=window.end,
         write_offline=offline,
@@ -180,6 +185,7 @@ def run_child(name: str, config: Settings, window: bl.Window, entities: int) -> 
     children: dict[str, Callable[[], dict[str, Any]]] = {
         "featurepipe": lambda: child_featurepipe(config, window, entities, offline=True),
         "featurepipe-online": lambda: child_featurepipe(config, window, entities, offline=False),
+        "featurepipe-group-sql": lambda: child_featurepipe(config, window, entities, offline=True, group=bl.GROUP_SQL),
         "raw-redis": lambda: child_raw_redis(config, window, entities),
         "raw-insert": lambda: child_raw_insert(config, window, entities),
     }
@@ -238,6 +244,10 @@ def check(name: str, config: Settings, entities: int) -> None:
         ],
         "featurepipe-online": [
             ("featurepipe offline rows", offline, 0),
+            ("featurepipe keys", _keys(config, bl.FP_PREFIX + ":*"), entities),
+        ],
+        "featurepipe-group-sql": [
+            ("featurepipe offline rows", offline, values),
             ("featurepipe keys", _keys(config, bl.FP_PREFIX + ":*"), entities),
         ],
         "raw-redis": [("raw keys", _keys(config, bl.RAW_PREFIX + ":*"), entities)],
@@ -320,8 +330,10 @@ def report(result: Result) -> str:
         ("featurepipe / raw PG → Redis", ["featurepipe"], ["raw-redis"]),
         ("featurepipe / (raw PG → Redis + raw INSERT)", ["featurepipe"], ["raw-redis", "raw-insert"]),
         ("featurepipe online only / raw PG → Redis", ["featurepipe-online"], ["raw-redis"]),
+        ("featurepipe, group SQL / raw PG → Redis", ["featurepipe-group-sql"], ["raw-redis"]),
         ("Feast / featurepipe", ["feast"], ["featurepipe"]),
         ("Feast / featurepipe online only", ["feast"], ["featurepipe-online"]),
+        ("Feast / featurepipe, group SQL", ["feast"], ["featurepipe-group-sql"]),
         ("Feast / raw PG → Redis", ["feast"], ["raw-redis"]),
     ]
     lines += ["", "| ratio | of the median walls | median of each repeat's ratio |", "|---|---:|---:|"]
@@ -329,7 +341,7 @@ def report(result: Result) -> str:
         value, paired = result.ratio(numerator, denominator), result.paired_ratio(numerator, denominator)
         if value is not None and paired is not None:
             lines.append(f"| {label} | **{value:.2f}** | {paired:.2f} |")
-    stage_rows = [n for n in ("featurepipe", "featurepipe-online") if n in result.runs]
+    stage_rows = [n for n in ("featurepipe", "featurepipe-online", "featurepipe-group-sql") if n in result.runs]
     if stage_rows:
         lines += [
             "",

@@ -270,7 +270,7 @@ def test_a_hostile_tenant_id_is_treated_as_data(store: FeatureStore, db: Sql, se
         feature=feature,
         windows=[HOURS[-1]],
         source_schemas=["app"],
-        group_id=group.id,
+        group=group,
     )
     assert staged.rows == 0
     assert db.value("SELECT count(*) FROM feature_store.tenants") == 3

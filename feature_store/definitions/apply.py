@@ -276,9 +276,13 @@ def _check_sql(
     ) as session:
         for group, feature in features:
             try:
-                transform.describe(session, feature, source_schemas=source_schemas)
+                transform.describe(session, feature, source_schemas=source_schemas, group_sql=group.transformation_sql)
             except (transform.SqlShapeError, FeatureStoreError) as exc:
-                where = repo.where("feature", group.id, feature.name, "transformation_sql")
+                where = (
+                    repo.where("feature", group.id, feature.name, "transformation_sql")
+                    if feature.transformation_sql is not None
+                    else repo.where("group", group.id, "transformation_sql")
+                )
                 yield (
                     f"{where}: feature group {group.id!r}: feature {feature.name!r}:"
                     f" transformation_sql {_explain_refusal(str(exc), refused)}"

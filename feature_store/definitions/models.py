@@ -6,6 +6,7 @@ import enum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 # Tenant, group and feature ids end up in Redis keys and log lines: keep them to a safe alphabet.
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
@@ -260,18 +261,15 @@ class FeatureDefinition(StrictModel):
 
     @field_validator("transformation_sql")
     @classmethod
-    def _strip_sql(cls, sql: str | None) -> str | None:
-        if sql is None:
-            return None
-        sql = sql.strip()
-        while sql.endswith(";"):
-            sql = sql[:-1].rstrip()
-        return sql or None
+    def _stripped(cls, sql: str | None) -> str | None:
+        return _strip_sql(sql)
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureDefinition:
-        if self.source_type is SourceType.BATCH and not self.transformation_sql:
-            raise ValueError("a batch feature needs transformation_sql")
+        # A batch feature without SQL reads a column of its group's (see FeatureGroup); these need their own.
+        if not self.transformation_sql and (self.aggregation is not None or self.function is not None):
+            kind = "window aggregation" if self.aggregation is not None else "function"
+            raise ValueError(f"a {kind} feature needs a transformation_sql of its own")
         if self.source_type is not SourceType.BATCH and self.transformation_sql:
             raise ValueError(f"transformation_sql is only for batch features, not {self.source_type.value}")
         if self.stream is not None:
@@ -301,6 +299,16 @@ class FeatureDefinition(StrictModel):
         return self
 
 
+def _strip_sql(sql: str | None) -> str | None:
+    """SQL without surrounding blanks and trailing semicolons (None when nothing is left)."""
+    if sql is None:
+        return None
+    sql = sql.strip()
+    while sql.endswith(";"):
+        sql = sql[:-1].rstrip()
+    return sql or None
+
+
 def _check_stream_type(mapping: StreamMapping, value_type: ValueType) -> None:
     if mapping.op is StreamOp.COUNT and not value_type.is_numeric:
         raise ValueError(f"op count needs a numeric value_type, not {value_type.value}")
@@ -325,7 +333,16 @@ class FeatureGroup(StrictModel):
     status: Status = Status.ACTIVE
     max_failure_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     freshness_target_seconds: int | None = Field(default=None, gt=0)
+    transformation_sql: str | None = None
+    """One SQL for the group's batch features that have none of their own: it returns entity_id,
+    [event_time,] and a column named after each such feature, and runs once per job (see transform)."""
+
     features: tuple[FeatureDefinition, ...] = ()
+
+    @field_validator("transformation_sql")
+    @classmethod
+    def _stripped(cls, sql: str | None) -> str | None:
+        return _strip_sql(sql)
 
     @field_validator("features")
     @classmethod
@@ -337,8 +354,32 @@ class FeatureGroup(StrictModel):
             seen.add(feature.name)
         return features
 
+    @model_validator(mode="after")
+    def _batch_features_have_sql(self) -> FeatureGroup:
+        if self.transformation_sql is None:
+            for i, feature in enumerate(self.features):
+                if self.reads_group_sql(feature):
+                    # `feature` in the context: the repo's messages point at the feature, not the group.
+                    raise PydanticCustomError(
+                        "feature_without_sql",
+                        "a batch feature needs transformation_sql: its own, or the group's (returning a column"
+                        " named after the feature)",
+                        {"feature": i},
+                    )
+        return self
+
     def feature(self, name: str) -> FeatureDefinition | None:
         return next((f for f in self.features if f.name == name), None)
+
+    @staticmethod
+    def reads_group_sql(feature: FeatureDefinition) -> bool:
+        """Whether the feature's values are a column of the group's SQL (a batch feature without SQL)."""
+        return feature.source_type is SourceType.BATCH and feature.transformation_sql is None
+
+    @property
+    def group_sql_features(self) -> tuple[FeatureDefinition, ...]:
+        """Active batch features whose values are columns of the group's SQL."""
+        return tuple(f for f in self.batch_features if self.reads_group_sql(f))
 
     @property
     def batch_features(self) -> tuple[FeatureDefinition, ...]:

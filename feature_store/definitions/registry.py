@@ -21,7 +21,7 @@ from feature_store.errors import FeatureGroupDisabledError, FeatureGroupNotFound
 
 _GROUP_COLUMNS = (
     "id, entity_type, description, online_enabled, offline_enabled, ttl_seconds, status,"
-    " max_failure_rate, freshness_target_seconds"
+    " max_failure_rate, freshness_target_seconds, transformation_sql"
 )
 
 OVERRIDABLE = ("online_enabled", "offline_enabled", "ttl_seconds", "max_failure_rate", "freshness_target_seconds")
@@ -170,13 +170,15 @@ class Registry:
         self._conn.execute(
             f"INSERT INTO feature_store.feature_groups ({_GROUP_COLUMNS}, owner_tenant_id) VALUES ("
             " %(id)s, %(entity_type)s, %(description)s, %(online_enabled)s, %(offline_enabled)s,"
-            " %(ttl_seconds)s, %(status)s, %(max_failure_rate)s, %(freshness_target_seconds)s, %(tenant)s)"
+            " %(ttl_seconds)s, %(status)s, %(max_failure_rate)s, %(freshness_target_seconds)s,"
+            " %(transformation_sql)s, %(tenant)s)"
             " ON CONFLICT (id) DO UPDATE SET entity_type = excluded.entity_type,"
             " owner_tenant_id = excluded.owner_tenant_id,"
             " description = excluded.description, online_enabled = excluded.online_enabled,"
             " offline_enabled = excluded.offline_enabled, ttl_seconds = excluded.ttl_seconds,"
             " status = excluded.status, max_failure_rate = excluded.max_failure_rate,"
-            " freshness_target_seconds = excluded.freshness_target_seconds, updated_at = now()",
+            " freshness_target_seconds = excluded.freshness_target_seconds,"
+            " transformation_sql = excluded.transformation_sql, updated_at = now()",
             params,
         )
         for feature in group.features:

@@ -165,6 +165,7 @@ def load_repo(path: str | Path) -> FeatureRepo:
                 continue
             repo.groups.append(group)
             repo.locations[("group", group.id)] = at(("feature_groups", i))
+            repo.locations[("group", group.id, "transformation_sql")] = at(("feature_groups", i, "transformation_sql"))
             for j, feature in enumerate(group.features):
                 base: Path_ = ("feature_groups", i, "features", j)
                 repo.locations[("feature", group.id, feature.name)] = at(base)
@@ -336,6 +337,8 @@ def _format_errors(
     messages = []
     for error in exc.errors():
         loc = tuple(error["loc"])
+        if isinstance(feature := (error.get("ctx") or {}).get("feature"), int):  # a group's error about a feature
+            loc = (*loc, "features", feature)
         where = at((*prefix, *loc))
         field_path = _field_path(loc, raw)
         message = error["msg"].removeprefix("Value error, ")

@@ -22,7 +22,7 @@ import redis
 from psycopg import sql
 
 from feature_store.config import Settings
-from feature_store.definitions.models import FeatureDefinition, FeatureGroup
+from feature_store.definitions.models import FeatureDefinition, FeatureGroup, SourceType
 from feature_store.definitions.registry import Registry
 from feature_store.errors import (
     FeatureNotFoundError,
@@ -95,7 +95,7 @@ class _JobContext:
 
     def feature(self, name: str) -> FeatureDefinition:
         feature = self.group.feature(name)
-        if feature is None or feature.transformation_sql is None:
+        if feature is None or feature.source_type is not SourceType.BATCH:
             raise FeatureNotFoundError(self.group.id, name)
         return feature
 
@@ -243,7 +243,7 @@ class FeaturePipeline:
                 feature=feature,
                 windows=ctx.windows,
                 source_schemas=schemas,
-                group_id=ctx.group.id,
+                group=ctx.group,
             )
             rows = staged.rows
             self._conn.execute(

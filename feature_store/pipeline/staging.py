@@ -9,7 +9,9 @@
   built once when the job is flushed; the offline write and the online publish both read it (the
   publish takes an entity with one row straight from its `fields`);
 - `job_N_replaced`: the (feature, entity) pairs whose offline values of the window a flush replaced,
-  which the publish re-checks (their online value may have to fall back, or go).
+  which the publish re-checks (their online value may have to fall back, or go);
+- `job_N_source`: the rows of the group's own SQL (see `transform`), one per SQL row with each of
+  its features' staged value and number, which each of those features copies into its partition.
 
 Tables per job (instead of shared ones) keep every scan to the job's own rows without an index to
 maintain, and ending a job is a cheap `DROP TABLE`. The pipeline's stages own their lifetime: the
@@ -48,6 +50,17 @@ def wide_table(job_id: int) -> sql.Composed:
     fields text, entity_rows)`: the features as one object (the offline row), as one text of names and
     JSON texts (the online payload, see `online.base.StampedValues`), and how many rows the entity has."""
     return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_wide"))
+
+
+def group_source_table(job_id: int) -> sql.Composed:
+    """The job's rows of its group's SQL, staged once for every feature reading a column of it."""
+    return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_source"))
+
+
+def group_source_columns(feature: str) -> tuple[str, str]:
+    """The columns of `group_source_table` holding a feature's staged value and number."""
+    digest = _digest(feature)
+    return f"value_{digest}", f"number_{digest}"
 
 
 def build_wide(
@@ -165,8 +178,14 @@ def upgrade_staging(conn: psycopg.Connection, job_id: int) -> None:
 
 def partition_table(job_id: int, feature: str) -> sql.Composed:
     """The staging partition holding one feature's rows (named by a digest: feature names may be long)."""
-    digest = hashlib.md5(feature.encode(), usedforsecurity=False).hexdigest()[:12]
-    return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_{digest}"))
+    return sql.SQL("{}.{}").format(
+        sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_{_digest(feature)}")
+    )
+
+
+def _digest(feature: str) -> str:
+    """A short name for a feature in table and column names (feature names may be long)."""
+    return hashlib.md5(feature.encode(), usedforsecurity=False).hexdigest()[:12]
 
 
 def empty_partition(conn: psycopg.Connection, job_id: int, feature: str) -> sql.Composed:
@@ -194,12 +213,16 @@ def _create_partition(conn: psycopg.Connection, job_id: int, feature: str) -> No
 
 def drop_staging(conn: psycopg.Connection, job_id: int) -> None:
     conn.execute(
-        sql.SQL("DROP TABLE IF EXISTS {}, {}, {}").format(
-            staging_table(job_id), replaced_table(job_id), wide_table(job_id)
+        sql.SQL("DROP TABLE IF EXISTS {}, {}, {}, {}").format(
+            staging_table(job_id), replaced_table(job_id), wide_table(job_id), group_source_table(job_id)
         )
     )
 
 
 def staging_exists(conn: psycopg.Connection, job_id: int) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{STAGING_SCHEMA}.job_{int(job_id)}",)).fetchone()
+    return table_exists(conn, staging_table(job_id))
+
+
+def table_exists(conn: psycopg.Connection, table: sql.Composed) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table.as_string(conn),)).fetchone()
     return bool(row and row[0])

@@ -8,6 +8,10 @@ The sandbox keeps nothing, not even staging: its transaction is READ ONLY and al
 and its rows stream (binary COPY, block by block) into staging over the feature store's own
 connection. A transaction that commits could leave something behind for the next tenant's run of
 the same SQL to read: a large object, which any role may create, even in a READ ONLY transaction.
+
+A group's own SQL (`FeatureGroup.transformation_sql`, a column per feature) runs once per job: the
+first of its features to transform stages the SQL's rows whole (`job_N_source`), and every feature
+takes its column from there inside PostgreSQL, so one relay of wide rows replaces one per feature.
 """
 
 from __future__ import annotations
@@ -22,11 +26,18 @@ from psycopg import sql
 from psycopg.abc import Buffer
 
 from feature_store.config import Settings
-from feature_store.definitions.models import AggregationFunction, FeatureDefinition, ValueType
+from feature_store.db import advisory_xact_lock
+from feature_store.definitions.models import AggregationFunction, FeatureDefinition, FeatureGroup, ValueType
 from feature_store.errors import FeatureStoreError
 from feature_store.pipeline import functions, tiles
 from feature_store.pipeline.sandbox import SandboxSession, sandbox_session
-from feature_store.pipeline.staging import create_staging, empty_partition
+from feature_store.pipeline.staging import (
+    create_staging,
+    empty_partition,
+    group_source_columns,
+    group_source_table,
+    table_exists,
+)
 from feature_store.windows import TimeWindow
 
 PARAMETERS = ("tenant_id", "start_time", "end_time")
@@ -53,16 +64,17 @@ _EVENT_TIME_TYPES = {"timestamptz", "timestamp", "date"}
 # are: they are in range and round towards zero when read.) The comparisons are against numeric
 # literals, so a float input is compared as a double and a numeric as a numeric. An integer's or a
 # boolean's text is its JSON; any other type's comes from to_jsonb, as JSON has it.
+# Each is a template of the value's column, `{v}`.
 _JSON_TEXTS = {
     ValueType.FLOAT64: (
-        "CASE WHEN abs(q.value) BETWEEN 2.2250738585072014e-308 AND 1.7976931348623157e308 OR q.value = 0"
-        " THEN q.value::float8::text ELSE to_jsonb(q.value)::text END"
+        "CASE WHEN abs({v}) BETWEEN 2.2250738585072014e-308 AND 1.7976931348623157e308 OR {v} = 0"
+        " THEN {v}::float8::text ELSE to_jsonb({v})::text END"
     ),
-    ValueType.BOOL: "q.value::text",  # true, false
-    ValueType.STRING: "to_json(q.value::text)::text",
+    ValueType.BOOL: "{v}::text",  # true, false
+    ValueType.STRING: "to_json({v}::text)::text",
 }
-_INTEGER_TEXT = "q.value::text"
-_ANY_TEXT = "to_jsonb(q.value)::text"
+_INTEGER_TEXT = "{v}::text"
+_ANY_TEXT = "to_jsonb({v})::text"
 
 _JSONB_WIRE = "chr(1) || "
 """Prefix of the staged value's JSON text in the binary COPY: jsonb's binary form is a version byte (1)
@@ -73,9 +85,9 @@ and the sandbox builds no jsonb just to send it (to_jsonb of a double cost 2.5x 
 # The staged `number` of a numeric feature: the value as the statistics take it (a double; 0 for one
 # too small for a double, NULL beyond a double's range, where the value_type rule quarantines it).
 _NUMBER_EXPRESSIONS = {
-    ValueType.INT64: "CASE WHEN q.value BETWEEN -1e19 AND 1e19 THEN q.value::float8 END",
+    ValueType.INT64: "CASE WHEN {v} BETWEEN -1e19 AND 1e19 THEN {v}::float8 END",
     ValueType.FLOAT64: (
-        "CASE WHEN abs(q.value) < 1e-307 THEN 0 WHEN abs(q.value) <= 1.7976931348623157e308 THEN q.value::float8 END"
+        "CASE WHEN abs({v}) < 1e-307 THEN 0 WHEN abs({v}) <= 1.7976931348623157e308 THEN {v}::float8 END"
     ),
 }
 
@@ -91,6 +103,8 @@ class SqlShape:
     """The PostgreSQL type of the SQL's `value` (None for a function feature: its function makes it)."""
     relations: tuple[str, ...]
     """The tables (`schema.table`) the SQL reads, views resolved to their tables."""
+    columns: dict[str, str]
+    """The SQL's columns and their PostgreSQL types."""
 
 
 @dataclass(frozen=True)
@@ -104,20 +118,29 @@ class Staged:
     """For a window feature: the tiles written and the window values combined from them."""
 
 
-def describe(session: SandboxSession, feature: FeatureDefinition, *, source_schemas: Sequence[str]) -> SqlShape:
-    """Check a feature's SQL against the live database without running it, and return its shape.
+def describe(
+    session: SandboxSession,
+    feature: FeatureDefinition,
+    *,
+    source_schemas: Sequence[str],
+    group_sql: str | None = None,
+) -> SqlShape:
+    """Check a feature's SQL (its own, else `group_sql`, its group's) against the live database without
+    running it, and return its shape.
 
     The SQL is planned as a subquery of a read-only transaction in the sandbox, so anything but one
     SELECT (several statements, DML, data-modifying CTEs, tables the sandbox may not read) is
     refused by PostgreSQL itself. Its plan must scan the source schemas only: not the catalog
     (`pg_catalog`, `information_schema`), whose tables PostgreSQL lets every login read.
     """
-    assert feature.transformation_sql is not None
-    if "%(tenant_id)s" not in feature.transformation_sql:
+    text = feature.transformation_sql or group_sql
+    if text is None:
+        raise SqlShapeError("is missing: the feature has no transformation_sql and its group has none")
+    if "%(tenant_id)s" not in text:
         raise SqlShapeError("must filter its sources by the bound %(tenant_id)s parameter (tenant isolation)")
     now = datetime.now(timezone.utc)
     params = {"tenant_id": "", "start_time": now, "end_time": now}
-    subquery = "SELECT * FROM (\n" + feature.transformation_sql + "\n) AS q"
+    subquery = "SELECT * FROM (\n" + text + "\n) AS q"
     conn = session.conn
     try:
         with conn.transaction(force_rollback=True):
@@ -144,6 +167,8 @@ def describe(session: SandboxSession, feature: FeatureDefinition, *, source_sche
         ) from exc
     if feature.function is not None:
         functions.load(feature)  # any columns: the function reads them; it must load and be callable
+    elif feature.transformation_sql is None:
+        _check_group_columns(columns, feature)
     else:
         _check_columns(columns, _source_value_type(feature))
     relations = tuple(sorted(set(_relations(plan[0] if plan else []))))
@@ -152,10 +177,12 @@ def describe(session: SandboxSession, feature: FeatureDefinition, *, source_sche
         raise SqlShapeError(
             f"reads {', '.join(outside)}, outside the declared source schemas ({', '.join(source_schemas) or 'none'})"
         )
+    value_column = "value" if feature.transformation_sql is not None else feature.name
     return SqlShape(
         has_event_time="event_time" in columns and feature.function is None,
-        value_type=columns.get("value") if feature.function is None else None,
+        value_type=columns.get(value_column) if feature.function is None else None,
         relations=relations,
+        columns=columns,
     )
 
 
@@ -193,7 +220,7 @@ def stage_rows(
     feature: FeatureDefinition,
     windows: Sequence[TimeWindow],
     source_schemas: Sequence[str],
-    group_id: str,
+    group: FeatureGroup,
 ) -> Staged:
     """Stage the feature's rows: replace its staged rows with fresh runs of its SQL, one per window.
 
@@ -203,6 +230,7 @@ def stage_rows(
 
     A window feature's SQL runs once per hour; its rows become that hour's tiles and the staged rows
     its window values (see `tiles`). A function feature's rows go through its function (see `functions`).
+    A feature without SQL of its own takes its column of the group's SQL, staged once for the job.
     """
     if feature.aggregation is not None:
         windows = tiles.hourly(windows, feature.name)
@@ -215,27 +243,35 @@ def stage_rows(
         tenant_id=tenant_id,
         timeout_s=settings.statement_timeout_s,
     ) as session:
-        shape = describe(session, feature, source_schemas=source_schemas)
-        query = _select_query(session.conn, feature, shape) if feature.function is None else feature.transformation_sql
-        assert query is not None
-        rows = 0
-        with session.conn.transaction(force_rollback=True):
-            session.conn.execute("SET TRANSACTION READ ONLY")
-            for window in windows:
-                params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
-                if feature.function is not None:
-                    rows += functions.pipe(
-                        session, conn, feature, query, params, partition, tenant_id=tenant_id, window=window
-                    )
-                else:
-                    rows += _pipe(session, conn, query, params, partition)
+        shape = describe(session, feature, source_schemas=source_schemas, group_sql=group.transformation_sql)
+        if feature.transformation_sql is None:
+            _stage_group_rows(
+                session, conn, job_id=job_id, tenant_id=tenant_id, group=group, shape=shape, windows=windows
+            )
+        else:
+            query = (
+                _select_query(session.conn, feature, shape) if feature.function is None else feature.transformation_sql
+            )
+            rows = 0
+            with session.conn.transaction(force_rollback=True):
+                session.conn.execute("SET TRANSACTION READ ONLY")
+                for window in windows:
+                    params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
+                    if feature.function is not None:
+                        rows += functions.pipe(
+                            session, conn, feature, query, params, partition, tenant_id=tenant_id, window=window
+                        )
+                    else:
+                        rows += _pipe(session, conn, query, params, partition)
+    if feature.transformation_sql is None:
+        rows = _take_group_column(conn, job_id, feature, partition)
     combined = None
     if feature.aggregation is not None:
         combined = tiles.combine(
             conn,
             job_id=job_id,
             tenant_id=tenant_id,
-            group_id=group_id,
+            group_id=group.id,
             feature=feature,
             hours=windows,
             partition=partition,
@@ -254,14 +290,20 @@ _STAGED_COLUMNS = sql.SQL("feature_name, entity_id, event_time, value, window_st
 
 
 def _pipe(
-    session: SandboxSession, conn: psycopg.Connection, query: str, params: dict[str, Any], partition: sql.Composed
+    session: SandboxSession,
+    conn: psycopg.Connection,
+    query: str,
+    params: dict[str, Any],
+    partition: sql.Composed,
+    columns: sql.Composable = _STAGED_COLUMNS,
 ) -> int:
-    """Stream one run of the SQL from the sandbox into the partition; returns the rows staged.
+    """Stream one run of the SQL from the sandbox into the partition (or `columns` of another
+    staging table); returns the rows staged.
 
     COPY cannot take server-side parameters, so psycopg binds them into the statement client-side
     (quoted as literals by the driver, never by string formatting of ours).
     """
-    copy_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(partition, _STAGED_COLUMNS)
+    copy_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(partition, columns)
     copy_out = f"COPY ({query}) TO STDOUT (FORMAT binary)"
     with conn.cursor() as dest:
         with dest.copy(copy_in) as writer, session.copy_out(copy_out, params) as reader:
@@ -286,18 +328,140 @@ _RELAY_CHUNK_BYTES = 1 << 16
 def _select_query(conn: psycopg.Connection, feature: FeatureDefinition, shape: SqlShape) -> str:
     """The feature's SQL wrapped to produce staging's columns in their binary forms (binary COPY needs
     them exact): in staging's types, the value as jsonb's wire form (`_JSONB_WIRE`)."""
-    event_time = "q.event_time::timestamptz" if shape.has_event_time else "%(end_time)s::timestamptz"
     name = sql.Literal(feature.name).as_string(conn)
-    source_type = _source_value_type(feature)
-    # An int64, or what an aggregation counts (any type), unless the type has a text of its own.
-    fallback = _INTEGER_TEXT if shape.value_type in _BINARY_INTEGER_TYPES else _ANY_TEXT
-    value = _JSON_TEXTS.get(source_type, fallback) if source_type is not None else fallback
-    number = _NUMBER_EXPRESSIONS.get(feature.value_type) if feature.aggregation is None else None
+    value, number = _staged_value(feature, shape.value_type, "q.value")
     wrapper = (
-        f"SELECT {name}::text, q.entity_id::text, {event_time}, {_JSONB_WIRE}({value}),"
-        f" %(start_time)s::timestamptz, %(end_time)s::timestamptz, ({number or 'NULL'})::float8 FROM (\n"
+        f"SELECT {name}::text, q.entity_id::text, {_event_time(shape)}, {value},"
+        f" %(start_time)s::timestamptz, %(end_time)s::timestamptz, {number} FROM (\n"
     )
     return wrapper + feature.transformation_sql + "\n) AS q"  # type: ignore[operator]
+
+
+def _staged_value(feature: FeatureDefinition, value_type: str | None, column: str) -> tuple[str, str]:
+    """SQL of the staged `value` (jsonb's wire form) and `number` (float8) of a `column` of the SQL's
+    rows, whose PostgreSQL type is `value_type`."""
+    source_type = _source_value_type(feature)
+    # An int64, or what an aggregation counts (any type), unless the type has a text of its own.
+    fallback = _INTEGER_TEXT if value_type in _BINARY_INTEGER_TYPES else _ANY_TEXT
+    value = _JSON_TEXTS.get(source_type, fallback) if source_type is not None else fallback
+    number = _NUMBER_EXPRESSIONS.get(feature.value_type) if feature.aggregation is None else None
+    return f"{_JSONB_WIRE}({value.format(v=column)})", f"({number.format(v=column) if number else 'NULL'})::float8"
+
+
+def _event_time(shape: SqlShape) -> str:
+    """The staged event time: the SQL's own, or its window's end."""
+    return "q.event_time::timestamptz" if shape.has_event_time else "%(end_time)s::timestamptz"
+
+
+def _stage_group_rows(
+    session: SandboxSession,
+    conn: psycopg.Connection,
+    *,
+    job_id: int,
+    tenant_id: str,
+    group: FeatureGroup,
+    shape: SqlShape,
+    windows: Sequence[TimeWindow],
+) -> None:
+    """Stage the group SQL's rows for the job, one run per window, unless one of its features did.
+
+    Each feature whose column the SQL returns in a type it accepts gets its staged value and number
+    (one of the wrong type fails its own transform, in `describe`). The rows commit together and
+    siblings wait for them, so every feature of the job reads one run of the SQL, and a failed run
+    leaves nothing behind for a retry to mistake for its rows.
+    """
+    source = group_source_table(job_id)
+    with conn.transaction():
+        advisory_xact_lock(conn, f"featurepipe group rows {int(job_id)}")
+        if table_exists(conn, source):
+            return
+        features = [f for f in group.group_sql_features if _fits(shape.columns, f)]
+        columns = [sql.Identifier(c) for f in features for c in group_source_columns(f.name)]
+        conn.execute(
+            sql.SQL(
+                "CREATE UNLOGGED TABLE {} (entity_id text, event_time timestamptz,"
+                " window_start timestamptz NOT NULL, window_end timestamptz NOT NULL{})"
+            ).format(
+                source,
+                sql.SQL("").join(
+                    sql.SQL(", {} jsonb, {} float8").format(*map(sql.Identifier, group_source_columns(f.name)))
+                    for f in features
+                ),
+            )
+        )
+        session_conn = session.conn
+        selected = "".join(
+            ", "
+            + ", ".join(_staged_value(f, shape.columns[f.name], "q." + sql.Identifier(f.name).as_string(session_conn)))
+            for f in features
+        )
+        query = (
+            f"SELECT q.entity_id::text, {_event_time(shape)}, %(start_time)s::timestamptz,"
+            f" %(end_time)s::timestamptz{selected} FROM (\n{group.transformation_sql}\n) AS q"
+        )
+        into = sql.SQL(", ").join([sql.SQL("entity_id, event_time, window_start, window_end"), *columns])
+        with session_conn.transaction(force_rollback=True):
+            session_conn.execute("SET TRANSACTION READ ONLY")
+            for window in windows:
+                params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
+                _pipe(session, conn, query, params, source, into)
+
+
+def _take_group_column(
+    conn: psycopg.Connection, job_id: int, feature: FeatureDefinition, partition: sql.Composed
+) -> int:
+    """Stage the feature's column of the job's group rows into its partition; returns the rows staged."""
+    value, number = group_source_columns(feature.name)
+    source = group_source_table(job_id)
+    present = conn.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = ANY(%s) AND NOT attisdropped",
+        (source.as_string(conn), [value, number]),
+    ).fetchone()
+    if present != (2,):
+        raise SqlShapeError(
+            f"the group's SQL had no column {feature.name!r} when this job staged its rows (did the group"
+            " change while the job ran?); run the job again"
+        )
+    return max(
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} ({}) SELECT {}, entity_id, event_time, {}, window_start, window_end, {} FROM {}"
+            ).format(
+                partition,
+                _STAGED_COLUMNS,
+                sql.Literal(feature.name),
+                sql.Identifier(value),
+                sql.Identifier(number),
+                source,
+            )
+        ).rowcount,
+        0,
+    )
+
+
+def _fits(columns: dict[str, str], feature: FeatureDefinition) -> bool:
+    try:
+        _check_group_columns(columns, feature)
+    except SqlShapeError:
+        return False
+    return True
+
+
+def _check_group_columns(columns: dict[str, str], feature: FeatureDefinition) -> None:
+    """The group's SQL must return entity_id[, event_time] and the feature's column, of its type."""
+    got = ", ".join(columns) or "no columns"
+    if feature.name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS):
+        raise SqlShapeError(
+            f"of the group cannot have a feature named {feature.name!r}: that column means something else"
+        )
+    if "entity_id" not in columns:
+        raise SqlShapeError(
+            f"of the group must return entity_id[, event_time] and a column per feature; it returns {got}"
+        )
+    if feature.name not in columns:
+        raise SqlShapeError(f"of the group returns no column {feature.name!r} for this feature; it returns {got}")
+    _check_value_type(columns[feature.name], feature.value_type, column=feature.name)
+    _check_event_time(columns)
 
 
 def _check_columns(columns: dict[str, str], value_type: ValueType | None) -> None:
@@ -306,12 +470,21 @@ def _check_columns(columns: dict[str, str], value_type: ValueType | None) -> Non
     if missing or extra:
         got = ", ".join(columns) or "no columns"
         raise SqlShapeError(f"must return columns entity_id, value[, event_time]; it returns {got}")
-    accepted = _ACCEPTED_VALUE_TYPES[value_type] if value_type is not None else None
-    if value_type is not None and accepted is not None and columns["value"] not in accepted:
+    if value_type is not None:
+        _check_value_type(columns["value"], value_type, column="value")
+    _check_event_time(columns)
+
+
+def _check_value_type(pg_type: str, value_type: ValueType, *, column: str) -> None:
+    accepted = _ACCEPTED_VALUE_TYPES[value_type]
+    if accepted is not None and pg_type not in accepted:
         raise SqlShapeError(
-            f"returns value of type {columns['value']}, which is not a {value_type.value}"
+            f"returns {column} of type {pg_type}, which is not a {value_type.value}"
             f" (accepted: {', '.join(sorted(accepted))})"
         )
+
+
+def _check_event_time(columns: dict[str, str]) -> None:
     if "event_time" in columns and columns["event_time"] not in _EVENT_TIME_TYPES:
         raise SqlShapeError(
             f"returns event_time of type {columns['event_time']};"

@@ -1,0 +1,205 @@
+"""A group's own SQL: one query returning a column per feature, run once per job in the sandbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from feature_store import DefinitionError, FeatureStore, JobStatus, JobType, PipelineConfig
+from feature_store.pipeline.models import FeatureStatus
+from support import HOURS, Sql
+
+WINDOW = "m.tenant_id = %(tenant_id)s AND m.created_at > %(start_time)s AND m.created_at <= %(end_time)s"
+
+# The same three message features twice: by a SQL each, and by one SQL of the group's.
+OWN = {
+    "length": "SELECT m.id AS entity_id, length(m.content) AS value, m.created_at AS event_time",
+    "token_count": "SELECT m.id AS entity_id, m.token_count AS value, m.created_at AS event_time",
+    "intent": (
+        "SELECT m.id AS entity_id, CASE WHEN m.role = 'user' THEN m.intent END AS value, m.created_at AS event_time"
+    ),
+}
+GROUP_SQL = (
+    "SELECT m.id AS entity_id, m.created_at AS event_time, length(m.content) AS length, m.token_count,"
+    f" CASE WHEN m.role = 'user' THEN m.intent END AS intent FROM app.messages m WHERE {WINDOW}"
+)
+FEATURES: dict[str, dict[str, Any]] = {
+    "length": {"value_type": "int64", "validation": {"not_null": True, "max": 200}},
+    "token_count": {"value_type": "int64", "validation": {"not_null": True, "min": 0}},
+    "intent": {
+        "value_type": "string",
+        "validation": {"allowed_values": ["billing", "account", "technical", "sales", "other"]},
+    },
+}
+
+
+def write_repo(tmp_path: Path, group_sql: str = GROUP_SQL, features: dict[str, dict[str, Any]] = FEATURES) -> Path:
+    def group(group_id: str, **declared: Any) -> dict[str, Any]:
+        return {"id": group_id, "entity_type": "message", "max_failure_rate": 0.5, **declared}
+
+    repo = {
+        "source_schemas": ["app"],
+        "tenants": [{"id": "acme", "name": "Acme"}, {"id": "globex", "name": "Globex"}],
+        "feature_groups": [
+            group(
+                "by_feature",
+                features=[
+                    {"name": name, **spec, "transformation_sql": f"{OWN[name]} FROM app.messages m WHERE {WINDOW}"}
+                    for name, spec in features.items()
+                ],
+            ),
+            group(
+                "by_group",
+                transformation_sql=group_sql,
+                features=[{"name": name, **spec} for name, spec in features.items()],
+            ),
+        ],
+    }
+    (tmp_path / "features.yaml").write_text(yaml.safe_dump(repo, sort_keys=False, width=200))
+    return tmp_path
+
+
+def full(group: str, tenant: str = "acme", **kw: object) -> PipelineConfig:
+    return PipelineConfig(
+        tenant_id=tenant,
+        feature_group_id=group,
+        start_time=HOURS[0].start,
+        end_time=HOURS[-1].end,
+        mode=JobType.FULL,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def offline(db: Sql, group: str) -> dict[tuple[str, str, object], object]:
+    return {
+        (feature, entity, ts): value
+        for feature, entity, ts, value in db.rows(
+            "SELECT feature_name, entity_id, event_time, value FROM feature_store.feature_values"
+            " WHERE feature_group_id = %s",
+            (group,),
+        )
+    }
+
+
+def quarantined(db: Sql, group: str) -> list[tuple[object, ...]]:
+    return db.rows(
+        "SELECT feature_name, entity_id, event_time, rule, reason FROM feature_store.quarantined_rows"
+        " WHERE feature_group_id = %s ORDER BY 1, 2, 3",
+        (group,),
+    )
+
+
+def test_each_feature_gets_the_values_and_quarantine_a_sql_of_its_own_would_give(
+    store: FeatureStore, db: Sql, tmp_path: Path
+) -> None:
+    store.apply(write_repo(tmp_path))
+    for group in ("by_feature", "by_group"):
+        result = store.materialize(full(group))
+        assert result.status is JobStatus.COMPLETED, result.errors
+    by_group = offline(db, "by_group")
+    assert by_group == offline(db, "by_feature")
+    # Computed here without the feature store: every message of the three hours, as it is.
+    lengths = {
+        ("length", mid, ts): n
+        for mid, ts, n in db.rows(
+            "SELECT id, created_at, length(content) FROM app.messages WHERE tenant_id = 'acme'"
+            " AND created_at > %s AND created_at <= %s AND length(content) <= 200",
+            (HOURS[0].start, HOURS[-1].end),
+        )
+    }
+    assert lengths and {k: v for k, v in by_group.items() if k[0] == "length"} == lengths
+    # A NULL in a feature's column is a null value (an assistant message has no intent), as from its own SQL.
+    assert any(k[0] == "intent" and v is None for k, v in by_group.items())
+    rejected = quarantined(db, "by_group")
+    assert {r[3] for r in rejected} >= {"max"}  # long messages break the length rule, and only that feature's
+    assert rejected == quarantined(db, "by_feature")
+    assert not db.rows("SELECT 1 FROM feature_store.feature_values WHERE tenant_id <> 'acme'")
+    message = next(e for f, e, _ in by_group if f == "token_count")
+    online = store.get_online_features("acme", "message", [message], ["by_group:token_count", "by_feature:token_count"])
+    assert online[0].features["by_group:token_count"].value == online[0].features["by_feature:token_count"].value
+    assert online[0].features["by_group:token_count"].value is not None
+
+
+def test_every_feature_of_a_job_reads_one_run_of_the_groups_sql_and_a_new_job_a_new_one(
+    store: FeatureStore, db: Sql, tmp_path: Path
+) -> None:
+    store.apply(write_repo(tmp_path))
+    window = HOURS[-1]
+    job = PipelineConfig(tenant_id="acme", feature_group_id="by_group", start_time=window.start, end_time=window.end)
+    pipeline = store.pipeline()
+    planned = pipeline.start(job)
+    first = pipeline.transform(planned.job_id, "token_count")
+    # The sources change after the job's first feature ran its group's SQL: the job's other features do
+    # not see it (one snapshot per job), and a retried transform reads the same rows again.
+    db.execute("UPDATE app.messages SET content = content || '!!!' WHERE tenant_id = 'acme'")
+    assert pipeline.transform(planned.job_id, "length") == first
+    assert pipeline.transform(planned.job_id, "length") == first
+    assert pipeline.transform(planned.job_id, "intent") == first
+    for name in FEATURES:
+        pipeline.validate(planned.job_id, name)
+        pipeline.write(planned.job_id, name)
+    assert pipeline.finish(planned.job_id).status is JobStatus.COMPLETED
+    new_lengths = (
+        "SELECT id, length(content) FROM app.messages WHERE tenant_id = 'acme' AND created_at > %s AND created_at <= %s"
+    )
+    now = dict(db.rows(new_lengths, (window.start, window.end)))
+    stored = dict(
+        db.rows("SELECT entity_id, value::int FROM feature_store.feature_values WHERE feature_name = 'length'")
+    )
+    assert stored and all(stored[m] == now[m] - 3 for m in stored)
+    # The job's staged rows went with it: the next job runs the SQL again and sees the change.
+    assert db.value("SELECT count(*) FROM pg_tables WHERE schemaname = 'feature_store_staging'") == 0
+    assert store.materialize(job).status is JobStatus.COMPLETED
+    stored = dict(
+        db.rows("SELECT entity_id, value::int FROM feature_store.feature_values WHERE feature_name = 'length'")
+    )
+    assert stored and all(stored[m] == now[m] for m in stored)
+
+
+def test_a_feature_whose_column_the_groups_sql_lacks_is_refused_at_apply(store: FeatureStore, tmp_path: Path) -> None:
+    broken = GROUP_SQL.replace(" m.token_count,", "")
+    with pytest.raises(DefinitionError) as caught:
+        store.apply(write_repo(tmp_path, broken))
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{tmp_path / 'features.yaml'}:")
+    assert "feature group 'by_group': feature 'token_count': transformation_sql of the group returns" in problem
+    assert "no column 'token_count' for this feature; it returns entity_id, event_time, length, intent" in problem
+
+
+def test_a_feature_whose_column_has_the_wrong_type_at_run_time_fails_alone(
+    store: FeatureStore, db: Sql, tmp_path: Path
+) -> None:
+    store.apply(write_repo(tmp_path))
+    # Valid at apply time; by the time the job runs, the column is text.
+    db.execute(
+        "UPDATE feature_store.feature_groups SET transformation_sql = replace(transformation_sql,"
+        " 'length(m.content) AS length', 'length(m.content)::text AS length') WHERE id = 'by_group'"
+    )
+    result = store.materialize(full("by_group"))
+    assert result.status is JobStatus.FAILED
+    statuses = {f.feature: f for f in result.features}
+    assert statuses["length"].status is FeatureStatus.FAILED
+    assert "returns length of type text, which is not a int64" in (statuses["length"].error_message or "")
+    assert "tenant 'acme', group 'by_group', feature 'length'" in (statuses["length"].error_message or "")
+    assert statuses["token_count"].status is statuses["intent"].status is FeatureStatus.WRITTEN
+    names = {r[0] for r in db.rows("SELECT DISTINCT feature_name FROM feature_store.feature_values")}
+    assert names == {"token_count", "intent"}
+
+
+def test_the_groups_sql_sees_only_its_tenants_rows_whatever_it_filters(
+    store: FeatureStore, db: Sql, tmp_path: Path
+) -> None:
+    store.apply(write_repo(tmp_path))
+    db.execute(
+        "UPDATE feature_store.feature_groups SET transformation_sql = replace(transformation_sql,"
+        " 'm.tenant_id = %(tenant_id)s', '%(tenant_id)s::text IS NOT NULL') WHERE id = 'by_group'"
+    )
+    assert "m.tenant_id" not in db.value(
+        "SELECT transformation_sql FROM feature_store.feature_groups WHERE id = 'by_group'"
+    )
+    assert store.materialize(full("by_group", tenant="globex")).status is JobStatus.COMPLETED
+    entities = {r[0] for r in db.rows("SELECT entity_id FROM feature_store.feature_values")}
+    assert entities and all(e.startswith("globex-") for e in entities)
