@@ -203,3 +203,26 @@ def test_the_groups_sql_sees_only_its_tenants_rows_whatever_it_filters(
     assert store.materialize(full("by_group", tenant="globex")).status is JobStatus.COMPLETED
     entities = {r[0] for r in db.rows("SELECT entity_id FROM feature_store.feature_values")}
     assert entities and all(e.startswith("globex-") for e in entities)
+
+
+def test_a_job_without_quarantined_rows_writes_the_same_values_straight_from_the_groups_rows(
+    store: FeatureStore, db: Sql, tmp_path: Path
+) -> None:
+    # Rules nothing breaks: the wide rows come from the group rows as they are (see staging.build_wide).
+    lenient = {name: {"value_type": spec["value_type"]} for name, spec in FEATURES.items()}
+    store.apply(write_repo(tmp_path, features=lenient))
+    for group in ("by_feature", "by_group"):
+        assert store.materialize(full(group)).status is JobStatus.COMPLETED
+    assert not db.rows("SELECT 1 FROM feature_store.quarantined_rows WHERE rule <> 'expectation'")
+    by_group = offline(db, "by_group")
+    assert by_group and by_group == offline(db, "by_feature")
+    messages = sorted({entity for _, entity, _ in by_group})
+    refs = [f"{group}:{name}" for group in ("by_group", "by_feature") for name in FEATURES]
+    for row in store.get_online_features("acme", "message", messages, refs):
+        for name in FEATURES:
+            ours, theirs = row.features[f"by_group:{name}"], row.features[f"by_feature:{name}"]
+            assert (ours.value, ours.event_time, ours.status) == (theirs.value, theirs.event_time, theirs.status)
+    assert any(
+        row.features["by_group:intent"].value is None
+        for row in store.get_online_features("acme", "message", messages, ["by_group:intent"])
+    )

@@ -572,7 +572,8 @@ class FeaturePipeline:
         offline, then go online. Returns the values published online. Safe to repeat."""
         job_id = ctx.job.id
         self._progress(f"write {ctx.job.tenant_id}/{ctx.group.id}")
-        build_wide(self._conn, job_id, written, connect=self._connect, ways=parallelism)
+        group_columns = all(ctx.group.reads_group_sql(ctx.feature(name)) for name in written)
+        build_wide(self._conn, job_id, written, connect=self._connect, ways=parallelism, group_columns=group_columns)
         offline_written = ctx.job.write_offline and ctx.group.offline_enabled
         if offline_written:
             wide = wide_table(job_id)

@@ -70,55 +70,109 @@ def build_wide(
     *,
     connect: Callable[[], psycopg.Connection] | None = None,
     ways: int = 1,
+    group_columns: bool = False,
 ) -> int:
     """(Re)build the job's wide rows from the valid staged values of `features`; returns the rows built.
 
     With `ways` > 1 and a way to `connect`, that many connections each build the rows of a share of
     the entities at once (one aggregate uses one core, and nothing else runs while a job is flushed).
+
+    `group_columns`: the features are all columns of the group's SQL (see `group_source_table`). If
+    none of their staged rows was quarantined, their staged rows are exactly the group rows, one per
+    (entity, event time) (duplicates would have been), so each wide row is built from one group row
+    as it is, without grouping the staged values (the sort and aggregate of five times the rows).
     """
     wide = wide_table(job_id)
-    # One sort serves the grouping and the count of each entity's rows (a window over the groups); in
-    # byte order ("C"), a third faster than the database's collation and the same groups (the table's
-    # column keeps the default collation).
-    template = sql.SQL(
-        'SELECT (entity_id COLLATE "C") COLLATE "default" AS entity_id, event_time,'
-        "  jsonb_object_agg(feature_name, value) AS features,"
-        "  string_agg(feature_name || {fields_value} || coalesce(value::text, 'null'), {separator}) AS fields,"
-        '  count(*) OVER (PARTITION BY entity_id COLLATE "C") AS entity_rows'
-        " FROM {staging} WHERE feature_name = ANY(%(features)s) AND rejected_rule IS NULL {share}"
-        ' GROUP BY entity_id COLLATE "C", event_time'
-    )
-    staging = staging_table(job_id)
-    fields = {"fields_value": sql.Literal(FIELD_SEPARATOR + VALUE_MARK), "separator": sql.Literal(FIELD_SEPARATOR)}
-
-    def select(share: sql.Composable | None = None) -> sql.Composed:
-        return template.format(staging=staging, share=share or sql.SQL(""), **fields)
-
+    if group_columns and _group_rows_are_the_valid_rows(conn, job_id, features):
+        select = _from_group_rows(job_id, features)
+    else:
+        select = _from_staged_values(job_id)
+    params = {"features": features}
     if ways <= 1 or connect is None:
         with conn.transaction():
             conn.execute("SET LOCAL work_mem = '64MB'")  # sort and aggregate ~1M staged values in memory
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
-            cur = conn.execute(
-                sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(wide, select()),
-                {"features": features},
-            )
+            cur = conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(wide, select(sql.SQL(""))), params)
         return cur.rowcount
     with conn.transaction():
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
-        conn.execute(
-            sql.SQL("CREATE UNLOGGED TABLE {} AS {} WITH NO DATA").format(wide, select()),
-            {"features": features},
-        )
+        conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {} WITH NO DATA").format(wide, select(sql.SQL(""))), params)
     share = sql.SQL("AND abs(hashtext(entity_id) %% {ways}) = %(share)s").format(ways=sql.Literal(ways))
     insert = sql.SQL("INSERT INTO {} {}").format(wide, select(share))
 
     def build(part: int) -> int:
         with connect() as apart, apart.transaction():
             apart.execute("SET LOCAL work_mem = '64MB'")
-            return apart.execute(insert, {"features": features, "share": part}).rowcount
+            return apart.execute(insert, {**params, "share": part}).rowcount
 
     with ThreadPoolExecutor(max_workers=ways, thread_name_prefix="wide-rows") as pool:
         return sum(pool.map(build, range(ways)))
+
+
+_FIELDS = {"fields_value": sql.Literal(FIELD_SEPARATOR + VALUE_MARK), "separator": sql.Literal(FIELD_SEPARATOR)}
+
+# One sort serves the grouping and the count of each entity's rows (a window over the groups); in byte
+# order ("C"), a third faster than the database's collation and the same groups (the table's column
+# keeps the default collation).
+_WIDE_FROM_STAGED = sql.SQL(
+    'SELECT (entity_id COLLATE "C") COLLATE "default" AS entity_id, event_time,'
+    "  jsonb_object_agg(feature_name, value) AS features,"
+    "  string_agg(feature_name || {fields_value} || coalesce(value::text, 'null'), {separator}) AS fields,"
+    '  count(*) OVER (PARTITION BY entity_id COLLATE "C") AS entity_rows'
+    " FROM {staging} WHERE feature_name = ANY(%(features)s) AND rejected_rule IS NULL {share}"
+    ' GROUP BY entity_id COLLATE "C", event_time'
+)
+
+_WIDE_FROM_GROUP_ROWS = sql.SQL(
+    'SELECT (entity_id COLLATE "C") COLLATE "default" AS entity_id, event_time,'
+    "  {features} AS features, {fields} AS fields,"
+    '  count(*) OVER (PARTITION BY entity_id COLLATE "C") AS entity_rows'
+    " FROM {source} WHERE true {share}"
+)
+
+
+def _from_staged_values(job_id: int) -> Callable[[sql.Composable], sql.Composed]:
+    staging = staging_table(job_id)
+    return lambda share: _WIDE_FROM_STAGED.format(staging=staging, share=share, **_FIELDS)
+
+
+def _from_group_rows(job_id: int, features: list[str]) -> Callable[[sql.Composable], sql.Composed]:
+    values = [sql.Identifier(group_source_columns(f)[0]) for f in features]
+    # jsonb_build_object takes up to 50 pairs (100 arguments): one per 50 features, concatenated.
+    pairs = [sql.SQL("{}, {}").format(sql.Literal(f), v) for f, v in zip(features, values, strict=True)]
+    objects = sql.SQL(" || ").join(
+        sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(pairs[i : i + 50]))
+        for i in range(0, len(pairs), 50)
+    )
+    # The fields text as the staged values' string_agg builds it: name, mark, JSON text, separator, ...
+    texts = [
+        sql.SQL("{} || {fields_value} || coalesce({}::text, 'null')").format(sql.Literal(f), v, **_FIELDS)
+        for f, v in zip(features, values, strict=True)
+    ]
+    between = sql.SQL(" || {separator} || ").format(**_FIELDS)
+    fields = texts[0]
+    for text in texts[1:]:
+        fields = fields + between + text
+    source = group_source_table(job_id)
+    return lambda share: _WIDE_FROM_GROUP_ROWS.format(features=objects, fields=fields, source=source, share=share)
+
+
+def _group_rows_are_the_valid_rows(conn: psycopg.Connection, job_id: int, features: list[str]) -> bool:
+    """Whether the job's group rows hold a column of every one of `features` and none of their staged
+    rows was quarantined (then their valid staged rows are the group rows)."""
+    source = group_source_table(job_id)
+    if not table_exists(conn, source):
+        return False
+    columns = [c for f in features for c in group_source_columns(f)]
+    row = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid = %(source)s::regclass"
+            "  AND attname = ANY(%(columns)s) AND NOT attisdropped) = cardinality(%(columns)s)"
+            " AND NOT EXISTS (SELECT FROM {} WHERE feature_name = ANY(%(features)s) AND rejected_rule IS NOT NULL)"
+        ).format(staging_table(job_id)),
+        {"source": source.as_string(conn), "columns": columns, "features": features},
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def create_staging(conn: psycopg.Connection, job_id: int) -> None:
