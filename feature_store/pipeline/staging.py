@@ -158,8 +158,9 @@ def _from_group_rows(job_id: int, features: list[str]) -> Callable[[sql.Composab
 
 
 def _group_rows_are_the_valid_rows(conn: psycopg.Connection, job_id: int, features: list[str]) -> bool:
-    """Whether the job's group rows hold a column of every one of `features` and none of their staged
-    rows was quarantined (then their valid staged rows are the group rows)."""
+    """Whether the job's group rows hold a column of every one of `features`, and each feature's
+    staged rows are as many as the group rows and none was quarantined: then its valid staged rows
+    are the group rows (it copied them all, and validated them all)."""
     source = group_source_table(job_id)
     if not table_exists(conn, source):
         return False
@@ -168,8 +169,11 @@ def _group_rows_are_the_valid_rows(conn: psycopg.Connection, job_id: int, featur
         sql.SQL(
             "SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid = %(source)s::regclass"
             "  AND attname = ANY(%(columns)s) AND NOT attisdropped) = cardinality(%(columns)s)"
-            " AND NOT EXISTS (SELECT FROM {} WHERE feature_name = ANY(%(features)s) AND rejected_rule IS NOT NULL)"
-        ).format(staging_table(job_id)),
+            " AND (SELECT count(*) FROM ("
+            "  SELECT FROM {staging} WHERE feature_name = ANY(%(features)s) GROUP BY feature_name"
+            "  HAVING count(*) FILTER (WHERE rejected_rule IS NULL) = (SELECT count(*) FROM {source})"
+            "   AND bool_and(rejected_rule IS NULL)) valid) = cardinality(%(features)s)"
+        ).format(staging=staging_table(job_id), source=source),
         {"source": source.as_string(conn), "columns": columns, "features": features},
     ).fetchone()
     return bool(row and row[0])
