@@ -395,6 +395,37 @@ def test_stages_are_idempotent_when_retried(store: FeatureStore, db: Sql) -> Non
     )
 
 
+def test_rerunning_one_feature_of_a_finished_job_keeps_the_values_of_the_others(store: FeatureStore, db: Sql) -> None:
+    # What clearing one feature's tasks of a finished run in Airflow does: transform, validate, write, finish.
+    result = store.materialize(config("acme", "user_engagement"))
+    assert result.status is JobStatus.COMPLETED
+    siblings = (
+        "SELECT feature_name, entity_id, event_time, value FROM feature_store.feature_values"
+        " WHERE feature_name <> 'message_count' ORDER BY 1, 2, 3"
+    )
+    before = db.rows(siblings)
+    user = str(
+        db.value("SELECT entity_id FROM feature_store.feature_values WHERE feature_name = 'avg_message_length' LIMIT 1")
+    )
+    refs = [f"user_engagement:{f}" for f in ("message_count", "avg_message_length")]
+    online_before = store.get_online_features("acme", "user", [user], refs)[0].features
+    db.execute("UPDATE app.messages SET role = 'assistant' WHERE tenant_id = 'acme' AND user_id = %s", (user,))
+    pipeline = store.pipeline()
+    pipeline.transform(result.job_id, "message_count")
+    pipeline.validate(result.job_id, "message_count")
+    pipeline.write(result.job_id, "message_count")
+    assert pipeline.finish(result.job_id).status is JobStatus.COMPLETED
+    assert db.rows(siblings) == before
+    counts = "SELECT value FROM feature_store.feature_values WHERE feature_name = 'message_count' AND entity_id = %s"
+    assert db.rows(counts, (user,)) == []  # recomputed: the user sent nothing in the window any more
+    online = store.get_online_features("acme", "user", [user], refs)[0].features
+    assert (
+        online["user_engagement:avg_message_length"].value == online_before["user_engagement:avg_message_length"].value
+    )
+    assert online["user_engagement:avg_message_length"].status is OnlineValueStatus.PRESENT
+    assert online["user_engagement:message_count"].status is OnlineValueStatus.MISSING
+
+
 def test_a_validation_rerun_releases_rows_that_an_earlier_run_quarantined_and_that_pass_now(
     store: FeatureStore, db: Sql
 ) -> None:

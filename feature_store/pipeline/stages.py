@@ -52,6 +52,7 @@ from feature_store.pipeline.staging import (
     build_wide,
     drop_staging,
     partition_table,
+    partitioned,
     replaced_table,
     staging_exists,
     staging_table,
@@ -362,7 +363,8 @@ class FeaturePipeline:
             if ctx.job.status.is_final and not staging_exists(self._conn, job_id):
                 return self._result(ctx.job, 0)  # already finished: a retried finish changes nothing
             results = jobs.feature_results(self._conn, job_id)
-            written = [r.feature for r in results if r.status is FeatureStatus.WRITTEN]
+            # A rerun of an ended job stages only the features run again (see create_staging).
+            written = partitioned(self._conn, job_id, [r.feature for r in results if r.status is FeatureStatus.WRITTEN])
             rows_online = self._flush(ctx, written, parallelism) if written else 0
             job = jobs.finish_job(self._conn, job_id, try_number=try_number)
             drop_staging(self._conn, job_id)

@@ -184,7 +184,10 @@ def create_staging(conn: psycopg.Connection, job_id: int) -> None:
     safe when parallel tasks of the job all call it.
 
     The partitions are made up front because attaching one locks the whole table: made by each
-    feature's transform, they made the features of a job wait for each other's stages.
+    feature's transform, they made the features of a job wait for each other's stages. Not so for a
+    rerun of an ended job (a feature cleared in the orchestrator): there each transform makes its own,
+    and only the features with a partition are flushed (`partitioned`), so the features not run again
+    keep the values the job wrote before.
     """
     with conn.transaction():
         # Concurrent DDL on one table fails with "tuple concurrently updated": take turns.
@@ -194,12 +197,23 @@ def create_staging(conn: psycopg.Connection, job_id: int) -> None:
         else:
             _create(conn, job_id)
             features = conn.execute(
-                "SELECT feature_name FROM feature_store.materialization_job_features WHERE job_id = %s"
-                " ORDER BY feature_name",
+                "SELECT f.feature_name FROM feature_store.materialization_job_features f"
+                " JOIN feature_store.materialization_jobs j ON j.id = f.job_id"
+                " WHERE f.job_id = %s AND j.status IN ('pending', 'running') ORDER BY f.feature_name",
                 (job_id,),
             ).fetchall()
             for (feature,) in features:
                 _create_partition(conn, job_id, feature)
+
+
+def partitioned(conn: psycopg.Connection, job_id: int, features: list[str]) -> list[str]:
+    """Those of `features` that have a staging partition (were staged since the staging was made)."""
+    names = [partition_table(job_id, f).as_string(conn) for f in features]
+    rows = conn.execute(
+        "SELECT f FROM unnest(%s::text[], %s::text[]) AS p(f, t) WHERE to_regclass(p.t) IS NOT NULL",
+        (features, names),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 def _create(conn: psycopg.Connection, job_id: int) -> None:
