@@ -226,3 +226,30 @@ def test_a_job_without_quarantined_rows_writes_the_same_values_straight_from_the
         row.features["by_group:intent"].value is None
         for row in store.get_online_features("acme", "message", messages, ["by_group:intent"])
     )
+
+
+def test_rows_the_groups_sql_returns_twice_are_quarantined_for_every_feature(
+    store: FeatureStore, db: Sql, tmp_path: Path
+) -> None:
+    # The group's SQL returns each conversation's first message twice.
+    twice = f"{GROUP_SQL} UNION ALL {GROUP_SQL} AND m.id LIKE '%%-m1'"
+    store.apply(write_repo(tmp_path, twice))
+    result = store.materialize(full("by_group"))
+    assert result.status is JobStatus.COMPLETED, result.errors
+    firsts = {
+        str(mid)
+        for (mid,) in db.rows(
+            "SELECT id FROM app.messages WHERE tenant_id = 'acme' AND id LIKE '%%-m1' AND created_at > %s"
+            " AND created_at <= %s",
+            (HOURS[0].start, HOURS[-1].end),
+        )
+    }
+    assert firsts
+    duplicated = db.rows(
+        "SELECT feature_name, entity_id, count(*) FROM feature_store.quarantined_rows WHERE rule = 'unique'"
+        " GROUP BY 1, 2"
+    )
+    assert {(f, e) for f, e, _ in duplicated} == {(f, e) for f in FEATURES for e in firsts}
+    assert {n for *_, n in duplicated} == {2}
+    written = {e for (e,) in db.rows("SELECT DISTINCT entity_id FROM feature_store.feature_values")}
+    assert written and not written & firsts

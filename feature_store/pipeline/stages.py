@@ -51,6 +51,7 @@ from feature_store.pipeline.publish import publish_job
 from feature_store.pipeline.staging import (
     build_wide,
     drop_staging,
+    group_rows_have_unique_keys,
     partition_table,
     partitioned,
     replaced_table,
@@ -292,6 +293,7 @@ class FeaturePipeline:
                 window=ctx.window,
                 max_entity_id_length=self._settings.max_entity_id_length,
                 max_value_bytes=self._settings.max_value_bytes,
+                unique_keys=ctx.group.reads_group_sql(feature) and group_rows_have_unique_keys(self._conn, job_id),
             )
             # Before the failure check: a window that failed validation is what monitoring must show.
             statistics.record_statistics(

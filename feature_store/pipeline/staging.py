@@ -57,6 +57,38 @@ def group_source_table(job_id: int) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(STAGING_SCHEMA), sql.Identifier(f"job_{int(job_id)}_source"))
 
 
+UNIQUE_KEYS = "unique (entity_id, event_time)"
+"""Comment of a job's group rows none of whose (entity_id, event_time) occurs twice (see `mark_unique_keys`)."""
+
+
+def mark_unique_keys(conn: psycopg.Connection, job_id: int) -> bool:
+    """Find out once, for all the group's features, whether any (entity_id, event_time) of the job's
+    group rows occurs twice; if none does, say so in the table's comment and return True.
+
+    Every feature's staged rows are the group rows, so none of them can then hold a duplicate, and
+    its validation skips the search (one hash aggregate per feature, the largest part of validating
+    at a million rows). NULL keys count as equal here, though their rows are quarantined by other
+    rules first: a false "not unique" only costs the features their own search.
+    """
+    source = group_source_table(job_id)
+    row = conn.execute(
+        sql.SQL("SELECT NOT EXISTS (SELECT FROM {} GROUP BY entity_id, event_time HAVING count(*) > 1)").format(source)
+    ).fetchone()
+    unique = bool(row and row[0])
+    if unique:
+        conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(source, sql.Literal(UNIQUE_KEYS)))
+    return unique
+
+
+def group_rows_have_unique_keys(conn: psycopg.Connection, job_id: int) -> bool:
+    """Whether `mark_unique_keys` found the job's group rows free of duplicate keys."""
+    row = conn.execute(
+        "SELECT obj_description(to_regclass(%s), 'pg_class') = %s",
+        (group_source_table(job_id).as_string(conn), UNIQUE_KEYS),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def group_source_columns(feature: str) -> tuple[str, str]:
     """The columns of `group_source_table` holding a feature's staged value and number."""
     digest = _digest(feature)

@@ -36,6 +36,7 @@ from feature_store.pipeline.staging import (
     empty_partition,
     group_source_columns,
     group_source_table,
+    mark_unique_keys,
     table_exists,
 )
 from feature_store.windows import TimeWindow
@@ -405,6 +406,8 @@ def _stage_group_rows(
             for window in windows:
                 params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
                 _pipe(session, conn, query, params, source, into)
+        conn.execute("SET LOCAL work_mem = '64MB'")  # the search for duplicate keys hashes in memory
+        mark_unique_keys(conn, job_id)
 
 
 def _take_group_column(

@@ -92,6 +92,7 @@ def check_rules(
     window: TimeWindow,
     max_entity_id_length: int,
     max_value_bytes: int,
+    unique_keys: bool = False,
 ) -> ValidationOutcome:
     """Check the feature's staged rows against its rules: mark and quarantine the failing ones; safe to
     rerun (it starts from a clean slate).
@@ -99,6 +100,8 @@ def check_rules(
     Args:
         max_entity_id_length: longest entity id, in characters (`Settings.max_entity_id_length`).
         max_value_bytes: longest string value, in UTF-8 bytes (`Settings.max_value_bytes`).
+        unique_keys: no (entity_id, event_time) of the staged rows occurs twice, as already checked
+            (the group rows a feature of the group's SQL copied, see `staging.mark_unique_keys`).
     """
     table = partition_table(job_id, feature.name)
     name = feature.name
@@ -135,7 +138,9 @@ def check_rules(
             )
         ).fetchone()
         marked = int(row[0]) if row else 0
-        duplicates, unmarked = _mark_duplicates(conn, table, name)
+        duplicates, unmarked = (
+            _count_unmarked(conn, table, name) if unique_keys else _mark_duplicates(conn, table, name)
+        )
         if not marked and not duplicates:  # the usual case: nothing to quarantine, every row counted
             return ValidationOutcome(rows_total=unmarked, rows_failed=0)
         # Oversized entity ids and values are evidence enough as a prefix (a 10 MB string stays in staging).
@@ -283,6 +288,14 @@ def _type_reason(value_type: ValueType) -> sql.Composable:
             other=_reason("value %s is not a float64"),
         )
     return _reason(f"value %s is not a {value_type.value}")
+
+
+def _count_unmarked(conn: psycopg.Connection, table: sql.Composable, name: str) -> tuple[int, int]:
+    """`_mark_duplicates` of rows known to have unique keys: none marked, and the unmarked rows."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE feature_name = %s AND rejected_rule IS NULL").format(table), (name,)
+    ).fetchone()
+    return 0, int(row[0]) if row else 0
 
 
 def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str) -> tuple[int, int]:
