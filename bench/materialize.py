@@ -363,7 +363,7 @@ INTRO = """\
 
 `python bench/materialize.py --entities N --repeat R` materializes one hour of N entities x 5 float
 features for one tenant from one tenant-isolated source table (row-level security, the
-`featurepipe_tenant` policy) along five paths, each in its own child process, R times in alternating
+`featurepipe_tenant` policy) along six paths, each in its own child process, R times in alternating
 order, every offline copy and online key removed before each run; all paths read the same rows and
 every run is checked afterwards (all N entities online, all values offline):
 
@@ -371,6 +371,9 @@ every run is checked afterwards (all N entities online, all values offline):
   once): transform in the sandbox, validate, offline write into `feature_store.feature_values`, online
   publish through the newer-only Lua script, TTL refreshed;
 - **featurepipe, online only**: the same job with `write_offline=False`, the work Feast's materialize does;
+- **featurepipe, group SQL**: the same 5 features in a group whose one `transformation_sql` returns all
+  five columns (the shape of Feast's feature view over one source), instead of a SQL per feature: the
+  group's SQL runs once per job, each feature copies its column inside PostgreSQL;
 - **raw PG → Redis**: a server-side cursor over the rows and one pipelined `HSET` per entity (5 fields and
   a timestamp, values rendered as text by PostgreSQL), batches of 10 000, redis-py: the least work to get
   the values online;
