@@ -92,6 +92,15 @@ def quarantined(db: Sql, group: str) -> list[tuple[object, ...]]:
     )
 
 
+def rewrite_group_sql(db: Sql, old: str, new: str) -> None:
+    """Change by_group's SQL in the registry behind apply's back (as if the sources changed after it)."""
+    db.execute(
+        "UPDATE feature_store.feature_groups SET transformation_sql = replace(transformation_sql, %s, %s)"
+        " WHERE id = 'by_group'",
+        (old, new),
+    )
+
+
 def test_each_feature_gets_the_values_and_quarantine_a_sql_of_its_own_would_give(
     store: FeatureStore, db: Sql, tmp_path: Path
 ) -> None:
@@ -174,10 +183,7 @@ def test_a_feature_whose_column_has_the_wrong_type_at_run_time_fails_alone(
 ) -> None:
     store.apply(write_repo(tmp_path))
     # Valid at apply time; by the time the job runs, the column is text.
-    db.execute(
-        "UPDATE feature_store.feature_groups SET transformation_sql = replace(transformation_sql,"
-        " 'length(m.content) AS length', 'length(m.content)::text AS length') WHERE id = 'by_group'"
-    )
+    rewrite_group_sql(db, "length(m.content) AS length", "length(m.content)::text AS length")
     result = store.materialize(full("by_group"))
     assert result.status is JobStatus.FAILED
     statuses = {f.feature: f for f in result.features}
@@ -193,10 +199,7 @@ def test_the_groups_sql_sees_only_its_tenants_rows_whatever_it_filters(
     store: FeatureStore, db: Sql, tmp_path: Path
 ) -> None:
     store.apply(write_repo(tmp_path))
-    db.execute(
-        "UPDATE feature_store.feature_groups SET transformation_sql = replace(transformation_sql,"
-        " 'm.tenant_id = %(tenant_id)s', '%(tenant_id)s::text IS NOT NULL') WHERE id = 'by_group'"
-    )
+    rewrite_group_sql(db, "m.tenant_id = %(tenant_id)s", "%(tenant_id)s::text IS NOT NULL")
     assert "m.tenant_id" not in db.value(
         "SELECT transformation_sql FROM feature_store.feature_groups WHERE id = 'by_group'"
     )
