@@ -52,7 +52,6 @@ from feature_store.pipeline.staging import (
     build_wide,
     drop_staging,
     group_rows_have_unique_keys,
-    partition_table,
     partitioned,
     replaced_table,
     staging_exists,
@@ -344,7 +343,7 @@ class FeaturePipeline:
             )
         with self._stage(ctx, feature_name, WriteError, try_number, final):
             self._require_staging(ctx, feature_name)
-            rows = self._count_valid(job_id, feature_name)
+            rows = validate.count_valid(self._conn, job_id, feature_name)
         jobs.record_feature(self._conn, job_id, feature_name, FeatureStatus.WRITTEN, try_number=try_number)
         return rows
 
@@ -561,15 +560,6 @@ class FeaturePipeline:
             (job_id, feature_name),
         ).fetchone()
         return FeatureStatus(row[0]) if row else FeatureStatus.PENDING
-
-    def _count_valid(self, job_id: int, feature_name: str) -> int:
-        row = self._conn.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE feature_name = %s AND rejected_rule IS NULL").format(
-                partition_table(job_id, feature_name)
-            ),
-            (feature_name,),
-        ).fetchone()
-        return int(row[0]) if row else 0
 
     def _flush(self, ctx: _JobContext, written: list[str], parallelism: int) -> int:
         """Send the written features to the stores in one pass: the job's wide rows replace the window

@@ -95,6 +95,17 @@ def group_source_columns(feature: str) -> tuple[str, str]:
     return f"value_{digest}", f"number_{digest}"
 
 
+def has_group_columns(conn: psycopg.Connection, job_id: int, features: list[str]) -> bool:
+    """Whether the job's group rows hold the columns of every one of `features` (staged for them)."""
+    columns = [c for f in features for c in group_source_columns(f)]
+    row = conn.execute(
+        "SELECT count(*) = cardinality(%(columns)s::text[]) FROM pg_attribute"
+        " WHERE attrelid = %(source)s::regclass AND attname = ANY(%(columns)s) AND NOT attisdropped",
+        {"source": group_source_table(job_id).as_string(conn), "columns": columns},
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def build_wide(
     conn: psycopg.Connection,
     job_id: int,
@@ -194,19 +205,16 @@ def _group_rows_are_the_valid_rows(conn: psycopg.Connection, job_id: int, featur
     staged rows are as many as the group rows and none was quarantined: then its valid staged rows
     are the group rows (it copied them all, and validated them all)."""
     source = group_source_table(job_id)
-    if not table_exists(conn, source):
+    if not table_exists(conn, source) or not has_group_columns(conn, job_id, features):
         return False
-    columns = [c for f in features for c in group_source_columns(f)]
     row = conn.execute(
         sql.SQL(
-            "SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid = %(source)s::regclass"
-            "  AND attname = ANY(%(columns)s) AND NOT attisdropped) = cardinality(%(columns)s)"
-            " AND (SELECT count(*) FROM ("
-            "  SELECT FROM {staging} WHERE feature_name = ANY(%(features)s) GROUP BY feature_name"
-            "  HAVING count(*) FILTER (WHERE rejected_rule IS NULL) = (SELECT count(*) FROM {source})"
-            "   AND bool_and(rejected_rule IS NULL)) valid) = cardinality(%(features)s)"
+            "SELECT count(*) = cardinality(%(features)s::text[]) FROM ("
+            " SELECT FROM {staging} WHERE feature_name = ANY(%(features)s) GROUP BY feature_name"
+            " HAVING count(*) FILTER (WHERE rejected_rule IS NULL) = (SELECT count(*) FROM {source})"
+            "  AND bool_and(rejected_rule IS NULL)) valid"
         ).format(staging=staging_table(job_id), source=source),
-        {"source": source.as_string(conn), "columns": columns, "features": features},
+        {"features": features},
     ).fetchone()
     return bool(row and row[0])
 

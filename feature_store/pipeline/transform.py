@@ -36,6 +36,7 @@ from feature_store.pipeline.staging import (
     empty_partition,
     group_source_columns,
     group_source_table,
+    has_group_columns,
     mark_unique_keys,
     table_exists,
 )
@@ -377,18 +378,12 @@ def _stage_group_rows(
         if table_exists(conn, source):
             return
         features = [f for f in group.group_sql_features if _fits(shape.columns, f)]
-        columns = [sql.Identifier(c) for f in features for c in group_source_columns(f.name)]
+        pairs = [tuple(map(sql.Identifier, group_source_columns(f.name))) for f in features]  # value, number
         conn.execute(
             sql.SQL(
                 "CREATE UNLOGGED TABLE {} (entity_id text, event_time timestamptz,"
                 " window_start timestamptz NOT NULL, window_end timestamptz NOT NULL{})"
-            ).format(
-                source,
-                sql.SQL("").join(
-                    sql.SQL(", {} jsonb, {} float8").format(*map(sql.Identifier, group_source_columns(f.name)))
-                    for f in features
-                ),
-            )
+            ).format(source, sql.SQL("").join(sql.SQL(", {} jsonb, {} float8").format(*pair) for pair in pairs))
         )
         session_conn = session.conn
         selected = "".join(
@@ -400,7 +395,9 @@ def _stage_group_rows(
             f"SELECT q.entity_id::text, {_event_time(shape)}, %(start_time)s::timestamptz,"
             f" %(end_time)s::timestamptz{selected} FROM (\n{group.transformation_sql}\n) AS q"
         )
-        into = sql.SQL(", ").join([sql.SQL("entity_id, event_time, window_start, window_end"), *columns])
+        into = sql.SQL(", ").join(
+            [sql.SQL("entity_id, event_time, window_start, window_end"), *(c for pair in pairs for c in pair)]
+        )
         with session_conn.transaction(force_rollback=True):
             session_conn.execute("SET TRANSACTION READ ONLY")
             for window in windows:
@@ -416,11 +413,7 @@ def _take_group_column(
     """Stage the feature's column of the job's group rows into its partition; returns the rows staged."""
     value, number = group_source_columns(feature.name)
     source = group_source_table(job_id)
-    present = conn.execute(
-        "SELECT count(*) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = ANY(%s) AND NOT attisdropped",
-        (source.as_string(conn), [value, number]),
-    ).fetchone()
-    if present != (2,):
+    if not has_group_columns(conn, job_id, [feature.name]):
         raise SqlShapeError(
             f"the group's SQL had no column {feature.name!r} when this job staged its rows (did the group"
             " change while the job ran?); run the job again"

@@ -139,7 +139,7 @@ def check_rules(
         ).fetchone()
         marked = int(row[0]) if row else 0
         duplicates, unmarked = (
-            _count_unmarked(conn, table, name) if unique_keys else _mark_duplicates(conn, table, name)
+            (0, count_valid(conn, job_id, name)) if unique_keys else _mark_duplicates(conn, table, name)
         )
         if not marked and not duplicates:  # the usual case: nothing to quarantine, every row counted
             return ValidationOutcome(rows_total=unmarked, rows_failed=0)
@@ -290,12 +290,15 @@ def _type_reason(value_type: ValueType) -> sql.Composable:
     return _reason(f"value %s is not a {value_type.value}")
 
 
-def _count_unmarked(conn: psycopg.Connection, table: sql.Composable, name: str) -> tuple[int, int]:
-    """`_mark_duplicates` of rows known to have unique keys: none marked, and the unmarked rows."""
+def count_valid(conn: psycopg.Connection, job_id: int, feature_name: str) -> int:
+    """The feature's staged rows that no rule marked."""
     row = conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE feature_name = %s AND rejected_rule IS NULL").format(table), (name,)
+        sql.SQL("SELECT count(*) FROM {} WHERE feature_name = %s AND rejected_rule IS NULL").format(
+            partition_table(job_id, feature_name)
+        ),
+        (feature_name,),
     ).fetchone()
-    return 0, int(row[0]) if row else 0
+    return int(row[0]) if row else 0
 
 
 def _mark_duplicates(conn: psycopg.Connection, table: sql.Composable, name: str) -> tuple[int, int]:
