@@ -65,11 +65,18 @@ class Interruption:
 
 @contextmanager
 def interrupt_offline_write(
-    database_url: str, *, tenant_id: str, group_id: str, action: str, timeout: float = 120.0
+    database_url: str,
+    *,
+    tenant_id: str,
+    group_id: str,
+    action: str,
+    timeout: float = 120.0,
+    ready: Callable[[], object] | None = None,
 ) -> Iterator[Interruption]:
     """Hold the offline-write lock of (tenant, group); the first backend that waits for it gets
-    `action` (pg_terminate_backend or pg_cancel_backend), then the lock is released so the next try
-    goes through. Raises at the end of the block if no write came to wait, or the fault failed."""
+    `action` (pg_terminate_backend or pg_cancel_backend), once `ready` (if given) holds, then the lock
+    is released so the next try goes through. Raises at the end of the block if no write came to
+    wait, or the fault failed."""
     assert action in ("pg_terminate_backend", "pg_cancel_backend")
     key = offline_lock_key(tenant_id, group_id)
     result = Interruption()
@@ -93,6 +100,8 @@ def interrupt_offline_write(
                     return int(row[0]) if row else None
 
                 pid = wait_for("a write waiting for the offline lock", waiter, timeout=timeout, stop=stop)
+                if ready is not None:
+                    wait_for("the condition to interrupt the write in", ready, timeout=timeout, stop=stop)
                 watcher.execute(f"SELECT {action}(%s)", (pid,))
                 result.pid = pid
 

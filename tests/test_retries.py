@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from faults import RedisServer, free_port, interrupt_offline_write, quick_redis
+from test_online_consistency import latest_offline, online_values
 
 from feature_store import FeatureStore, JobStatus, PipelineConfig, Settings, TransformError
 from feature_store.errors import FinishError
@@ -84,6 +85,54 @@ def test_a_flush_whose_backend_is_terminated_stays_retryable_and_the_next_try_co
     assert result.status is JobStatus.COMPLETED
     assert job_row(db, job_id) == ("completed", 2, None)
     assert written == len(offline_rows(db)) > 0
+
+
+def test_values_that_went_online_while_the_offline_write_ran_are_put_back_when_that_write_fails(
+    settings: Settings, db: Sql, database_url: str
+) -> None:
+    group = "user_engagement"
+    job = PipelineConfig(tenant_id="acme", feature_group_id=group, start_time=WINDOW.start, end_time=WINDOW.end)
+    with FeatureStore(settings=settings) as store:
+        assert store.materialize(job).status is JobStatus.COMPLETED
+        before = online_values(store, "acme", group)
+        assert before and before == latest_offline(db, "acme", group)
+    # Half of the window's messages go: counts drop, and users left without a message lose their value.
+    db.execute(
+        "DELETE FROM app.feedback WHERE message_id IN (SELECT id FROM app.messages WHERE tenant_id = 'acme'"
+        " AND created_at > %(start)s AND created_at <= %(end)s AND abs(hashtext(id::text)) %% 2 = 0)",
+        {"start": WINDOW.start, "end": WINDOW.end},
+    )
+    db.execute(
+        "DELETE FROM app.messages WHERE tenant_id = 'acme' AND created_at > %(start)s AND created_at <= %(end)s"
+        " AND abs(hashtext(id::text)) %% 2 = 0",
+        {"start": WINDOW.start, "end": WINDOW.end},
+    )
+    with FeatureStore(settings=settings) as store:
+        pipeline = store.pipeline()
+        planned = pipeline.start(job)
+        for feature in planned.features:
+            pipeline.transform(planned.job_id, feature)
+            pipeline.validate(planned.job_id, feature)
+            pipeline.write(planned.job_id, feature)
+        # The new values go online while the offline write waits; then the write's backend dies.
+        with (
+            interrupt_offline_write(
+                database_url,
+                tenant_id="acme",
+                group_id=group,
+                action="pg_terminate_backend",
+                timeout=60,
+                ready=lambda: online_values(store, "acme", group) != before,
+            ),
+            pytest.raises(FinishError),
+        ):
+            pipeline.finish(planned.job_id, try_number=1, final=True)
+        assert online_values(store, "acme", group) == before == latest_offline(db, "acme", group)
+
+    with FeatureStore(settings=settings) as store:
+        assert store.pipeline().finish(planned.job_id, try_number=2).status is JobStatus.COMPLETED
+        after = online_values(store, "acme", group)
+    assert after != before and after == latest_offline(db, "acme", group)
 
 
 def test_without_an_orchestrator_a_terminated_flush_is_retried_in_process_on_a_new_connection(

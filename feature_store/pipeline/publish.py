@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import psycopg
@@ -57,6 +58,18 @@ class Published:
     entities: int
 
 
+class Part(Enum):
+    """The two parts of a job's publish, which may run apart (see `FeaturePipeline._flush`)."""
+
+    WIDE_ROWS = "wide rows"
+    """The values of the job's wide rows: they need only staging, so they may go while the offline
+    write of the window is still running."""
+
+    FALLBACKS = "fallbacks"
+    """The entities whose window values were quarantined or replaced: their latest offline value, read
+    after the offline write committed."""
+
+
 def publish_job(
     conn: psycopg.Connection,
     online: OnlineStore,
@@ -69,74 +82,46 @@ def publish_job(
     offline_written: bool,
     force: bool,
     batch_size: int,
+    parts: Collection[Part] = (Part.WIDE_ROWS, Part.FALLBACKS),
 ) -> Published:
-    """Publish the job's written features from its wide rows (see staging).
+    """Publish `parts` of the job's written features (both by default) from its wide rows (see staging).
 
     An entity with one wide row (the usual case) is sent as that row's names and value texts, which
     the backend encodes in Python (`encode_stamped`): PostgreSQL only reads them. Entities with
     several rows, and those whose values were quarantined or replaced, get their payloads built by
-    the backend's SQL aggregate (`encode_sql`).
+    the backend's SQL aggregate (`encode_sql`). The two parts never write the same (entity, feature).
     Raises OnlineStoreLostDataError (retryable) if the store lost data meanwhile.
     """
     staging, replaced, wide = staging_table(job_id), replaced_table(job_id), wide_table(job_id)
-    # Features with offline values after this window (a backfill): their latest value is not this job's.
-    after = (
-        offline.features_with_values_after(
-            conn, tenant_id=tenant_id, group_id=group.id, features=features, after=window.end
-        )
-        if offline_written
-        else set()
-    )
-    later = [f for f in features if f in after]
-    fresh = [f for f in features if f not in later]
+    later, fresh = _later_and_fresh(conn, tenant_id, group, features, window, offline_written)
     write_time_us = time.time_ns() // 1000
-    encoded = online.encode_sql(write_time_us=write_time_us)
-    payload = sql.SQL(_PAYLOAD).format(encoded=encoded)
-    several = sql.SQL(
-        "SELECT x.entity_id, {none}, {payload} FROM ("
-        "  SELECT DISTINCT ON (w.entity_id, e.key) w.entity_id, e.key AS feature_name, w.event_time, e.value"
-        "  FROM {wide} w, jsonb_each(w.features) e WHERE e.key = ANY(%(fresh)s) AND {which}"
-        "  ORDER BY w.entity_id, e.key, w.event_time DESC) x GROUP BY x.entity_id"
-    )
-    if fresh == list(features):
-        # Every written feature is fresh: a single row is its entity's latest values, as it is.
-        latest = sql.SQL(
-            "SELECT w.entity_id, {event_us}, w.fields, NULL::text, true FROM {wide} w"
-            " WHERE w.entity_rows = 1 UNION ALL {several}"
-        ).format(
-            event_us=sql.SQL(_EVENT_US.format(time="w.event_time")),
-            wide=wide,
-            several=several.format(none=_NOT_STAMPED, payload=payload, wide=wide, which=sql.SQL("w.entity_rows > 1")),
+    payload = _payload(online, write_time_us)
+    queries = []
+    if Part.WIDE_ROWS in parts:
+        several = sql.SQL(_SEVERAL).format(
+            none=_NOT_STAMPED, payload=payload, wide=wide, which=sql.SQL("w.entity_rows > 1" if not later else "true")
         )
-    else:
-        latest = several.format(none=_NOT_STAMPED, payload=payload, wide=wide, which=sql.SQL("true"))
-    lookup = offline.latest_value(
-        tenant=sql.SQL("%(tenant)s"),
-        group=sql.SQL("%(group)s"),
-        entity=sql.SQL("m.entity_id"),
-        feature=sql.SQL("m.feature_name"),
-    )
-    query = sql.SQL(
-        "{latest}"
-        " UNION ALL"
-        " SELECT x.entity_id, {none}, {payload} FROM ("
-        "  SELECT m.entity_id, m.feature_name, f.event_time, f.value FROM ("
-        "   SELECT s.feature_name, s.entity_id FROM {staging} s WHERE s.feature_name = ANY(%(features)s)"
-        "    AND s.entity_id IS NOT NULL AND (s.rejected_rule IS NOT NULL OR s.feature_name = ANY(%(later)s))"
-        "   UNION SELECT r.feature_name, r.entity_id FROM {replaced} r WHERE r.feature_name = ANY(%(features)s)) m"
-        "  LEFT JOIN LATERAL ({lookup}) f ON %(offline)s"
-        "  WHERE NOT EXISTS (SELECT 1 FROM {wide} w WHERE w.entity_id = m.entity_id AND w.features ? m.feature_name"
-        "   AND m.feature_name = ANY(%(fresh)s))) x"
-        " GROUP BY x.entity_id"
-    ).format(
-        latest=latest,
-        none=_NOT_STAMPED,
-        payload=payload,
-        staging=staging,
-        replaced=replaced,
-        wide=wide,
-        lookup=lookup,
-    )
+        if not later:
+            # Every written feature is fresh: a single row is its entity's latest values, as it is.
+            queries.append(
+                sql.SQL(
+                    "SELECT w.entity_id, {event_us}, w.fields, NULL::text, true FROM {wide} w"
+                    " WHERE w.entity_rows = 1 UNION ALL {several}"
+                ).format(event_us=sql.SQL(_EVENT_US.format(time="w.event_time")), wide=wide, several=several)
+            )
+        else:
+            queries.append(several)
+    if Part.FALLBACKS in parts:
+        affected = sql.SQL(
+            "SELECT s.feature_name, s.entity_id FROM {staging} s WHERE s.feature_name = ANY(%(features)s)"
+            " AND s.entity_id IS NOT NULL AND (s.rejected_rule IS NOT NULL OR s.feature_name = ANY(%(later)s))"
+            " UNION SELECT r.feature_name, r.entity_id FROM {replaced} r WHERE r.feature_name = ANY(%(features)s)"
+        ).format(staging=staging, replaced=replaced)
+        unless = sql.SQL(
+            "WHERE NOT EXISTS (SELECT 1 FROM {wide} w WHERE w.entity_id = m.entity_id AND w.features ? m.feature_name"
+            " AND m.feature_name = ANY(%(fresh)s))"
+        ).format(wide=wide)
+        queries.append(_latest_offline(affected, unless, payload))
     params = {
         "features": list(features),
         "fresh": fresh,
@@ -145,11 +130,12 @@ def publish_job(
         "tenant": tenant_id,
         "group": group.id,
     }
-
+    if not queries:
+        return Published(values=0, entities=0)
     return _stream(
         conn,
         online,
-        query,
+        sql.SQL(" UNION ALL ").join(queries),
         params,
         tenant_id=tenant_id,
         group=group,
@@ -158,6 +144,94 @@ def publish_job(
         replaces=window,
         force=force,
     )
+
+
+def restore_wide_rows(
+    conn: psycopg.Connection,
+    online: OnlineStore,
+    *,
+    job_id: int,
+    tenant_id: str,
+    group: FeatureGroup,
+    features: Sequence[str],
+    window: TimeWindow,
+    force: bool,
+    batch_size: int,
+) -> Published:
+    """Undo a publish of the job's wide rows (`Part.WIDE_ROWS`) whose offline write then failed: each
+    value it may have written goes back to the latest offline value of its entity, or goes.
+
+    Run after the failed write rolled back, so the offline store holds what it held before the job;
+    the published values lie inside the window and so give way (`replaces`), newer ones stay (a
+    feature with values after the window, which that publish left alone, keeps its newer value so).
+    """
+    write_time_us = time.time_ns() // 1000
+    published = sql.SQL(
+        "SELECT e.key AS feature_name, w.entity_id FROM {wide} w, jsonb_object_keys(w.features) e(key)"
+        " WHERE e.key = ANY(%(features)s) GROUP BY 1, 2"
+    ).format(wide=wide_table(job_id))
+    return _stream(
+        conn,
+        online,
+        _latest_offline(published, sql.SQL(""), _payload(online, write_time_us)),
+        {"features": list(features), "offline": True, "tenant": tenant_id, "group": group.id},
+        tenant_id=tenant_id,
+        group=group,
+        write_time_us=write_time_us,
+        batch_size=batch_size,
+        replaces=window,
+        force=force,
+    )
+
+
+_SEVERAL = (
+    "SELECT x.entity_id, {none}, {payload} FROM ("
+    "  SELECT DISTINCT ON (w.entity_id, e.key) w.entity_id, e.key AS feature_name, w.event_time, e.value"
+    "  FROM {wide} w, jsonb_each(w.features) e WHERE e.key = ANY(%(fresh)s) AND {which}"
+    "  ORDER BY w.entity_id, e.key, w.event_time DESC) x GROUP BY x.entity_id"
+)
+"""Each entity's latest value of each fresh feature in the wide rows `which` says, as a payload."""
+
+
+def _latest_offline(pairs: sql.Composable, unless: sql.Composable, payload: sql.Composable) -> sql.Composed:
+    """Each (feature_name, entity_id) of the `pairs` query (`unless` filters them, as `m`) with its latest
+    offline value (none when `%(offline)s` is false), as a payload per entity: a missing value removes."""
+    lookup = offline.latest_value(
+        tenant=sql.SQL("%(tenant)s"),
+        group=sql.SQL("%(group)s"),
+        entity=sql.SQL("m.entity_id"),
+        feature=sql.SQL("m.feature_name"),
+    )
+    return sql.SQL(
+        "SELECT x.entity_id, {none}, {payload} FROM ("
+        "  SELECT m.entity_id, m.feature_name, f.event_time, f.value FROM ({pairs}) m"
+        "  LEFT JOIN LATERAL ({lookup}) f ON %(offline)s {unless}) x"
+        " GROUP BY x.entity_id"
+    ).format(none=_NOT_STAMPED, payload=payload, pairs=pairs, lookup=lookup, unless=unless)
+
+
+def _payload(online: OnlineStore, write_time_us: int) -> sql.Composed:
+    return sql.SQL(_PAYLOAD).format(encoded=online.encode_sql(write_time_us=write_time_us))
+
+
+def _later_and_fresh(
+    conn: psycopg.Connection,
+    tenant_id: str,
+    group: FeatureGroup,
+    features: Sequence[str],
+    window: TimeWindow,
+    offline_written: bool,
+) -> tuple[list[str], list[str]]:
+    """`features` split into those with offline values after the window (a backfill: their latest value
+    is not this job's) and the others."""
+    after = (
+        offline.features_with_values_after(
+            conn, tenant_id=tenant_id, group_id=group.id, features=features, after=window.end
+        )
+        if offline_written
+        else set()
+    )
+    return [f for f in features if f in after], [f for f in features if f not in after]
 
 
 def reconcile_group(
@@ -183,9 +257,7 @@ def reconcile_group(
         "  ORDER BY r.entity_id, e.key, r.event_time DESC) x"
         " WHERE %(ttl)s::int IS NULL OR x.created_at > now() - make_interval(secs => %(ttl)s::int)"
         " GROUP BY x.entity_id"
-    ).format(
-        none=_NOT_STAMPED, payload=sql.SQL(_PAYLOAD).format(encoded=online.encode_sql(write_time_us=write_time_us))
-    )
+    ).format(none=_NOT_STAMPED, payload=_payload(online, write_time_us))
     params = {"tenant": tenant_id, "group": group.id, "features": list(features), "ttl": group.ttl_seconds}
 
     return _stream(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -47,7 +48,7 @@ from feature_store.pipeline.models import (
     PipelineResult,
     TimeWindow,
 )
-from feature_store.pipeline.publish import publish_job
+from feature_store.pipeline.publish import Part, Published, publish_job, restore_wide_rows
 from feature_store.pipeline.staging import (
     build_wide,
     drop_staging,
@@ -563,48 +564,58 @@ class FeaturePipeline:
 
     def _flush(self, ctx: _JobContext, written: list[str], parallelism: int) -> int:
         """Send the written features to the stores in one pass: the job's wide rows replace the window
-        offline, then go online. Returns the values published online. Safe to repeat."""
+        offline and go online. Returns the values published online. Safe to repeat.
+
+        With both stores written and a way to connect, the wide rows' values go online on a connection
+        of their own while the offline write runs (the two take about as long, on different servers);
+        the fallbacks of quarantined and replaced values follow the offline commit. If the offline
+        write fails, what went online is put back to the offline values (`restore_wide_rows`), so
+        online never holds a value that offline does not."""
         job_id = ctx.job.id
         self._progress(f"write {ctx.job.tenant_id}/{ctx.group.id}")
         group_columns = all(ctx.group.reads_group_sql(ctx.feature(name)) for name in written)
         build_wide(self._conn, job_id, written, connect=self._connect, ways=parallelism, group_columns=group_columns)
         offline_written = ctx.job.write_offline and ctx.group.offline_enabled
-        if offline_written:
-            wide = wide_table(job_id)
-            extended = self._extended_windows(job_id, ctx, written)
-            offline_store.replace_window(
-                self._conn,
-                tenant_id=ctx.job.tenant_id,
-                group_id=ctx.group.id,
-                job_id=job_id,
-                features=written,
-                window=ctx.window,
-                source=_rows_in(wide, ctx.window) if extended else wide,
-                replaced=replaced_table(job_id),
-            )
-            # A rerun of a window feature's hour also replaces the later windows containing it.
-            for later, features in extended:
-                offline_store.replace_window(
-                    self._conn,
-                    tenant_id=ctx.job.tenant_id,
-                    group_id=ctx.group.id,
-                    job_id=job_id,
-                    features=features,
-                    window=later,
-                    source=_rows_in(wide, later, features),
-                    replaced=replaced_table(job_id),
-                )
-        if not (ctx.job.write_online and ctx.group.online_enabled):
-            return 0
-        if self._online is None:
-            raise JobStateError(f"job {job_id} writes online but the pipeline has no online store")
-        if not isinstance(self._online, OnlineStore):
-            self._online = self._online()
+        online = self._online_store() if ctx.job.write_online and ctx.group.online_enabled else None
+        if online is None or not offline_written or self._connect is None:
+            if offline_written:
+                self._write_offline(ctx, written)
+            if online is None:
+                if ctx.job.write_online and ctx.group.online_enabled:
+                    raise JobStateError(f"job {job_id} writes online but the pipeline has no online store")
+                return 0
+            self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")
+            return self._publish(online, ctx, written, offline_written, self._conn).values
         self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")
+        with self._connect() as side, ThreadPoolExecutor(1, thread_name_prefix="publish-wide-rows") as ahead:
+            early = ahead.submit(self._publish, online, ctx, written, True, side, [Part.WIDE_ROWS])
+            try:
+                self._write_offline(ctx, written)
+            except BaseException:
+                self._restore_online(early, online, side, ctx, written)
+                raise
+            values = early.result().values
+        return values + self._publish(online, ctx, written, True, self._conn, [Part.FALLBACKS]).values
+
+    def _online_store(self) -> OnlineStore | None:
+        """The online store, opened on first use (None: the pipeline has none)."""
+        if self._online is not None and not isinstance(self._online, OnlineStore):
+            self._online = self._online()
+        return self._online
+
+    def _publish(
+        self,
+        online: OnlineStore,
+        ctx: _JobContext,
+        written: list[str],
+        offline_written: bool,
+        conn: psycopg.Connection,
+        parts: Sequence[Part] = (Part.WIDE_ROWS, Part.FALLBACKS),
+    ) -> Published:
         return publish_job(
-            self._conn,
-            self._online,
-            job_id=job_id,
+            conn,
+            online,
+            job_id=ctx.job.id,
             tenant_id=ctx.job.tenant_id,
             group=ctx.group,
             features=written,
@@ -612,7 +623,69 @@ class FeaturePipeline:
             offline_written=offline_written,
             force=ctx.job.online_overwrite,
             batch_size=self._settings.online_batch_size,
-        ).values
+            parts=parts,
+        )
+
+    def _write_offline(self, ctx: _JobContext, written: list[str]) -> None:
+        """Replace the window's values of `written` offline with the job's wide rows (and, for window
+        features, the later windows they recomputed)."""
+        job_id = ctx.job.id
+        wide = wide_table(job_id)
+        extended = self._extended_windows(job_id, ctx, written)
+        offline_store.replace_window(
+            self._conn,
+            tenant_id=ctx.job.tenant_id,
+            group_id=ctx.group.id,
+            job_id=job_id,
+            features=written,
+            window=ctx.window,
+            source=_rows_in(wide, ctx.window) if extended else wide,
+            replaced=replaced_table(job_id),
+        )
+        # A rerun of a window feature's hour also replaces the later windows containing it.
+        for later, features in extended:
+            offline_store.replace_window(
+                self._conn,
+                tenant_id=ctx.job.tenant_id,
+                group_id=ctx.group.id,
+                job_id=job_id,
+                features=features,
+                window=later,
+                source=_rows_in(wide, later, features),
+                replaced=replaced_table(job_id),
+            )
+
+    def _restore_online(
+        self,
+        early: Future[Published],
+        online: OnlineStore,
+        conn: psycopg.Connection,
+        ctx: _JobContext,
+        written: list[str],
+    ) -> None:
+        """After a failed offline write: let the early publish end, then put back what it wrote. Never
+        raises (the offline failure is what the caller must see); a restore that fails is logged, and
+        the job's retry, or `reconcile`, repairs online."""
+        try:
+            early.exception()
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
+            restore_wide_rows(
+                conn,
+                online,
+                job_id=ctx.job.id,
+                tenant_id=ctx.job.tenant_id,
+                group=ctx.group,
+                features=written,
+                window=ctx.window,
+                force=ctx.job.online_overwrite,
+                batch_size=self._settings.online_batch_size,
+            )
+        except Exception:
+            log.exception(
+                "the offline write of job %s failed after its values went online, and restoring them failed too",
+                ctx.job.id,
+            )
 
     def _extended_windows(
         self, job_id: int, ctx: _JobContext, written: list[str]
