@@ -26,6 +26,27 @@ GROUP_SQL = (
     "SELECT m.id AS entity_id, m.created_at AS event_time, length(m.content) AS length, m.token_count,"
     f" CASE WHEN m.role = 'user' THEN m.intent END AS intent FROM app.messages m WHERE {WINDOW}"
 )
+# The same features of each conversation in each window, as the value of its latest message: an entity
+# with rows in several windows.
+BY_CONVERSATION = "FROM app.messages m WHERE {WINDOW} GROUP BY m.conversation_id".replace("{WINDOW}", WINDOW)
+OWN_BY_CONVERSATION = {
+    name: (
+        f"SELECT m.conversation_id AS entity_id, (array_agg({column} ORDER BY m.created_at DESC))[1] AS value,"
+        f" max(m.created_at) AS event_time {BY_CONVERSATION}"
+    )
+    for name, column in (
+        ("length", "length(m.content)"),
+        ("token_count", "m.token_count"),
+        ("intent", "CASE WHEN m.role = 'user' THEN m.intent END"),
+    )
+}
+GROUP_SQL_BY_CONVERSATION = (
+    "SELECT m.conversation_id AS entity_id, max(m.created_at) AS event_time,"
+    " (array_agg(length(m.content) ORDER BY m.created_at DESC))[1] AS length,"
+    " (array_agg(m.token_count ORDER BY m.created_at DESC))[1] AS token_count,"
+    " (array_agg(CASE WHEN m.role = 'user' THEN m.intent END ORDER BY m.created_at DESC))[1] AS intent"
+    f" {BY_CONVERSATION}"
+)
 FEATURES: dict[str, dict[str, Any]] = {
     "length": {"value_type": "int64", "validation": {"not_null": True, "max": 200}},
     "token_count": {"value_type": "int64", "validation": {"not_null": True, "min": 0}},
@@ -36,7 +57,16 @@ FEATURES: dict[str, dict[str, Any]] = {
 }
 
 
-def write_repo(tmp_path: Path, group_sql: str = GROUP_SQL, features: dict[str, dict[str, Any]] = FEATURES) -> Path:
+def write_repo(
+    tmp_path: Path,
+    group_sql: str = GROUP_SQL,
+    features: dict[str, dict[str, Any]] = FEATURES,
+    own: dict[str, str] | None = None,
+) -> Path:
+    """Groups `by_feature` (a SQL per feature: `own`, by default OWN's of the window's messages) and
+    `by_group` (`group_sql`)."""
+    own = own or {name: f"{query} FROM app.messages m WHERE {WINDOW}" for name, query in OWN.items()}
+
     def group(group_id: str, **declared: Any) -> dict[str, Any]:
         return {"id": group_id, "entity_type": "message", "max_failure_rate": 0.5, **declared}
 
@@ -46,10 +76,7 @@ def write_repo(tmp_path: Path, group_sql: str = GROUP_SQL, features: dict[str, d
         "feature_groups": [
             group(
                 "by_feature",
-                features=[
-                    {"name": name, **spec, "transformation_sql": f"{OWN[name]} FROM app.messages m WHERE {WINDOW}"}
-                    for name, spec in features.items()
-                ],
+                features=[{"name": name, **spec, "transformation_sql": own[name]} for name, spec in features.items()],
             ),
             group(
                 "by_group",
@@ -208,18 +235,29 @@ def test_the_groups_sql_sees_only_its_tenants_rows_whatever_it_filters(
     assert entities and all(e.startswith("globex-") for e in entities)
 
 
+@pytest.mark.parametrize(
+    "by_conversation",
+    [
+        pytest.param(False, id="one row per entity: the wide rows are a view of the group rows"),
+        pytest.param(True, id="rows per entity: the wide rows are built from the group rows"),
+    ],
+)
 def test_a_job_without_quarantined_rows_writes_the_same_values_straight_from_the_groups_rows(
-    store: FeatureStore, db: Sql, tmp_path: Path
+    store: FeatureStore, db: Sql, tmp_path: Path, by_conversation: bool
 ) -> None:
     # Rules nothing breaks: the wide rows come from the group rows as they are (see staging.build_wide).
     lenient = {name: {"value_type": spec["value_type"]} for name, spec in FEATURES.items()}
-    store.apply(write_repo(tmp_path, features=lenient))
+    if by_conversation:
+        store.apply(write_repo(tmp_path, GROUP_SQL_BY_CONVERSATION, lenient, OWN_BY_CONVERSATION))
+    else:
+        store.apply(write_repo(tmp_path, features=lenient))
     for group in ("by_feature", "by_group"):
         assert store.materialize(full(group)).status is JobStatus.COMPLETED
     assert not db.rows("SELECT 1 FROM feature_store.quarantined_rows WHERE rule <> 'expectation'")
     by_group = offline(db, "by_group")
     assert by_group and by_group == offline(db, "by_feature")
     messages = sorted({entity for _, entity, _ in by_group})
+    assert (len(messages) < len(by_group) / len(FEATURES)) == by_conversation  # several rows of an entity
     refs = [f"{group}:{name}" for group in ("by_group", "by_feature") for name in FEATURES]
     for row in store.get_online_features("acme", "message", messages, refs):
         for name in FEATURES:

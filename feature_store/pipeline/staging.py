@@ -7,7 +7,8 @@
   for a value that is not a number);
 - `job_N_wide`: the job's valid values, one row per (entity, event time) with all its features,
   built once when the job is flushed; the offline write and the online publish both read it (the
-  publish takes an entity with one row straight from its `fields`);
+  publish takes an entity with one row straight from its `fields`). When they are the group rows
+  as they are, one per entity, it is a view of them instead (nothing to group, sort or copy);
 - `job_N_replaced`: the (feature, entity) pairs whose offline values of the window a flush replaced,
   which the publish re-checks (their online value may have to fall back, or go);
 - `job_N_source`: the rows of the group's own SQL (see `transform`), one per SQL row with each of
@@ -60,10 +61,15 @@ def group_source_table(job_id: int) -> sql.Composed:
 UNIQUE_KEYS = "unique (entity_id, event_time)"
 """Comment of a job's group rows none of whose (entity_id, event_time) occurs twice (see `mark_unique_keys`)."""
 
+UNIQUE_ENTITIES = "unique entity_id"
+"""Comment of a job's group rows none of whose entity_id occurs twice (so neither does any key)."""
+
 
 def mark_unique_keys(conn: psycopg.Connection, job_id: int) -> bool:
     """Find out once, for all the group's features, whether any (entity_id, event_time) of the job's
-    group rows occurs twice; if none does, say so in the table's comment and return True.
+    group rows occurs twice; if none does, say so in the table's comment and return True. The
+    comment also says whether even each entity has one row (the usual case: one row per entity and
+    window), which the first search finds out.
 
     Every feature's staged rows are the group rows, so none of them can then hold a duplicate, and
     its validation skips the search (one hash aggregate per feature, the largest part of validating
@@ -71,22 +77,26 @@ def mark_unique_keys(conn: psycopg.Connection, job_id: int) -> bool:
     rules first: a false "not unique" only costs the features their own search.
     """
     source = group_source_table(job_id)
-    row = conn.execute(
-        sql.SQL("SELECT NOT EXISTS (SELECT FROM {} GROUP BY entity_id, event_time HAVING count(*) > 1)").format(source)
-    ).fetchone()
-    unique = bool(row and row[0])
-    if unique:
-        conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(source, sql.Literal(UNIQUE_KEYS)))
-    return unique
+    for key, comment in (("entity_id", UNIQUE_ENTITIES), ("entity_id, event_time", UNIQUE_KEYS)):
+        row = conn.execute(
+            sql.SQL("SELECT NOT EXISTS (SELECT FROM {} GROUP BY {} HAVING count(*) > 1)").format(source, sql.SQL(key))
+        ).fetchone()
+        if row and row[0]:
+            conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(source, sql.Literal(comment)))
+            return True
+    return False
 
 
 def group_rows_have_unique_keys(conn: psycopg.Connection, job_id: int) -> bool:
     """Whether `mark_unique_keys` found the job's group rows free of duplicate keys."""
+    return _group_rows_comment(conn, job_id) in (UNIQUE_KEYS, UNIQUE_ENTITIES)
+
+
+def _group_rows_comment(conn: psycopg.Connection, job_id: int) -> str | None:
     row = conn.execute(
-        "SELECT obj_description(to_regclass(%s), 'pg_class') = %s",
-        (group_source_table(job_id).as_string(conn), UNIQUE_KEYS),
+        "SELECT obj_description(to_regclass(%s), 'pg_class')", (group_source_table(job_id).as_string(conn),)
     ).fetchone()
-    return bool(row and row[0])
+    return str(row[0]) if row and row[0] is not None else None
 
 
 def group_source_columns(feature: str) -> tuple[str, str]:
@@ -114,8 +124,8 @@ def build_wide(
     connect: Callable[[], psycopg.Connection] | None = None,
     ways: int = 1,
     group_columns: bool = False,
-) -> int:
-    """(Re)build the job's wide rows from the valid staged values of `features`; returns the rows built.
+) -> None:
+    """(Re)build the job's wide rows from the valid staged values of `features`.
 
     With `ways` > 1 and a way to `connect`, that many connections each build the rows of a share of
     the entities at once (one aggregate uses one core, and nothing else runs while a job is flushed).
@@ -127,6 +137,12 @@ def build_wide(
     """
     wide = wide_table(job_id)
     if group_columns and _group_rows_are_the_valid_rows(conn, job_id, features):
+        if _group_rows_comment(conn, job_id) == UNIQUE_ENTITIES:
+            # One row per entity: each wide row is its group row as it is, read where it lies.
+            with conn.transaction():
+                drop_wide(conn, job_id)
+                conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(wide, _view_of_group_rows(job_id, features)))
+            return
         select = _from_group_rows(job_id, features)
     else:
         select = _from_staged_values(job_id)
@@ -134,22 +150,22 @@ def build_wide(
     if ways <= 1 or connect is None:
         with conn.transaction():
             conn.execute("SET LOCAL work_mem = '64MB'")  # sort and aggregate ~1M staged values in memory
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
-            cur = conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(wide, select(sql.SQL(""))), params)
-        return cur.rowcount
+            drop_wide(conn, job_id)
+            conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(wide, select(sql.SQL(""))), params)
+        return
     with conn.transaction():
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(wide))
+        drop_wide(conn, job_id)
         conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {} WITH NO DATA").format(wide, select(sql.SQL(""))), params)
     share = sql.SQL("AND abs(hashtext(entity_id) %% {ways}) = %(share)s").format(ways=sql.Literal(ways))
     insert = sql.SQL("INSERT INTO {} {}").format(wide, select(share))
 
-    def build(part: int) -> int:
+    def build(part: int) -> None:
         with connect() as apart, apart.transaction():
             apart.execute("SET LOCAL work_mem = '64MB'")
-            return apart.execute(insert, {**params, "share": part}).rowcount
+            apart.execute(insert, {**params, "share": part})
 
     with ThreadPoolExecutor(max_workers=ways, thread_name_prefix="wide-rows") as pool:
-        return sum(pool.map(build, range(ways)))
+        list(pool.map(build, range(ways)))
 
 
 _FIELDS = {"fields_value": sql.Literal(FIELD_SEPARATOR + VALUE_MARK), "separator": sql.Literal(FIELD_SEPARATOR)}
@@ -173,6 +189,10 @@ _WIDE_FROM_GROUP_ROWS = sql.SQL(
     " FROM {source} WHERE true {share}"
 )
 
+_WIDE_FROM_UNIQUE_GROUP_ROWS = sql.SQL(
+    "SELECT entity_id, event_time, {features} AS features, {fields} AS fields, 1::bigint AS entity_rows FROM {source}"
+)
+
 
 def _from_staged_values(job_id: int) -> Callable[[sql.Composable], sql.Composed]:
     staging = staging_table(job_id)
@@ -180,6 +200,18 @@ def _from_staged_values(job_id: int) -> Callable[[sql.Composable], sql.Composed]
 
 
 def _from_group_rows(job_id: int, features: list[str]) -> Callable[[sql.Composable], sql.Composed]:
+    objects, fields = _group_row_values(features)
+    source = group_source_table(job_id)
+    return lambda share: _WIDE_FROM_GROUP_ROWS.format(features=objects, fields=fields, source=source, share=share)
+
+
+def _view_of_group_rows(job_id: int, features: list[str]) -> sql.Composed:
+    objects, fields = _group_row_values(features)
+    return _WIDE_FROM_UNIQUE_GROUP_ROWS.format(features=objects, fields=fields, source=group_source_table(job_id))
+
+
+def _group_row_values(features: list[str]) -> tuple[sql.Composable, sql.Composable]:
+    """The wide row's `features` object and `fields` text, of the group row's value columns."""
     values = [sql.Identifier(group_source_columns(f)[0]) for f in features]
     # jsonb_build_object takes up to 50 pairs (100 arguments): one per 50 features, concatenated.
     pairs = [sql.SQL("{}, {}").format(sql.Literal(f), v) for f, v in zip(features, values, strict=True)]
@@ -193,11 +225,10 @@ def _from_group_rows(job_id: int, features: list[str]) -> Callable[[sql.Composab
         for f, v in zip(features, values, strict=True)
     ]
     between = sql.SQL(" || {separator} || ").format(**_FIELDS)
-    fields = texts[0]
+    fields: sql.Composable = texts[0]
     for text in texts[1:]:
         fields = fields + between + text
-    source = group_source_table(job_id)
-    return lambda share: _WIDE_FROM_GROUP_ROWS.format(features=objects, fields=fields, source=source, share=share)
+    return objects, fields
 
 
 def _group_rows_are_the_valid_rows(conn: psycopg.Connection, job_id: int, features: list[str]) -> bool:
@@ -324,11 +355,21 @@ def _create_partition(conn: psycopg.Connection, job_id: int, feature: str) -> No
 
 
 def drop_staging(conn: psycopg.Connection, job_id: int) -> None:
+    drop_wide(conn, job_id)
     conn.execute(
-        sql.SQL("DROP TABLE IF EXISTS {}, {}, {}, {}").format(
-            staging_table(job_id), replaced_table(job_id), wide_table(job_id), group_source_table(job_id)
+        sql.SQL("DROP TABLE IF EXISTS {}, {}, {}").format(
+            staging_table(job_id), replaced_table(job_id), group_source_table(job_id)
         )
     )
+
+
+def drop_wide(conn: psycopg.Connection, job_id: int) -> None:
+    """Drop the job's wide rows, a table or a view of the group rows (see `build_wide`)."""
+    wide = wide_table(job_id)
+    row = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (wide.as_string(conn),)).fetchone()
+    if row is not None:
+        kind = "VIEW" if row[0] == "v" else "TABLE"
+        conn.execute(sql.SQL("DROP {} IF EXISTS {}").format(sql.SQL(kind), wide))
 
 
 def staging_exists(conn: psycopg.Connection, job_id: int) -> bool:
