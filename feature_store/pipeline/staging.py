@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from feature_store.db import advisory_xact_lock
+from feature_store.sources.expectations import EXPECTATION_RULE
 from feature_store.stores.online.base import FIELD_SEPARATOR, VALUE_MARK
 
 STAGING_SCHEMA = "feature_store_staging"
@@ -232,20 +233,19 @@ def _group_row_values(features: list[str]) -> tuple[sql.Composable, sql.Composab
 
 
 def _group_rows_are_the_valid_rows(conn: psycopg.Connection, job_id: int, features: list[str]) -> bool:
-    """Whether the job's group rows hold a column of every one of `features`, and each feature's
-    staged rows are as many as the group rows and none was quarantined: then its valid staged rows
-    are the group rows (it copied them all, and validated them all)."""
+    """Whether the job's group rows hold a column of every one of `features` and validation
+    quarantined none of their staged rows: then each feature's valid staged rows are the group rows.
+
+    Its transform copied all of them into its emptied partition in one statement (`transform._take_group_column`),
+    and validation records every row it marks in `quarantined_rows` in the transaction that marks it,
+    so the job's quarantined rows (an index probe) tell what a scan of its staged rows would."""
     source = group_source_table(job_id)
     if not table_exists(conn, source) or not has_group_columns(conn, job_id, features):
         return False
     row = conn.execute(
-        sql.SQL(
-            "SELECT count(*) = cardinality(%(features)s::text[]) FROM ("
-            " SELECT FROM {staging} WHERE feature_name = ANY(%(features)s) GROUP BY feature_name"
-            " HAVING count(*) FILTER (WHERE rejected_rule IS NULL) = (SELECT count(*) FROM {source})"
-            "  AND bool_and(rejected_rule IS NULL)) valid"
-        ).format(staging=staging_table(job_id), source=source),
-        {"features": features},
+        "SELECT NOT EXISTS (SELECT FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = ANY(%s)"
+        " AND rule <> %s)",
+        (job_id, features, EXPECTATION_RULE),
     ).fetchone()
     return bool(row and row[0])
 
