@@ -71,8 +71,9 @@ class StageClock:
     """Where featurepipe's time goes, from its progress messages (one at the start of each stage).
 
     A feature's transform lasts until its validate starts and its validate until its write starts, on
-    the same thread; the publish lasts from its message to the end. Transform and validate are summed
-    over the features (thread-seconds: `parallelism` features run at once).
+    the same thread; the publish lasts from its message to the end (the offline write runs inside it,
+    beside the publish of the wide rows). Transform and validate are summed over the features
+    (thread-seconds: `parallelism` features run at once).
     """
 
     def __init__(self) -> None:
@@ -391,9 +392,10 @@ child's peak resident set (from wait4), with its RSS when the clock started (imp
 in parentheses. Ratios are of the median walls (> 1: the numerator is slower), and beside them the
 median of each repeat's own ratio, steadier while the load of this shared machine drifts: compare
 ratios of one run rather than walls across runs. featurepipe's stages come from its progress messages:
-until publish = planning, transform, validate and offline write of every feature (wall); transform and
-validate summed over the 5 features (several run at once); online publish = the publish of all
-entities to the end of the job (wall)."""
+until publish = planning, transform and validate of every feature and building the wide rows (wall);
+transform and validate summed over the 5 features (several run at once); online publish = from the
+start of the publish to the end of the job (wall), which includes the offline write: the wide rows go
+online while it runs, the fallbacks after its commit."""
 
 
 def write(path: Path, result: Result, config: Settings, feast: dict[str, str] | None, load: str) -> None:

@@ -161,9 +161,9 @@ def restore_wide_rows(
     """Undo a publish of the job's wide rows (`Part.WIDE_ROWS`) whose offline write then failed: each
     value it may have written goes back to the latest offline value of its entity, or goes.
 
-    Run after the failed write rolled back, so the offline store holds what it held before the job;
-    the published values lie inside the window and so give way (`replaces`), newer ones stay (a
-    feature with values after the window, which that publish left alone, keeps its newer value so).
+    Run after the failed write rolled back, so the offline store holds what it held before the job.
+    `window` spans what the write replaces (the job's window, and the later ones its window features
+    recomputed): the published values lie inside it and so give way (`replaces`); newer ones stay.
     """
     write_time_us = time.time_ns() // 1000
     published = sql.SQL(

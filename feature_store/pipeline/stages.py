@@ -576,10 +576,11 @@ class FeaturePipeline:
         group_columns = all(ctx.group.reads_group_sql(ctx.feature(name)) for name in written)
         build_wide(self._conn, job_id, written, connect=self._connect, ways=parallelism, group_columns=group_columns)
         offline_written = ctx.job.write_offline and ctx.group.offline_enabled
+        extended = self._extended_windows(job_id, ctx, written) if offline_written else []
         online = self._online_store() if ctx.job.write_online and ctx.group.online_enabled else None
         if online is None or not offline_written or self._connect is None:
             if offline_written:
-                self._write_offline(ctx, written)
+                self._write_offline(ctx, written, extended)
             if online is None:
                 if ctx.job.write_online and ctx.group.online_enabled:
                     raise JobStateError(f"job {job_id} writes online but the pipeline has no online store")
@@ -587,12 +588,14 @@ class FeaturePipeline:
             self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")
             return self._publish(online, ctx, written, offline_written, self._conn).values
         self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")
+        # What the offline write replaces: the job's window, and the later ones its window features recomputed.
+        replaced = TimeWindow(start=ctx.window.start, end=max([ctx.window.end, *(w.end for w, _ in extended)]))
         with self._connect() as side, ThreadPoolExecutor(1, thread_name_prefix="publish-wide-rows") as ahead:
             early = ahead.submit(self._publish, online, ctx, written, True, side, [Part.WIDE_ROWS])
             try:
-                self._write_offline(ctx, written)
+                self._write_offline(ctx, written, extended)
             except BaseException:
-                self._restore_online(early, online, side, ctx, written)
+                self._restore_online(early, online, side, ctx, written, replaced)
                 raise
             values = early.result().values
         return values + self._publish(online, ctx, written, True, self._conn, [Part.FALLBACKS]).values
@@ -626,33 +629,25 @@ class FeaturePipeline:
             parts=parts,
         )
 
-    def _write_offline(self, ctx: _JobContext, written: list[str]) -> None:
-        """Replace the window's values of `written` offline with the job's wide rows (and, for window
-        features, the later windows they recomputed)."""
-        job_id = ctx.job.id
-        wide = wide_table(job_id)
-        extended = self._extended_windows(job_id, ctx, written)
-        offline_store.replace_window(
-            self._conn,
-            tenant_id=ctx.job.tenant_id,
-            group_id=ctx.group.id,
-            job_id=job_id,
-            features=written,
-            window=ctx.window,
-            source=_rows_in(wide, ctx.window) if extended else wide,
-            replaced=replaced_table(job_id),
-        )
+    def _write_offline(
+        self, ctx: _JobContext, written: list[str], extended: list[tuple[TimeWindow, list[str]]]
+    ) -> None:
+        """Replace the window's values of `written` offline with the job's wide rows, and the `extended`
+        later windows' values of the window features that recomputed them (see `_extended_windows`)."""
+        wide = wide_table(ctx.job.id)
         # A rerun of a window feature's hour also replaces the later windows containing it.
-        for later, features in extended:
+        replacements = [(ctx.window, written, _rows_in(wide, ctx.window) if extended else wide)]
+        replacements += [(later, features, _rows_in(wide, later, features)) for later, features in extended]
+        for window, features, source in replacements:
             offline_store.replace_window(
                 self._conn,
                 tenant_id=ctx.job.tenant_id,
                 group_id=ctx.group.id,
-                job_id=job_id,
+                job_id=ctx.job.id,
                 features=features,
-                window=later,
-                source=_rows_in(wide, later, features),
-                replaced=replaced_table(job_id),
+                window=window,
+                source=source,
+                replaced=replaced_table(ctx.job.id),
             )
 
     def _restore_online(
@@ -662,10 +657,11 @@ class FeaturePipeline:
         conn: psycopg.Connection,
         ctx: _JobContext,
         written: list[str],
+        replaced: TimeWindow,
     ) -> None:
-        """After a failed offline write: let the early publish end, then put back what it wrote. Never
-        raises (the offline failure is what the caller must see); a restore that fails is logged, and
-        the job's retry, or `reconcile`, repairs online."""
+        """After a failed offline write: let the early publish end, then put back what it wrote, whose
+        values lie in `replaced`. Never raises (the offline failure is what the caller must see); a
+        restore that fails is logged, and the job's retry, or `reconcile`, repairs online."""
         try:
             early.exception()
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -677,7 +673,7 @@ class FeaturePipeline:
                 tenant_id=ctx.job.tenant_id,
                 group=ctx.group,
                 features=written,
-                window=ctx.window,
+                window=replaced,
                 force=ctx.job.online_overwrite,
                 batch_size=self._settings.online_batch_size,
             )
