@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from feature_store import FeatureStore, JobStatus, JobType, PipelineConfig
+from feature_store import FeatureStore, JobStatus, JobType, PipelineConfig, PipelineResult
 from feature_store.errors import DefinitionError
 from support import Sql
 
@@ -276,3 +276,48 @@ def test_window_definitions_are_checked(store: FeatureStore, tmp_path: Path) -> 
         DefinitionError, match=r"feature 'count_3h'.aggregation.window: must be a number of hours or days"
     ):
         store.apply(tmp_path)
+
+
+def test_a_rerun_whose_later_windows_fail_offline_puts_online_back_to_the_offline_values(
+    store: FeatureStore, events: Sql
+) -> None:
+    def run(end: datetime, *, offline: bool) -> PipelineResult:
+        return store.materialize(
+            PipelineConfig(
+                tenant_id="acme",
+                feature_group_id="user_windows",
+                start_time=end - timedelta(hours=1),
+                end_time=end,
+                features=["count_3h"],
+                write_offline=offline,
+            )
+        )
+
+    late_hour = ENDS[3]
+    u6 = "INSERT INTO app.events (tenant_id, user_id, amount, item, created_at) VALUES ('acme', 'u6', 1, %s, %s)"
+    events.execute(u6, ("first", ENDS[4] - timedelta(minutes=10)))  # u6's first row, in hour 5
+    # Online only at first: the tiles are kept, offline has no window after hour 4.
+    for end in ENDS[:6]:
+        assert run(end, offline=False).status is JobStatus.COMPLETED
+    # A late row of u6 in hour 4: its 3h count is 1 at hour 4 and 2 at hour 5, both in the rerun's wide
+    # rows, which go online while it writes offline.
+    events.execute(u6, ("late", late_hour - timedelta(minutes=10)))
+    # The rerun of hour 4 writes its own window offline, then fails writing the later windows it recomputed.
+    events.execute(
+        "CREATE FUNCTION app.refuse_later_windows() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.event_time > '{late_hour.isoformat()}' THEN RAISE EXCEPTION 'injected failure'; END IF;"
+        " RETURN NEW; END $$"
+    )
+    events.execute(
+        "CREATE TRIGGER refuse_later_windows BEFORE INSERT ON feature_store.offline_rows"
+        " FOR EACH ROW EXECUTE FUNCTION app.refuse_later_windows()"
+    )
+    result = run(late_hour, offline=True)
+    assert result.status is JobStatus.FAILED and "injected failure" in " ".join(result.errors)
+    assert events.rows(
+        "SELECT event_time, value FROM feature_store.feature_values WHERE tenant_id = 'acme' AND entity_id = 'u6'"
+    ) == [(late_hour, 1)]
+    # Online, u6's count at hour 5 (2, published early, outside hour 4's window) gave way to it.
+    value = store.get_online_features("acme", "user", ["u6"], ["user_windows:count_3h"])[0]
+    online = value.features["user_windows:count_3h"]
+    assert (online.value, online.event_time) == (1, late_hour)
