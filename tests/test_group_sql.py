@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+from test_online_consistency import assert_online_is_latest_offline
 
 from feature_store import DefinitionError, FeatureStore, JobStatus, JobType, PipelineConfig
 from feature_store.pipeline.models import FeatureStatus
@@ -294,3 +295,18 @@ def test_rows_the_groups_sql_returns_twice_are_quarantined_for_every_feature(
     assert {n for *_, n in duplicated} == {2}
     written = {e for (e,) in db.rows("SELECT DISTINCT entity_id FROM feature_store.feature_values")}
     assert written and not written & firsts
+
+
+def test_a_backfill_of_an_earlier_hour_publishes_the_values_that_are_their_entities_latest(
+    store: FeatureStore, db: Sql, tmp_path: Path
+) -> None:
+    # Rules nothing breaks: no staged row is marked, so none is copied out of the group rows by then.
+    store.apply(write_repo(tmp_path, features={name: {"value_type": f["value_type"]} for name, f in FEATURES.items()}))
+    for window in (HOURS[-1], HOURS[0]):  # the later hour first: the earlier one is a backfill
+        config = PipelineConfig(
+            tenant_id="acme", feature_group_id="by_group", start_time=window.start, end_time=window.end
+        )
+        assert store.materialize(config).status is JobStatus.COMPLETED
+    # The backfilled hour's messages have no later value: theirs are the latest, online too.
+    assert any(HOURS[0].start < ts <= HOURS[0].end for _, _, ts in offline(db, "by_group"))
+    assert_online_is_latest_offline(store, db, "acme", "by_group")

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from feature_store.db import fetch_models
 from feature_store.definitions.models import FeatureDefinition
-from feature_store.pipeline.staging import PRESENT, partition_table
+from feature_store.pipeline.staging import PRESENT, staged_rows
 from feature_store.windows import TimeWindow
 
 BASELINE_WINDOWS = 24
@@ -92,7 +92,7 @@ def record_statistics(
 ) -> FeatureStatistics:
     """Compute and store the statistics of the feature's staged rows for the job's window (replacing a
     rerun's), then its drift against the windows before it; returns what was stored."""
-    table = partition_table(job_id, feature.name)
+    table = staged_rows(conn, job_id, feature.name)
     key = {"tenant": tenant_id, "group": group_id, "feature": feature.name}
     numeric = feature.value_type.is_numeric
     with conn.transaction():

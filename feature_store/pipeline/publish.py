@@ -29,7 +29,7 @@ from psycopg import sql
 
 from feature_store.definitions.models import FeatureGroup
 from feature_store.errors import OnlineStoreLostDataError
-from feature_store.pipeline.staging import replaced_table, staging_table, wide_table
+from feature_store.pipeline.staging import fill_partitions, replaced_table, staging_table, wide_table
 from feature_store.stores.offline import postgres as offline
 from feature_store.stores.online.base import OnlineStore, Payload
 from feature_store.windows import TimeWindow
@@ -112,6 +112,7 @@ def publish_job(
         else:
             queries.append(several)
     if Part.FALLBACKS in parts:
+        fill_partitions(conn, job_id, later)  # every staged entity of those: their rows must be in staging
         affected = sql.SQL(
             "SELECT s.feature_name, s.entity_id FROM {staging} s WHERE s.feature_name = ANY(%(features)s)"
             " AND s.entity_id IS NOT NULL AND (s.rejected_rule IS NOT NULL OR s.feature_name = ANY(%(later)s))"

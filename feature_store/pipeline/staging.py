@@ -12,7 +12,9 @@
 - `job_N_replaced`: the (feature, entity) pairs whose offline values of the window a flush replaced,
   which the publish re-checks (their online value may have to fall back, or go);
 - `job_N_source`: the rows of the group's own SQL (see `transform`), one per SQL row with each of
-  its features' staged value and number, which each of those features copies into its partition.
+  its features' staged value and number. A feature's partition holds its column of them only once
+  a stage must mark or group its rows (`fill_partitions`): until then its staged rows are read where
+  they lie (`staged_rows`), so a feature none of whose rows breaks a rule is never copied.
 
 Tables per job (instead of shared ones) keep every scan to the job's own rows without an index to
 maintain, and ending a job is a cheap `DROP TABLE`. The pipeline's stages own their lifetime: the
@@ -100,6 +102,76 @@ def _group_rows_comment(conn: psycopg.Connection, job_id: int) -> str | None:
     return str(row[0]) if row and row[0] is not None else None
 
 
+IN_GROUP_ROWS = "staged rows in the group rows"
+"""Comment of a feature's (empty) partition whose staged rows are its column of the job's group rows."""
+
+STAGED_COLUMNS = sql.SQL("feature_name, entity_id, event_time, value, window_start, window_end, number")
+"""The columns a stage writes of a staged row (validation marks the others)."""
+
+
+def leave_in_group_rows(conn: psycopg.Connection, job_id: int, feature: str) -> None:
+    """Say that the feature's staged rows are its column of the job's group rows (its transform's
+    outcome): its partition stays empty until `fill_partitions` copies them in."""
+    partition = partition_table(job_id, feature)
+    conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(partition, sql.Literal(IN_GROUP_ROWS)))
+
+
+def in_group_rows(conn: psycopg.Connection, job_id: int, features: list[str]) -> list[str]:
+    """Those of `features` whose staged rows are still only in the group rows (see `leave_in_group_rows`)."""
+    names = [partition_table(job_id, f).as_string(conn) for f in features]
+    rows = conn.execute(
+        "SELECT f FROM unnest(%s::text[], %s::text[]) AS p(f, t)"
+        " WHERE obj_description(to_regclass(p.t), 'pg_class') = %s",
+        (features, names, IN_GROUP_ROWS),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def staged_rows(conn: psycopg.Connection, job_id: int, feature: str) -> sql.Composable:
+    """The feature's staged rows, as a relation with a partition's columns: its partition, or its column
+    of the group rows (none of them marked) while they are only there."""
+    if not in_group_rows(conn, job_id, [feature]):
+        return partition_table(job_id, feature)
+    value, number = group_source_columns(feature)
+    return sql.SQL(
+        "(SELECT {name}::text AS feature_name, entity_id, event_time, {value} AS value, window_start, window_end,"
+        " {number} AS number, NULL::text AS rejected_rule, NULL::text AS rejected_reason FROM {source}) AS staged"
+    ).format(
+        name=sql.Literal(feature),
+        value=sql.Identifier(value),
+        number=sql.Identifier(number),
+        source=group_source_table(job_id),
+    )
+
+
+def fill_partitions(conn: psycopg.Connection, job_id: int, features: list[str]) -> None:
+    """Copy into its partition the group rows' column of each of `features` whose staged rows are still
+    only there, for a stage that marks or groups staged rows; safe when stages of the job call it at once."""
+    for feature in in_group_rows(conn, job_id, features):
+        partition = partition_table(job_id, feature)
+        value, number = group_source_columns(feature)
+        with conn.transaction():
+            advisory_xact_lock(conn, f"featurepipe partition {int(job_id)}\x1f{feature}")
+            if not in_group_rows(conn, job_id, [feature]):
+                continue  # another stage copied them meanwhile
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} ({}) SELECT {}, entity_id, event_time, {}, window_start, window_end, {} FROM {}"
+                ).format(
+                    partition,
+                    STAGED_COLUMNS,
+                    sql.Literal(feature),
+                    sql.Identifier(value),
+                    sql.Identifier(number),
+                    group_source_table(job_id),
+                )
+            )
+            conn.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(partition))
+            # Fresh statistics for the planner of the stages that read the rows now (as a transform's).
+            conn.execute("SET LOCAL default_statistics_target = 10")
+            conn.execute(sql.SQL("ANALYZE {} (feature_name, entity_id, event_time, rejected_rule)").format(partition))
+
+
 def group_source_columns(feature: str) -> tuple[str, str]:
     """The columns of `group_source_table` holding a feature's staged value and number."""
     digest = _digest(feature)
@@ -146,6 +218,7 @@ def build_wide(
             return
         select = _from_group_rows(job_id, features)
     else:
+        fill_partitions(conn, job_id, features)
         select = _from_staged_values(job_id)
     params = {"features": features}
     if ways <= 1 or connect is None:
@@ -236,9 +309,10 @@ def _group_rows_are_the_valid_rows(conn: psycopg.Connection, job_id: int, featur
     """Whether the job's group rows hold a column of every one of `features` and validation
     quarantined none of their staged rows: then each feature's valid staged rows are the group rows.
 
-    Its transform copied all of them into its emptied partition in one statement (`transform._take_group_column`),
-    and validation records every row it marks in `quarantined_rows` in the transaction that marks it,
-    so the job's quarantined rows (an index probe) tell what a scan of its staged rows would."""
+    Its transform left them in the group rows, or copied all of them into its emptied partition in one
+    statement (`fill_partitions`), and validation records every row it marks in `quarantined_rows` in
+    the transaction that marks it, so the job's quarantined rows (an index probe) tell what a scan of
+    its staged rows would."""
     source = group_source_table(job_id)
     if not table_exists(conn, source) or not has_group_columns(conn, job_id, features):
         return False

@@ -12,6 +12,7 @@ the same SQL to read: a large object, which any role may create, even in a READ 
 A group's own SQL (`FeatureGroup.transformation_sql`, a column per feature) runs once per job: the
 first of its features to transform stages the SQL's rows whole (`job_N_source`), and every feature
 takes its column from there inside PostgreSQL, so one relay of wide rows replaces one per feature.
+Its column stays there (`staging.staged_rows`) unless validation finds rows to mark.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from feature_store.errors import FeatureStoreError
 from feature_store.pipeline import functions, tiles
 from feature_store.pipeline.sandbox import SandboxSession, sandbox_session
 from feature_store.pipeline.staging import (
+    STAGED_COLUMNS,
     create_staging,
     empty_partition,
     group_source_columns,
     group_source_table,
     has_group_columns,
+    leave_in_group_rows,
     mark_unique_keys,
     table_exists,
 )
@@ -266,7 +269,7 @@ def stage_rows(
                     else:
                         rows += _pipe(session, conn, query, params, partition)
     if feature.transformation_sql is None:
-        rows = _take_group_column(conn, job_id, feature, partition)
+        rows = _take_group_column(conn, job_id, feature)
     combined = None
     if feature.aggregation is not None:
         combined = tiles.combine(
@@ -288,16 +291,13 @@ def stage_rows(
     return Staged(rows=rows, relations=shape.relations, own_event_time=own, windows=combined)
 
 
-_STAGED_COLUMNS = sql.SQL("feature_name, entity_id, event_time, value, window_start, window_end, number")
-
-
 def _pipe(
     session: SandboxSession,
     conn: psycopg.Connection,
     query: str,
     params: dict[str, Any],
     partition: sql.Composed,
-    columns: sql.Composable = _STAGED_COLUMNS,
+    columns: sql.Composable = STAGED_COLUMNS,
 ) -> int:
     """Stream one run of the SQL from the sandbox into the partition (or `columns` of another
     staging table); returns the rows staged.
@@ -407,32 +407,17 @@ def _stage_group_rows(
         mark_unique_keys(conn, job_id)
 
 
-def _take_group_column(
-    conn: psycopg.Connection, job_id: int, feature: FeatureDefinition, partition: sql.Composed
-) -> int:
-    """Stage the feature's column of the job's group rows into its partition; returns the rows staged."""
-    value, number = group_source_columns(feature.name)
-    source = group_source_table(job_id)
+def _take_group_column(conn: psycopg.Connection, job_id: int, feature: FeatureDefinition) -> int:
+    """Stage the feature's column of the job's group rows: they stay there, its partition empty, until a
+    stage must mark or group them (see `staging.fill_partitions`); returns the rows staged."""
     if not has_group_columns(conn, job_id, [feature.name]):
         raise SqlShapeError(
             f"the group's SQL had no column {feature.name!r} when this job staged its rows (did the group"
             " change while the job ran?); run the job again"
         )
-    return max(
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} ({}) SELECT {}, entity_id, event_time, {}, window_start, window_end, {} FROM {}"
-            ).format(
-                partition,
-                _STAGED_COLUMNS,
-                sql.Literal(feature.name),
-                sql.Identifier(value),
-                sql.Identifier(number),
-                source,
-            )
-        ).rowcount,
-        0,
-    )
+    leave_in_group_rows(conn, job_id, feature.name)
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(group_source_table(job_id))).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _fits(columns: dict[str, str], feature: FeatureDefinition) -> bool:

@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from feature_store.definitions.models import FeatureDefinition, ValueType
-from feature_store.pipeline.staging import PRESENT, partition_table
+from feature_store.pipeline.staging import PRESENT, fill_partitions, in_group_rows, partition_table, staged_rows
 from feature_store.sources.expectations import EXPECTATION_RULE
 from feature_store.windows import TimeWindow
 
@@ -120,6 +120,17 @@ def check_rules(
         )
         reason_case = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(c.condition, c.reason) for c in checks)
         any_failed = sql.SQL(" OR ").join(sql.SQL("({})").format(c.condition) for c in checks)
+        if unique_keys and in_group_rows(conn, job_id, [name]):
+            # Still only its column of the group rows: count the rows that fail where they lie, and copy
+            # them into the partition to be marked only if any do (the usual case: none).
+            row = conn.execute(
+                sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM {}").format(
+                    any_failed, staged_rows(conn, job_id, name)
+                )
+            ).fetchone()
+            if row is not None and not row[1]:
+                return ValidationOutcome(rows_total=int(row[0]), rows_failed=0)
+        fill_partitions(conn, job_id, [name])
         # One pass marks the failing rows and clears an earlier run's marks of rows that pass now (the
         # CASE has no ELSE): a rerun starts from a clean slate without a pass of its own.
         row = conn.execute(
@@ -294,7 +305,7 @@ def count_valid(conn: psycopg.Connection, job_id: int, feature_name: str) -> int
     """The feature's staged rows that no rule marked."""
     row = conn.execute(
         sql.SQL("SELECT count(*) FROM {} WHERE feature_name = %s AND rejected_rule IS NULL").format(
-            partition_table(job_id, feature_name)
+            staged_rows(conn, job_id, feature_name)
         ),
         (feature_name,),
     ).fetchone()
