@@ -577,14 +577,15 @@ class FeaturePipeline:
         build_wide(self._conn, job_id, written, connect=self._connect, ways=parallelism, group_columns=group_columns)
         offline_written = ctx.job.write_offline and ctx.group.offline_enabled
         extended = self._extended_windows(job_id, ctx, written) if offline_written else []
-        online = self._online_store() if ctx.job.write_online and ctx.group.online_enabled else None
+        publishes = ctx.job.write_online and ctx.group.online_enabled
+        online = self._online_store() if publishes else None
         if online is None or not offline_written or self._connect is None:
             if offline_written:
                 self._write_offline(ctx, written, extended)
-            if online is None:
-                if ctx.job.write_online and ctx.group.online_enabled:
-                    raise JobStateError(f"job {job_id} writes online but the pipeline has no online store")
+            if not publishes:
                 return 0
+            if online is None:
+                raise JobStateError(f"job {job_id} writes online but the pipeline has no online store")
             self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")
             return self._publish(online, ctx, written, offline_written, self._conn).values
         self._progress(f"publish {ctx.job.tenant_id}/{ctx.group.id} online")

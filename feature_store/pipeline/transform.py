@@ -34,6 +34,7 @@ from feature_store.pipeline import functions, tiles
 from feature_store.pipeline.sandbox import SandboxSession, sandbox_session
 from feature_store.pipeline.staging import (
     STAGED_COLUMNS,
+    analyze_partition,
     create_staging,
     empty_partition,
     group_source_columns,
@@ -281,12 +282,8 @@ def stage_rows(
             hours=windows,
             partition=partition,
         )
-    # Fresh statistics let the planner pick hash joins and aggregates for the stages that follow; of
-    # the columns it groups, joins and filters by only (the values' jsonb statistics cost twice as much),
-    # from a sample of 3 000 rows (the default 30 000 took 7x as long for the same choices).
-    with conn.transaction():
-        conn.execute("SET LOCAL default_statistics_target = 10")
-        conn.execute(sql.SQL("ANALYZE {} (feature_name, entity_id, event_time, rejected_rule)").format(partition))
+    if feature.transformation_sql is not None:  # a group column's partition stays empty (see fill_partitions)
+        analyze_partition(conn, partition)
     own = shape.has_event_time or combined is not None or feature.function is not None
     return Staged(rows=rows, relations=shape.relations, own_event_time=own, windows=combined)
 

@@ -14,7 +14,14 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from feature_store.definitions.models import FeatureDefinition, ValueType
-from feature_store.pipeline.staging import PRESENT, fill_partitions, in_group_rows, partition_table, staged_rows
+from feature_store.pipeline.staging import (
+    PRESENT,
+    fill_partitions,
+    group_column_rows,
+    in_group_rows,
+    partition_table,
+    staged_rows,
+)
 from feature_store.sources.expectations import EXPECTATION_RULE
 from feature_store.windows import TimeWindow
 
@@ -125,7 +132,7 @@ def check_rules(
             # them into the partition to be marked only if any do (the usual case: none).
             row = conn.execute(
                 sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM {}").format(
-                    any_failed, staged_rows(conn, job_id, name)
+                    any_failed, group_column_rows(job_id, name)
                 )
             ).fetchone()
             if row is not None and not row[1]:
