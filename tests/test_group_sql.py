@@ -11,6 +11,7 @@ from test_online_consistency import assert_online_is_latest_offline
 
 from feature_store import DefinitionError, FeatureStore, JobStatus, JobType, PipelineConfig
 from feature_store.pipeline.models import FeatureStatus
+from feature_store.pipeline.staging import UNIQUE_ENTITIES, UNIQUE_KEYS
 from support import HOURS, Sql
 
 WINDOW = "m.tenant_id = %(tenant_id)s AND m.created_at > %(start_time)s AND m.created_at <= %(end_time)s"
@@ -268,6 +269,28 @@ def test_a_job_without_quarantined_rows_writes_the_same_values_straight_from_the
         row.features["by_group:intent"].value is None
         for row in store.get_online_features("acme", "message", messages, ["by_group:intent"])
     )
+
+
+@pytest.mark.parametrize(
+    ("group_sql", "found"),
+    [
+        pytest.param(GROUP_SQL, UNIQUE_ENTITIES, id="one row per entity"),
+        pytest.param(GROUP_SQL_BY_CONVERSATION, UNIQUE_KEYS, id="rows of an entity in several hours"),
+        pytest.param(f"{GROUP_SQL} UNION ALL {GROUP_SQL} AND m.id LIKE '%%-m1'", None, id="a row twice"),
+    ],
+)
+def test_one_search_of_the_group_rows_finds_which_of_their_keys_are_unique(
+    store: FeatureStore, db: Sql, tmp_path: Path, group_sql: str, found: str | None
+) -> None:
+    # What every feature's validation and the wide rows rely on (see staging.mark_unique_keys): a
+    # search that misses unique keys costs each feature a search of its own, one that invents them
+    # lets duplicates through.
+    store.apply(write_repo(tmp_path, group_sql))
+    pipeline = store.pipeline()
+    planned = pipeline.start(full("by_group"))
+    pipeline.transform(planned.job_id, "length")
+    source = f"feature_store_staging.job_{planned.job_id}_source"
+    assert db.value("SELECT obj_description(%s::regclass, 'pg_class')", (source,)) == found
 
 
 def test_rows_the_groups_sql_returns_twice_are_quarantined_for_every_feature(
