@@ -78,8 +78,8 @@ def mark_unique_keys(conn: psycopg.Connection, job_id: int) -> bool:
     its validation skips the search (one hash aggregate per feature, the largest part of validating
     at a million rows). NULL keys count as equal here, though their rows are quarantined by other
     rules first: a false "not unique" only costs the features their own search. So does a collision
-    of the 64-bit hashes the search groups by (a hash aggregate of integers, where one of the texts
-    themselves is planned as a sort of a million strings, ~40 % slower); equal ids always collide.
+    of the 64-bit hashes the search groups by (equal ids always collide): a hash aggregate of
+    integers, where grouping by the ids themselves is planned as a sort of every id, ~40 % slower.
     """
     source = group_source_table(job_id)
     entity = "hashtextextended(entity_id, 0)"
