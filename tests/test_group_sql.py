@@ -11,7 +11,7 @@ from test_online_consistency import assert_online_is_latest_offline
 
 from feature_store import DefinitionError, FeatureStore, JobStatus, JobType, PipelineConfig
 from feature_store.pipeline.models import FeatureStatus
-from feature_store.pipeline.staging import UNIQUE_ENTITIES, UNIQUE_KEYS
+from feature_store.pipeline.staging import UNIQUE_ENTITIES, UNIQUE_KEYS, GroupRows, group_rows
 from support import HOURS, Sql
 
 WINDOW = "m.tenant_id = %(tenant_id)s AND m.created_at > %(start_time)s AND m.created_at <= %(end_time)s"
@@ -279,18 +279,27 @@ def test_a_job_without_quarantined_rows_writes_the_same_values_straight_from_the
         pytest.param(f"{GROUP_SQL} UNION ALL {GROUP_SQL} AND m.id LIKE '%%-m1'", None, id="a row twice"),
     ],
 )
-def test_one_search_of_the_group_rows_finds_which_of_their_keys_are_unique(
+def test_one_search_of_the_group_rows_finds_how_many_there_are_and_which_of_their_keys_are_unique(
     store: FeatureStore, db: Sql, tmp_path: Path, group_sql: str, found: str | None
 ) -> None:
     # What every feature's validation and the wide rows rely on (see staging.mark_unique_keys): a
     # search that misses unique keys costs each feature a search of its own, one that invents them
-    # lets duplicates through.
-    store.apply(write_repo(tmp_path, group_sql))
+    # lets duplicates through; a wrong count of the rows would be each feature's rows processed.
+    # Without rules of its own, a feature's rows stay in the group rows unless a key occurs twice.
+    store.apply(write_repo(tmp_path, group_sql, {"length": {"value_type": "int64"}}))
     pipeline = store.pipeline()
     planned = pipeline.start(full("by_group"))
-    pipeline.transform(planned.job_id, "length")
-    source = f"feature_store_staging.job_{planned.job_id}_source"
-    assert db.value("SELECT obj_description(%s::regclass, 'pg_class')", (source,)) == found
+    staged = pipeline.transform(planned.job_id, "length")
+    rows = db.value(f"SELECT count(*) FROM feature_store_staging.job_{planned.job_id}_source")
+    assert rows > 0 and staged == rows
+    assert group_rows(db.conn, planned.job_id) == GroupRows(rows=rows, unique=found)
+    pipeline.validate(planned.job_id, "length")
+    quarantined = db.value(
+        "SELECT count(*) FROM feature_store.quarantined_rows WHERE job_id = %s AND feature_name = 'length'",
+        (planned.job_id,),
+    )
+    assert (quarantined > 0) == (found is None)
+    assert pipeline.write(planned.job_id, "length") == rows - quarantined
 
 
 def test_rows_the_groups_sql_returns_twice_are_quarantined_for_every_feature(

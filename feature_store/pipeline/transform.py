@@ -37,6 +37,7 @@ from feature_store.pipeline.staging import (
     analyze_partition,
     create_staging,
     empty_partition,
+    group_row_count,
     group_source_columns,
     group_source_table,
     has_group_columns,
@@ -397,11 +398,12 @@ def _stage_group_rows(
         )
         with session_conn.transaction(force_rollback=True):
             session_conn.execute("SET TRANSACTION READ ONLY")
+            rows = 0
             for window in windows:
                 params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
-                _pipe(session, conn, query, params, source, into)
+                rows += _pipe(session, conn, query, params, source, into)
         conn.execute("SET LOCAL work_mem = '64MB'")  # the search for duplicate keys hashes in memory
-        mark_unique_keys(conn, job_id)
+        mark_unique_keys(conn, job_id, rows)
 
 
 def _take_group_column(conn: psycopg.Connection, job_id: int, feature: FeatureDefinition) -> int:
@@ -413,8 +415,7 @@ def _take_group_column(conn: psycopg.Connection, job_id: int, feature: FeatureDe
             " change while the job ran?); run the job again"
         )
     leave_in_group_rows(conn, job_id, feature.name)
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(group_source_table(job_id))).fetchone()
-    return int(row[0]) if row else 0
+    return group_row_count(conn, job_id)
 
 
 def _fits(columns: dict[str, str], feature: FeatureDefinition) -> bool:

@@ -18,9 +18,9 @@ from feature_store.pipeline.staging import (
     PRESENT,
     fill_partitions,
     group_column_rows,
+    group_row_count,
     in_group_rows,
     partition_table,
-    staged_rows,
 )
 from feature_store.sources.expectations import EXPECTATION_RULE
 from feature_store.windows import TimeWindow
@@ -309,10 +309,13 @@ def _type_reason(value_type: ValueType) -> sql.Composable:
 
 
 def count_valid(conn: psycopg.Connection, job_id: int, feature_name: str) -> int:
-    """The feature's staged rows that no rule marked."""
+    """The feature's staged rows that no rule marked: all of them while they are only in the group
+    rows (marking copies them into the partition first)."""
+    if in_group_rows(conn, job_id, [feature_name]):
+        return group_row_count(conn, job_id)
     row = conn.execute(
         sql.SQL("SELECT count(*) FROM {} WHERE feature_name = %s AND rejected_rule IS NULL").format(
-            staged_rows(conn, job_id, feature_name)
+            partition_table(job_id, feature_name)
         ),
         (feature_name,),
     ).fetchone()
