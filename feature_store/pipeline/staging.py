@@ -87,18 +87,21 @@ def mark_unique_keys(conn: psycopg.Connection, job_id: int, rows: int) -> GroupR
 
     Every feature's staged rows are the group rows, so none of them can then hold a duplicate, and
     its validation skips the search (one hash aggregate per feature, the largest part of validating
-    at a million rows); their number spares each feature's stages a count of them. NULL keys count
-    as equal here, though their rows are quarantined by other rules first: a false "not unique" only
-    costs the features their own search. So does a collision of the 64-bit hashes the search groups
-    by (equal ids always collide): a hash aggregate of integers, where grouping by the ids themselves
-    is planned as a sort of every id, ~40 % slower.
+    at a million rows); their number spares each feature's stages a count of them.
+
+    A key is unique when its distinct 64-bit hashes are as many as the rows: equal keys always hash
+    equal, and a collision (or a second NULL key, hashed as 0; such rows are quarantined by other
+    rules first) only yields a false "not unique", which costs the features their own search. A
+    distinct count sorts the integers: at a million rows ~0.25 s, a third of grouping by them (a
+    hash aggregate of a million groups) and of grouping by the ids themselves.
     """
     source = group_source_table(job_id)
-    entity = "hashtextextended(entity_id, 0)"
+    entity = "coalesce(hashtextextended(entity_id, 0), 0)"
+    key = f"hashint8extended(coalesce((extract(epoch FROM event_time) * 1000000)::int8, 0), {entity})"
     found = GroupRows(rows=rows, unique=None)
-    for key, unique in ((entity, UNIQUE_ENTITIES), (f"{entity}, event_time", UNIQUE_KEYS)):
+    for hashed, unique in ((entity, UNIQUE_ENTITIES), (key, UNIQUE_KEYS)):
         row = conn.execute(
-            sql.SQL("SELECT NOT EXISTS (SELECT FROM {} GROUP BY {} HAVING count(*) > 1)").format(source, sql.SQL(key))
+            sql.SQL("SELECT count(DISTINCT {}) = count(*) FROM {}").format(sql.SQL(hashed), source)
         ).fetchone()
         if row and row[0]:
             found = GroupRows(rows=rows, unique=unique)
