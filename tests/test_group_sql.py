@@ -11,7 +11,7 @@ from test_online_consistency import assert_online_is_latest_offline
 
 from feature_store import DefinitionError, FeatureStore, JobStatus, JobType, PipelineConfig
 from feature_store.pipeline.models import FeatureStatus
-from feature_store.pipeline.staging import UNIQUE_ENTITIES, UNIQUE_KEYS, GroupRows, group_rows
+from feature_store.pipeline.staging import UNIQUE_ENTITIES, UNIQUE_KEYS, GroupRows, group_rows, group_source_columns
 from support import HOURS, Sql
 
 WINDOW = "m.tenant_id = %(tenant_id)s AND m.created_at > %(start_time)s AND m.created_at <= %(end_time)s"
@@ -342,3 +342,107 @@ def test_a_backfill_of_an_earlier_hour_publishes_the_values_that_are_their_entit
     # The backfilled hour's messages have no later value: theirs are the latest, online too.
     assert any(HOURS[0].start < ts <= HOURS[0].end for _, _, ts in offline(db, "by_group"))
     assert_online_is_latest_offline(store, db, "acme", "by_group")
+
+
+# Doubles and numerics at every edge of how a value is staged and printed: zero and -0, the ends of the
+# range printed without an exponent (1e-4, 1e15), exponents, the smallest normal double and below it,
+# NULL; and what validation rejects: NaN, infinities, numerics beyond a double.
+EDGE_VALUES = (
+    "('zero', 0::float8, 0::numeric), ('neg_zero', '-0', -0.0), ('tenth', 0.1, 0.1), ('third', 1 / 3.0, 1 / 3.0),"
+    " ('e-4', 0.0001, 0.0001), ('below_e-4', 0.0000999, 0.0000999), ('e15', 1e15, 1e15),"
+    " ('below_e15', 999999999999999.9, 999999999999999.9), ('e20', 1e20, 1e20), ('small', 1.5e-5, 1.5e-5),"
+    " ('neg', -123.456, -123.456), ('near_normal', 2.5e-308, 2.5e-308), ('below_1e-307', 5e-308, 5e-308),"
+    " ('subnormal', 5e-324, 1e-310), ('max', 1.7976931348623157e308, 1.7976931348623157e308), ('null', NULL, NULL)"
+)
+REJECTED_VALUES = "('nan', 'NaN', 'NaN'), ('inf', 'Infinity', 1e400), ('ninf', '-Infinity', -1e400)"
+
+
+@pytest.mark.parametrize(
+    "rejected",
+    [
+        # No row rejected: each wide row is its group row, printed as it is (see staging.build_wide).
+        pytest.param(set(), id="all valid"),
+        pytest.param({"nan", "inf", "ninf"}, id="some rejected"),
+    ],
+)
+def test_a_group_sql_stages_doubles_exactly_as_a_sql_per_feature_does(
+    store: FeatureStore, db: Sql, tmp_path: Path, rejected: set[str]
+) -> None:
+    # The group rows keep a double as its number only (no jsonb to parse) and print it where the wide
+    # rows are built: every value must still land, print and be rejected exactly as a SQL per feature
+    # stages it.
+    rows = f"{EDGE_VALUES}, {REJECTED_VALUES}" if rejected else EDGE_VALUES
+    values = f"(VALUES {rows}) AS v(entity_id, double, num) WHERE %(tenant_id)s = 'acme'"
+    features = {"double": {"value_type": "float64"}, "num": {"value_type": "float64"}}
+    repo = {
+        "source_schemas": ["app"],
+        "tenants": [{"id": "acme", "name": "Acme"}],
+        "feature_groups": [
+            {
+                "id": "by_feature",
+                "entity_type": "thing",
+                "max_failure_rate": 0.9,
+                "features": [
+                    {"name": name, **spec, "transformation_sql": f"SELECT entity_id, {name} AS value FROM {values}"}
+                    for name, spec in features.items()
+                ],
+            },
+            {
+                "id": "by_group",
+                "entity_type": "thing",
+                "max_failure_rate": 0.9,
+                "transformation_sql": f"SELECT entity_id, double, num FROM {values}",
+                "features": [{"name": name, **spec} for name, spec in features.items()],
+            },
+        ],
+    }
+    (tmp_path / "features.yaml").write_text(yaml.safe_dump(repo, sort_keys=False, width=300))
+    store.apply(tmp_path)
+    pipeline = store.pipeline()
+
+    # One window: one row per entity, which goes online as the wide row's text (see staging.build_wide).
+    def hour(group: str) -> PipelineConfig:
+        return PipelineConfig(
+            tenant_id="acme", feature_group_id=group, start_time=HOURS[-1].start, end_time=HOURS[-1].end
+        )
+
+    planned = pipeline.start(hour("by_group"))
+    pipeline.transform(planned.job_id, "double")
+    value, number = group_source_columns("double")
+    bare = db.rows(
+        f"SELECT entity_id FROM feature_store_staging.job_{planned.job_id}_source WHERE {value} IS NULL"
+        f" AND {number} IS NOT NULL ORDER BY 1"
+    )
+    assert {e for (e,) in bare} >= {"zero", "tenth", "third", "e20", "max"}  # no jsonb staged for them
+    pipeline.fail(planned.job_id, "staged again by the materialize below")
+    for group in ("by_feature", "by_group"):
+        assert store.materialize(hour(group)).status is JobStatus.COMPLETED
+
+    def landed(group: str) -> dict[str, object]:
+        texts = db.rows(
+            "SELECT feature_name, entity_id, value::text FROM feature_store.feature_values WHERE feature_group_id = %s",
+            (group,),
+        )
+        online = {
+            (name, entity): store.online.client.hget(store.online.key("acme", group, entity), name)  # type: ignore[attr-defined]
+            for name, entity, _ in texts
+        }
+        stats = db.rows(
+            "SELECT feature_name, rows_total, rows_null, rows_quarantined, rows_valid, min_value, max_value,"
+            " mean_value, stddev_value, percentiles, distinct_count, bin_counts FROM feature_store.feature_statistics"
+            " WHERE feature_group_id = %s ORDER BY 1",
+            (group,),
+        )
+        return {
+            "offline": sorted(texts),
+            "online": {k: v.decode().split("|", 2)[2] for k, v in online.items()},  # the stored JSON text
+            "quarantined": [(f, e, r, why) for f, e, _, r, why in quarantined(db, group)],
+            "statistics": stats,
+        }
+
+    by_feature, by_group = landed("by_feature"), landed("by_group")
+    assert by_group == by_feature
+    offline_texts = {(f, e): text for f, e, text in by_group["offline"]}  # type: ignore[union-attr]
+    assert by_group["online"] == offline_texts  # online prints each value as offline does
+    assert offline_texts[("double", "e20")] == "100000000000000000000"
+    assert {e for _, e, *_ in by_group["quarantined"]} == rejected  # type: ignore[union-attr]

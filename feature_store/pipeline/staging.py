@@ -12,7 +12,8 @@
 - `job_N_replaced`: the (feature, entity) pairs whose offline values of the window a flush replaced,
   which the publish re-checks (their online value may have to fall back, or go);
 - `job_N_source`: the rows of the group's own SQL (see `transform`), one per SQL row with each of
-  its features' staged value and number. A feature's partition holds its column of them only once
+  its features' staged value and number (a float64 its number holds exactly is staged as the number
+  only, see `group_value`: COPY parses no JSON for it). A feature's partition holds its column of them only once
   a stage must mark or group its rows (`fill_partitions`): until then its staged rows are read where
   they lie (`staged_rows`), so a feature none of whose rows breaks a rule is never copied.
 
@@ -173,13 +174,13 @@ def staged_rows(conn: psycopg.Connection, job_id: int, feature: str) -> sql.Comp
 
 def group_column_rows(job_id: int, feature: str) -> sql.Composed:
     """The feature's column of the job's group rows as staged rows (a partition's columns, none marked)."""
-    value, number = group_source_columns(feature)
+    number = group_source_columns(feature)[1]
     return sql.SQL(
         "(SELECT {name}::text AS feature_name, entity_id, event_time, {value} AS value, window_start, window_end,"
         " {number} AS number, NULL::text AS rejected_rule, NULL::text AS rejected_reason FROM {source}) AS staged"
     ).format(
         name=sql.Literal(feature),
-        value=sql.Identifier(value),
+        value=group_value(feature),
         number=sql.Identifier(number),
         source=group_source_table(job_id),
     )
@@ -190,7 +191,7 @@ def fill_partitions(conn: psycopg.Connection, job_id: int, features: list[str]) 
     only there, for a stage that marks or groups staged rows; safe when stages of the job call it at once."""
     for feature in in_group_rows(conn, job_id, features):
         partition = partition_table(job_id, feature)
-        value, number = group_source_columns(feature)
+        number = group_source_columns(feature)[1]
         with conn.transaction():
             advisory_xact_lock(conn, f"featurepipe partition {int(job_id)}\x1f{feature}")
             if not in_group_rows(conn, job_id, [feature]):
@@ -202,7 +203,7 @@ def fill_partitions(conn: psycopg.Connection, job_id: int, features: list[str]) 
                     partition,
                     STAGED_COLUMNS,
                     sql.Literal(feature),
-                    sql.Identifier(value),
+                    group_value(feature),
                     sql.Identifier(number),
                     group_source_table(job_id),
                 )
@@ -223,9 +224,18 @@ def analyze_partition(conn: psycopg.Connection, partition: sql.Composed) -> None
 
 
 def group_source_columns(feature: str) -> tuple[str, str]:
-    """The columns of `group_source_table` holding a feature's staged value and number."""
+    """The columns of `group_source_table` holding a feature's staged value and number (read the
+    value through `group_value`)."""
     digest = _digest(feature)
     return f"value_{digest}", f"number_{digest}"
+
+
+def group_value(feature: str) -> sql.Composed:
+    """A feature's staged value (jsonb) in the group rows: a float64 that its number holds exactly is
+    staged as the number only (see `transform._staged_value`), its jsonb is to_jsonb of it, built
+    only where a stage reads it (never where the number serves, see PRESENT)."""
+    value, number = group_source_columns(feature)
+    return sql.SQL("coalesce({}, to_jsonb({}))").format(sql.Identifier(value), sql.Identifier(number))
 
 
 def has_group_columns(conn: psycopg.Connection, job_id: int, features: list[str]) -> bool:
@@ -336,24 +346,48 @@ def _view_of_group_rows(job_id: int, features: list[str]) -> sql.Composed:
 
 
 def _group_row_values(features: list[str]) -> tuple[sql.Composable, sql.Composable]:
-    """The wide row's `features` object and `fields` text, of the group row's value columns."""
-    values = [sql.Identifier(group_source_columns(f)[0]) for f in features]
-    # jsonb_build_object takes up to 50 pairs (100 arguments): one per 50 features, concatenated.
-    pairs = [sql.SQL("{}, {}").format(sql.Literal(f), v) for f, v in zip(features, values, strict=True)]
-    objects = sql.SQL(" || ").join(
-        sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(pairs[i : i + 50]))
-        for i in range(0, len(pairs), 50)
-    )
+    """The wide row's `features` object and `fields` text, of the group row's value columns.
+
+    A double staged as its number only (see `group_value`) goes into both as a double: the object
+    takes it as jsonb_build_object does (to_jsonb of it), and the text is the double's own where that
+    is the jsonb's text too (no exponent), so neither converts it to jsonb and back."""
+    columns = [tuple(map(sql.Identifier, group_source_columns(f))) for f in features]
+    # jsonb_build_object takes up to 50 pairs (100 arguments): one per 50 features, concatenated; in each,
+    # the doubles as they are when every value of the chunk is one (no staged jsonb), the usual row.
+    chunks = []
+    for i in range(0, len(features), 50):
+        names = [sql.Literal(f) for f in features[i : i + 50]]
+        part = columns[i : i + 50]
+        doubles = sql.SQL(", ").join(sql.SQL("{}, {}").format(f, n) for f, (_, n) in zip(names, part, strict=True))
+        values = sql.SQL(", ").join(
+            sql.SQL("{}, coalesce({}, to_jsonb({}))").format(f, v, n) for f, (v, n) in zip(names, part, strict=True)
+        )
+        chunks.append(
+            sql.SQL("CASE WHEN {none} THEN jsonb_build_object({doubles}) ELSE jsonb_build_object({values}) END").format(
+                none=sql.SQL(" AND ").join(sql.SQL("{} IS NULL").format(v) for v, _ in part),
+                doubles=doubles,
+                values=values,
+            )
+        )
+    objects = sql.SQL(" || ").join(chunks)
     # The fields text as the staged values' string_agg builds it: name, mark, JSON text, separator, ...
     texts = [
-        sql.SQL("{} || {fields_value} || coalesce({}::text, 'null')").format(sql.Literal(f), v, **_FIELDS)
-        for f, v in zip(features, values, strict=True)
+        sql.SQL("{} || {fields_value} || {}").format(sql.Literal(f), sql.SQL(_JSON_TEXT).format(v=v, n=n), **_FIELDS)
+        for f, (v, n) in zip(features, columns, strict=True)
     ]
     between = sql.SQL(" || {separator} || ").format(**_FIELDS)
     fields: sql.Composable = texts[0]
     for text in texts[1:]:
         fields = fields + between + text
     return objects, fields
+
+
+# The JSON text of a group row's value (`v` jsonb or NULL, `n` its number): a double between 1e-4 and
+# 1e15 (or 0) prints as its jsonb prints (no exponent), any other as its jsonb.
+_JSON_TEXT = (
+    "CASE WHEN {v} IS NOT NULL THEN {v}::text WHEN abs({n}) >= 1e-4 AND abs({n}) < 1e15 OR {n} = 0 THEN {n}::text"
+    " ELSE coalesce(to_jsonb({n})::text, 'null') END"
+)
 
 
 def _group_rows_are_the_valid_rows(conn: psycopg.Connection, job_id: int, features: list[str]) -> bool:

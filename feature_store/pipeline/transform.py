@@ -337,15 +337,28 @@ def _select_query(conn: psycopg.Connection, feature: FeatureDefinition, shape: S
     return wrapper + feature.transformation_sql + "\n) AS q"  # type: ignore[operator]
 
 
-def _staged_value(feature: FeatureDefinition, value_type: str | None, column: str) -> tuple[str, str]:
+def _staged_value(
+    feature: FeatureDefinition, value_type: str | None, column: str, *, bare_doubles: bool = False
+) -> tuple[str, str]:
     """SQL of the staged `value` (jsonb's wire form) and `number` (float8) of a `column` of the SQL's
-    rows, whose PostgreSQL type is `value_type`."""
+    rows, whose PostgreSQL type is `value_type`.
+
+    `bare_doubles` (the group rows, see `staging.group_value`): a float64 value that its number holds
+    exactly has no staged value (NULL), since its jsonb is to_jsonb of the number: staging then parses
+    no JSON for it (at a million rows of five floats, half the COPY's time)."""
     source_type = _source_value_type(feature)
     # An int64, or what an aggregation counts (any type), unless the type has a text of its own.
     fallback = _INTEGER_TEXT if value_type in _BINARY_INTEGER_TYPES else _ANY_TEXT
-    value = _JSON_TEXTS.get(source_type, fallback) if source_type is not None else fallback
+    value = f"{_JSONB_WIRE}({(_JSON_TEXTS.get(source_type, fallback) if source_type else fallback).format(v=column)})"
     number = _NUMBER_EXPRESSIONS.get(feature.value_type) if feature.aggregation is None else None
-    return f"{_JSONB_WIRE}({value.format(v=column)})", f"({number.format(v=column) if number else 'NULL'})::float8"
+    if bare_doubles and number and source_type is ValueType.FLOAT64:
+        value = f"CASE WHEN {_EXACT_DOUBLE.format(v=column)} THEN NULL ELSE {value} END"
+    return value, f"({number.format(v=column) if number else 'NULL'})::float8"
+
+
+_EXACT_DOUBLE = "abs({v}) BETWEEN 1e-307 AND 1.7976931348623157e308 OR {v} = 0"
+"""A float64 value whose staged number is the double its JSON text spells (see `_JSON_TEXTS`,
+`_NUMBER_EXPRESSIONS`; 0 for -0, which jsonb reads as 0 too)."""
 
 
 def _event_time(shape: SqlShape) -> str:
@@ -386,7 +399,11 @@ def _stage_group_rows(
         session_conn = session.conn
         selected = "".join(
             ", "
-            + ", ".join(_staged_value(f, shape.columns[f.name], "q." + sql.Identifier(f.name).as_string(session_conn)))
+            + ", ".join(
+                _staged_value(
+                    f, shape.columns[f.name], "q." + sql.Identifier(f.name).as_string(session_conn), bare_doubles=True
+                )
+            )
             for f in features
         )
         query = (
