@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
 
 from feature_store import FeatureStore, JobStatus, JobType, PipelineConfig
 from feature_store.pipeline.models import FeatureStatus
+from feature_store.pipeline.runner import FEATURES_AT_ONCE
 from feature_store.serving.models import OnlineValueStatus
 from support import HOURS, Sql
 
@@ -488,6 +490,21 @@ def test_concurrent_runs_of_the_same_window_end_with_one_copy_of_each_row(settin
     )
     written = results[0].rows_processed - rejected
     assert db.value("SELECT count(*) FROM feature_store.feature_values") == written > 0
+
+
+def test_by_default_every_feature_of_a_job_runs_at_once(store: FeatureStore) -> None:
+    # With fewer at once (the machine's cores), the last feature's stages could run alone, a core idle.
+    threads: dict[str, str] = {}
+
+    def progress(message: str) -> None:
+        if message.startswith("validate "):
+            threads[message] = threading.current_thread().name
+
+    result = store.materialize(config("acme", "user_engagement"), progress=progress)
+    assert result.status is JobStatus.COMPLETED
+    features = store.registry.get_group("user_engagement").batch_features
+    assert 2 < len(features) <= FEATURES_AT_ONCE
+    assert len(threads) == len(features) and len(set(threads.values())) == len(features)
 
 
 def test_features_run_in_parallel_give_the_same_values_as_one_by_one(store: FeatureStore, db: Sql) -> None:

@@ -124,24 +124,35 @@ def _run(
 RUN_ATTEMPTS = 3
 RUN_BACKOFF_S = 0.5
 
+FEATURES_AT_ONCE = 8
+"""How many features of a job `FeatureStore.materialize` runs at once by default: all of a usual
+group's; each holds a connection and up to 64 MB of PostgreSQL's sort memory while it validates."""
+
 T = TypeVar("T")
 
 
 def run_job(
-    pipeline: FeaturePipeline, config: PipelineConfig, *, run: RunInfo | None = None, parallelism: int = 1
+    pipeline: FeaturePipeline,
+    config: PipelineConfig,
+    *,
+    run: RunInfo | None = None,
+    parallelism: int = 1,
+    features_at_once: int | None = None,
 ) -> PipelineResult:
     """Run one job end to end; a failing feature is recorded and its siblings still run.
 
-    With `parallelism` > 1 (and a pipeline that can open connections), that many features run at
-    once, each on its own connection: the work happens inside PostgreSQL, which then uses as many
-    cores. Finishing the job flushes its features to the stores in one pass.
+    With `features_at_once` (default: `parallelism`) > 1 and a pipeline that can open connections,
+    that many features run at once, each on its own connection: the work happens inside PostgreSQL,
+    which then uses as many cores. Finishing the job flushes its features to the stores in one pass,
+    on up to `parallelism` connections.
     """
     planned = pipeline.start(config, run=run)
     job_id = planned.job_id
+    at_once = parallelism if features_at_once is None else features_at_once
     with pipeline.reconnecting():
         try:
-            if parallelism > 1 and pipeline.can_reconnect and len(planned.features) > 1:
-                with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="feature") as pool:
+            if at_once > 1 and pipeline.can_reconnect and len(planned.features) > 1:
+                with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="feature") as pool:
                     list(pool.map(lambda name: _run_feature_apart(pipeline, job_id, name), planned.features))
             else:
                 for name in planned.features:
