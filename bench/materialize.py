@@ -78,7 +78,7 @@ class StageClock:
     A feature's transform lasts until its validate starts and its validate until its write starts, on
     the same thread; the publish lasts from its message to the end (the offline write runs inside it,
     beside the publish of the wide rows). Transform and validate are summed over the features
-    (thread-seconds: `parallelism` features run at once).
+    (thread-seconds: several features run at once).
     """
 
     def __init__(self) -> None:
@@ -382,8 +382,8 @@ features for one tenant from one tenant-isolated source table (row-level securit
 order, every offline copy and online key removed before each run; all paths read the same rows and
 every run is checked afterwards (all N entities online, all values offline):
 
-- **featurepipe**: `FeatureStore.materialize` with its default parallelism (min(4, cores) features at
-  once): transform in the sandbox, validate, offline write into `feature_store.feature_values`, online
+- **featurepipe**: `FeatureStore.materialize` with its default parallelism (every feature of the job
+  at once, up to 8): transform in the sandbox, validate, offline write into `feature_store.feature_values`, online
   publish through the newer-only Lua script, TTL refreshed;
 - **featurepipe, online only**: the same job with `write_offline=False`, the work Feast's materialize does;
 - **featurepipe, group SQL**: the same 5 features in a group whose one `transformation_sql` returns all
