@@ -12,10 +12,11 @@
 - `job_N_replaced`: the (feature, entity) pairs whose offline values of the window a flush replaced,
   which the publish re-checks (their online value may have to fall back, or go);
 - `job_N_source`: the rows of the group's own SQL (see `transform`), one per SQL row with each of
-  its features' staged value and number (a float64 its number holds exactly is staged as the number
-  only, see `group_value`: COPY parses no JSON for it). A feature's partition holds its column of them only once
-  a stage must mark or group its rows (`fill_partitions`): until then its staged rows are read where
-  they lie (`staged_rows`), so a feature none of whose rows breaks a rule is never copied.
+  its features' staged value and number (a float64 that its number holds exactly is staged as the
+  number only, see `group_value`: the COPY parses no JSON for it). A feature's partition holds its
+  column of them only once a stage must mark or group its rows (`fill_partitions`): until then its
+  staged rows are read where they lie (`staged_rows`), so a feature none of whose rows breaks a rule
+  is never copied.
 
 Tables per job (instead of shared ones) keep every scan to the job's own rows without an index to
 maintain, and ending a job is a cheap `DROP TABLE`. The pipeline's stages own their lifetime: the

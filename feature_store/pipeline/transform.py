@@ -349,7 +349,8 @@ def _staged_value(
     source_type = _source_value_type(feature)
     # An int64, or what an aggregation counts (any type), unless the type has a text of its own.
     fallback = _INTEGER_TEXT if value_type in _BINARY_INTEGER_TYPES else _ANY_TEXT
-    value = f"{_JSONB_WIRE}({(_JSON_TEXTS.get(source_type, fallback) if source_type else fallback).format(v=column)})"
+    text = _JSON_TEXTS.get(source_type, fallback) if source_type is not None else fallback
+    value = f"{_JSONB_WIRE}({text.format(v=column)})"
     number = _NUMBER_EXPRESSIONS.get(feature.value_type) if feature.aggregation is None else None
     if bare_doubles and number and source_type is ValueType.FLOAT64:
         value = f"CASE WHEN {_EXACT_DOUBLE.format(v=column)} THEN NULL ELSE {value} END"
@@ -419,7 +420,7 @@ def _stage_group_rows(
             for window in windows:
                 params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
                 rows += _pipe(session, conn, query, params, source, into)
-        conn.execute("SET LOCAL work_mem = '64MB'")  # the search for duplicate keys hashes in memory
+        conn.execute("SET LOCAL work_mem = '64MB'")  # the search for duplicate keys sorts in memory
         mark_unique_keys(conn, job_id, rows)
 
 
