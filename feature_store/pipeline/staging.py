@@ -81,11 +81,11 @@ class GroupRows:
     unique: str | None
 
 
-def mark_unique_keys(conn: psycopg.Connection, job_id: int, rows: int) -> GroupRows:
-    """Find out once, for all the group's features, whether any (entity_id, event_time) of the job's
-    `rows` group rows occurs twice, and keep what was found in the table's comment (`group_rows`).
-    The first search also finds out whether even each entity has one row (the usual case: one row per
-    entity and window).
+def mark_unique_keys(conn: psycopg.Connection, job_id: int) -> GroupRows:
+    """Find out once, for all the group's features, how many group rows the job has and whether any
+    (entity_id, event_time) of theirs occurs twice, and keep what was found in the table's comment
+    (`group_rows`). The first search also finds out whether even each entity has one row (the usual
+    case: one row per entity and window).
 
     Every feature's staged rows are the group rows, so none of them can then hold a duplicate, and
     its validation skips the search (one hash aggregate per feature, the largest part of validating
@@ -100,13 +100,13 @@ def mark_unique_keys(conn: psycopg.Connection, job_id: int, rows: int) -> GroupR
     source = group_source_table(job_id)
     entity = "coalesce(hashtextextended(entity_id, 0), 0)"
     key = f"hashint8extended(coalesce((extract(epoch FROM event_time) * 1000000)::int8, 0), {entity})"
-    found = GroupRows(rows=rows, unique=None)
+    found = GroupRows(rows=0, unique=None)
     for hashed, unique in ((entity, UNIQUE_ENTITIES), (key, UNIQUE_KEYS)):
         row = conn.execute(
-            sql.SQL("SELECT count(DISTINCT {}) = count(*) FROM {}").format(sql.SQL(hashed), source)
+            sql.SQL("SELECT count(DISTINCT {}) = count(*), count(*) FROM {}").format(sql.SQL(hashed), source)
         ).fetchone()
-        if row and row[0]:
-            found = GroupRows(rows=rows, unique=unique)
+        found = GroupRows(rows=int(row[1]) if row else 0, unique=unique if row and row[0] else None)
+        if found.unique is not None:
             break
     comment = json.dumps({"rows": found.rows, "unique": found.unique})
     conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(source, sql.Literal(comment)))
@@ -361,7 +361,7 @@ def _group_row_values(features: list[str]) -> tuple[sql.Composable, sql.Composab
         part = columns[i : i + 50]
         doubles = sql.SQL(", ").join(sql.SQL("{}, {}").format(f, n) for f, (_, n) in zip(names, part, strict=True))
         values = sql.SQL(", ").join(
-            sql.SQL("{}, coalesce({}, to_jsonb({}))").format(f, v, n) for f, (v, n) in zip(names, part, strict=True)
+            sql.SQL("{}, {}").format(sql.Literal(f), group_value(f)) for f in features[i : i + 50]
         )
         chunks.append(
             sql.SQL("CASE WHEN {none} THEN jsonb_build_object({doubles}) ELSE jsonb_build_object({values}) END").format(

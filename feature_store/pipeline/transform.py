@@ -416,12 +416,11 @@ def _stage_group_rows(
         )
         with session_conn.transaction(force_rollback=True):
             session_conn.execute("SET TRANSACTION READ ONLY")
-            rows = 0
             for window in windows:
                 params = {"tenant_id": tenant_id, "start_time": window.start, "end_time": window.end}
-                rows += _pipe(session, conn, query, params, source, into)
+                _pipe(session, conn, query, params, source, into)
         conn.execute("SET LOCAL work_mem = '64MB'")  # the search for duplicate keys sorts in memory
-        mark_unique_keys(conn, job_id, rows)
+        mark_unique_keys(conn, job_id)
 
 
 def _take_group_column(conn: psycopg.Connection, job_id: int, feature: FeatureDefinition) -> int:
